@@ -1,0 +1,27 @@
+# One entry point per job; each sets up what it needs in a local virtual environment.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.deps-stamp
+
+.PHONY: venv install test test-fast bench demo info clean
+
+venv: $(STAMP)
+$(STAMP): requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements-dev.txt
+	touch $@
+
+install: venv
+	$(PY) -m pip install --no-build-isolation -e .
+
+test: install
+	$(PY) -m mollify_fast info
+	$(PY) -m pytest -ra tests
+
+info: install
+	$(PY) -m mollify_fast info
+
+clean:
+	rm -rf build *.egg-info mollify_fast/_C*.so .pytest_cache

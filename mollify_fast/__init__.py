@@ -1,0 +1,40 @@
+"""mollify_fast: data mollification (``x_t = alpha * B(x) + sigma * eps``) in one fused pass.
+
+Public API::
+
+    mollify(x, sigma, *, alpha=None, blur_sigma=None, blur_radius=None,
+            generator=None, out=None, return_noise=False, backend="auto")
+    Generator(seed, offset=0)
+    Mollifier(mollify_steps, schedule="sigmoid", mode="noise", blur_sigma_max=None, ...)
+    schedules.sigmoid / linear / cosine
+    reference                   the exact pure-PyTorch oracle
+    available_backends()        {name: (available, reason)}
+
+Nothing here imports Triton or touches CUDA at import time.
+"""
+from . import reference, schedules
+from .backends import BACKENDS, BackendUnavailableError
+from .generator import Generator
+from .mollifier import Mollifier
+from .mollify import last_backend, mollify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "mollify",
+    "Generator",
+    "Mollifier",
+    "schedules",
+    "reference",
+    "available_backends",
+    "BackendUnavailableError",
+    "last_backend",
+    "__version__",
+]
+
+
+def available_backends() -> dict:
+    """``{name: (available, reason)}`` for every backend in this process."""
+    from .backends import availability
+
+    return {name: availability(name) for name in BACKENDS}

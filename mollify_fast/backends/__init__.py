@@ -1,0 +1,75 @@
+"""Backend registry: availability, per-tensor support, and ``auto`` dispatch.
+
+Each backend module ``mollify_<name>.py`` exposes
+
+* ``availability() -> (bool, reason)``: can it run at all in this process (built? GPU?);
+* ``supports(x, params) -> (bool, reason)``: can it run on this tensor (device, dtype);
+* ``mollify_<name>(x, out, noise, params, stream)``: write ``out`` (and ``noise``).
+
+``stream`` is ``(seed, offset)``, or None for "draw from PyTorch's default generator". Nothing
+heavy (Triton, the compiled extension, CUDA) is imported until a backend is first asked for.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+BACKENDS = ("torch", "cpu", "triton", "cuda", "reference")
+NAMES = ("auto",) + BACKENDS
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when a backend that was asked for by name cannot run here; says why."""
+
+
+@functools.lru_cache(maxsize=None)
+def _module(name: str):
+    return importlib.import_module(f"{__name__}.mollify_{name}")
+
+
+@functools.lru_cache(maxsize=None)
+def availability(name: str) -> Tuple[bool, str]:
+    """``(available, reason)`` for one backend in this process (cached)."""
+    try:
+        return _module(name).availability()
+    except Exception as e:  # an import error is a reason, not a crash
+        return False, f"{type(e).__name__}: {e}"
+
+
+def launcher(name: str) -> Callable:
+    return getattr(_module(name), f"mollify_{name}")
+
+
+@functools.lru_cache(maxsize=None)
+def auto_table() -> Dict[str, Dict[str, List[str]]]:
+    """Backend preference per device type and op, fastest first, from ``auto_table.json``.
+
+    The table is written from measured results (``benchmarks/``) and says which file it came
+    from; ``MOLLIFY_FAST_AUTO_TABLE`` may point to another table.
+    """
+    path = os.environ.get("MOLLIFY_FAST_AUTO_TABLE") or os.path.join(os.path.dirname(__file__), "auto_table.json")
+    with open(path) as f:
+        return json.load(f)
+
+
+def resolve(name: str, x: torch.Tensor, params) -> Tuple[str, Callable]:
+    """The backend that runs ``x`` with ``params``: the named one, or ``auto``'s choice."""
+    if name != "auto":
+        ok, why = availability(name)
+        if not ok:
+            raise BackendUnavailableError(f"mollify: backend {name!r} is unavailable: {why}")
+        ok, why = _module(name).supports(x, params)
+        if not ok:
+            raise BackendUnavailableError(f"mollify: backend {name!r} cannot run this input: {why}")
+        return name, launcher(name)
+    op = "blur" if params.blur is not None else "noise"
+    order = auto_table().get("devices", {}).get(x.device.type, {}).get(op, ["torch"])
+    for cand in order:
+        if cand in BACKENDS and availability(cand)[0] and _module(cand).supports(x, params)[0]:
+            return cand, launcher(cand)
+    return "torch", launcher("torch")

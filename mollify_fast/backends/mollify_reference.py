@@ -1,0 +1,43 @@
+"""The ``reference`` pseudo-backend: :mod:`mollify_fast.reference` behind the backend API.
+
+Exact and slow (it runs on the CPU and copies the result to x's device); for tests and for
+checking a kernel by hand: ``mollify(x, s, backend="reference")``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .. import reference
+from .._validate import Params
+from ..generator import draw_default_seed
+
+
+def availability() -> Tuple[bool, str]:
+    return True, "pure PyTorch (exact, slow)"
+
+
+def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
+    return True, ""
+
+
+def _cpu(v):
+    return v.cpu() if torch.is_tensor(v) else v
+
+
+def mollify_reference(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
+    seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
+    res = reference.mollify(
+        x,
+        _cpu(p.sigma),
+        alpha=_cpu(p.alpha),
+        blur_sigma=_cpu(p.blur),
+        blur_radius=_cpu(p.radius) if p.blur is not None else None,
+        seed=seed,
+        offset=offset,
+        return_noise=True,
+    )
+    out.copy_(res[0])
+    if noise is not None:
+        noise.copy_(res[1])

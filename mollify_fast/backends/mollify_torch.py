@@ -1,0 +1,124 @@
+"""The ``torch`` backend: the pure-PyTorch fallback, on every device.
+
+Same semantics and distribution as the compiled backends, but the normals come from
+PyTorch's own RNG (``Tensor.normal_``), so the numbers differ from the Philox stream. With a
+``mollify_fast.Generator`` the draw is still reproducible: a ``torch.Generator`` is seeded
+from the stream's ``(seed, offset)``.
+
+Memory: the noise is drawn straight into the output buffer and the affine step finishes in
+place, so float32/float64 calls allocate nothing beyond ``out`` (the eager composition
+``alpha * x + sigma * torch.randn_like(x)`` allocates three temporaries). float16/bfloat16 use
+one float32 temporary so the result is rounded once. In-place (``out=x``) without blur needs
+one buffer for the noise.
+
+Blur: separable depthwise ``conv2d`` (width pass, then height pass) over input padded by
+gathering mirrored indices, which works for any radius (also ``r >= H`` or ``W``). Per-sample
+blur sigmas use one kernel per plane, zero beyond each sample's own radius.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .._validate import Params, compute_dtype, same_view
+from ..generator import _mix64
+from ..reference import reflect_index
+
+
+def availability() -> Tuple[bool, str]:
+    return True, "pure PyTorch"
+
+
+def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
+    return True, ""
+
+
+_generators: dict = {}
+
+
+def _generator(device: torch.device, stream) -> Optional[torch.Generator]:
+    if stream is None:
+        return None  # PyTorch's default generator for the device
+    g = _generators.get(device)
+    if g is None:
+        g = _generators[device] = torch.Generator(device=device)
+    seed, offset = stream
+    g.manual_seed(_mix64(seed ^ _mix64(offset)))
+    return g
+
+
+def _bcast(v, x: torch.Tensor):
+    """A per-sample [N] tensor viewed as [N, 1, ...] against x; numbers pass through."""
+    if torch.is_tensor(v):
+        return v.view(-1, *([1] * (x.dim() - 1)))
+    return v
+
+
+def _mul_(t: torch.Tensor, s) -> torch.Tensor:
+    return t.mul_(s)
+
+
+def _axpy(t: torch.Tensor, a, src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = t + a * src in one pass (out may be t or src), for a number or broadcast ``a``."""
+    if torch.is_tensor(a):
+        return torch.addcmul(t, src, a, out=out)
+    return torch.add(t, src, alpha=a, out=out)
+
+
+def blur_torch(x: torch.Tensor, p: Params, acc: torch.dtype) -> torch.Tensor:
+    """Separable Gaussian blur of the last two dims in dtype ``acc`` (a new tensor)."""
+    H, W = x.shape[-2:]
+    planes = x.reshape(-1, H, W).to(acc)
+    P = planes.shape[0]
+    R = p.max_radius
+    k = torch.arange(-R, R + 1, device=x.device, dtype=acc)
+    if torch.is_tensor(p.blur):
+        n = x.shape[0]
+        s = p.blur.view(n, 1)
+        r = p.radius.view(n, 1) if torch.is_tensor(p.radius) else torch.full((n, 1), p.radius, device=x.device)
+        w = torch.exp(-(k * k) / (2 * s * s))
+        w = torch.where(k.abs() <= r, w, torch.zeros_like(w))
+        w = torch.where(s == 0, (k == 0).to(acc), w)  # blur sigma 0: identity
+        w = (w / w.sum(dim=1, keepdim=True)).repeat_interleave(P // n, dim=0)
+    else:
+        s = torch.tensor(p.blur, dtype=acc)
+        w = torch.exp(-(k * k) / (2 * s * s))
+        w = (w / w.sum()).expand(P, -1)
+    cols = reflect_index(torch.arange(-R, W + R, device=x.device), W)
+    rows = reflect_index(torch.arange(-R, H + R, device=x.device), H)
+    t = F.conv2d(planes[None][..., cols], w.reshape(P, 1, 1, -1).contiguous(), groups=P)
+    t = F.conv2d(t[..., rows, :], w.reshape(P, 1, -1, 1).contiguous(), groups=P)
+    return t.reshape(x.shape)
+
+
+def mollify_torch(
+    x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream
+) -> None:
+    gen = _generator(x.device, stream)
+    acc = compute_dtype(x.dtype)
+    a = _bcast(p.alpha, x)
+    s = _bcast(p.sigma, x)
+    src = blur_torch(x, p, acc) if p.blur is not None else x
+    if x.dtype != acc:
+        # Low precision: eps and the sum in float32, one rounding at the end.
+        tmp = torch.empty_like(x, dtype=acc).normal_(generator=gen)
+        if noise is not None:
+            noise.copy_(tmp)
+        _mul_(tmp, s)
+        out.copy_(_axpy(tmp, a, src, out=tmp))
+    elif src is x and same_view(out, x):
+        # In place, no blur: the noise needs its own buffer. Same operation order as the
+        # out-of-place path (sigma*eps, then + alpha*x), so out=x gives identical numbers.
+        eps = noise if noise is not None else torch.empty_like(x)
+        eps.normal_(generator=gen)
+        t = torch.mul(eps, s) if noise is not None else _mul_(eps, s)
+        _axpy(t, a, x, out=out)
+    else:
+        if noise is not None:
+            noise.normal_(generator=gen)
+            torch.mul(noise, s, out=out)
+        else:
+            _mul_(out.normal_(generator=gen), s)
+        _axpy(out, a, src, out=out)

@@ -1,0 +1,196 @@
+"""The public op ``mollify`` and its two ``torch.library`` custom ops.
+
+Path from the call to a kernel::
+
+    mollify(...)                              argument checks (traceable), then
+      -> torch.ops.mollify_fast.mollify       functional: allocates out (and noise)
+         torch.ops.mollify_fast.mollify_out   writes a given out (out=x for in-place)
+        -> _run                               value checks, stream, backend choice
+          -> backends.mollify_<name>(...)     launcher -> kernel
+
+The custom ops have fake (meta) implementations, so a step that calls ``mollify`` compiles
+under ``torch.compile(fullgraph=True)``; the op stays opaque to the compiler, which is the
+point: it is already one fused pass.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+from . import backends
+from ._validate import Params, check_out_memory, check_static, resolve_params, same_view
+from .generator import Generator, draw_default_seed, take_stream
+
+Number = Union[int, float]
+ParamLike = Union[Number, torch.Tensor]
+
+__all__ = ["mollify", "last_backend"]
+
+_last_backend: Optional[str] = None
+
+
+def last_backend() -> Optional[str]:
+    """The backend that ran the most recent eager ``mollify`` call (for ``auto``), or None."""
+    return _last_backend
+
+
+def _run(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    noise: Optional[torch.Tensor],
+    sigma: float,
+    sigma_t: Optional[torch.Tensor],
+    alpha: float,
+    alpha_t: Optional[torch.Tensor],
+    vp: bool,
+    blur: float,
+    blur_t: Optional[torch.Tensor],
+    has_blur: bool,
+    blur_radius: int,
+    gen_state: Optional[torch.Tensor],
+    backend: str,
+) -> None:
+    """Everything that reads values, in an order that writes nothing until all checks pass."""
+    global _last_backend
+    p: Params = resolve_params(x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius)
+    name, launch = backends.resolve(backend, x, p)
+    if gen_state is not None:
+        stream = take_stream(gen_state, x.numel())
+    elif name == "torch":
+        stream = None  # the torch backend draws from PyTorch's default generator directly
+    else:
+        stream = (draw_default_seed(x.device), 0)
+    _last_backend = name
+    if x.numel() == 0:
+        return
+    if p.blur is not None and same_view(out, x):
+        # The blur reads neighbours that an in-place write would already have replaced:
+        # blur a copy so that out=x gives exactly the out-of-place result.
+        x = x.clone()
+    launch(x, out, noise, p, stream)
+
+
+@torch.library.custom_op("mollify_fast::mollify", mutates_args=("gen_state",))
+def _mollify_op(
+    x: torch.Tensor,
+    sigma: float,
+    sigma_t: Optional[torch.Tensor],
+    alpha: float,
+    alpha_t: Optional[torch.Tensor],
+    vp: bool,
+    blur: float,
+    blur_t: Optional[torch.Tensor],
+    has_blur: bool,
+    blur_radius: int,
+    gen_state: Optional[torch.Tensor],
+    return_noise: bool,
+    backend: str,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    out = torch.empty_like(x)
+    noise = torch.empty_like(x) if return_noise else x.new_empty(0)
+    _run(x, out, noise if return_noise else None, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t,
+         has_blur, blur_radius, gen_state, backend)
+    return out, noise
+
+
+@_mollify_op.register_fake
+def _mollify_fake(x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius, gen_state,
+                  return_noise, backend):
+    return torch.empty_like(x), (torch.empty_like(x) if return_noise else x.new_empty(0))
+
+
+@torch.library.custom_op("mollify_fast::mollify_out", mutates_args=("out", "noise", "gen_state"))
+def _mollify_out_op(
+    out: torch.Tensor,
+    x: Optional[torch.Tensor],
+    noise: Optional[torch.Tensor],
+    sigma: float,
+    sigma_t: Optional[torch.Tensor],
+    alpha: float,
+    alpha_t: Optional[torch.Tensor],
+    vp: bool,
+    blur: float,
+    blur_t: Optional[torch.Tensor],
+    has_blur: bool,
+    blur_radius: int,
+    gen_state: Optional[torch.Tensor],
+    backend: str,
+) -> None:
+    # x=None means "x is out" (in place); the op never receives two aliased arguments.
+    src = out if x is None else x
+    check_out_memory(src, out, noise)
+    _run(src, out, noise, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
+         gen_state, backend)
+
+
+@_mollify_out_op.register_fake
+def _mollify_out_fake(out, x, noise, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
+                      gen_state, backend):
+    return None
+
+
+def mollify(
+    x: torch.Tensor,
+    sigma: ParamLike,
+    *,
+    alpha: Optional[ParamLike] = None,
+    blur_sigma: Optional[ParamLike] = None,
+    blur_radius: Optional[int] = None,
+    generator: Optional[Generator] = None,
+    out: Optional[torch.Tensor] = None,
+    return_noise: bool = False,
+    backend: str = "auto",
+):
+    r"""Mollify a batch: ``out = alpha * B(x) + sigma * eps`` in one fused pass.
+
+    .. math::
+
+        \mathrm{out}_i = \alpha_{n(i)}\,(B x)_i + \sigma_{n(i)}\,\varepsilon_i,
+        \qquad \varepsilon_i \sim \mathcal N(0, 1),
+
+    where ``n(i)`` is the sample (dim-0 index) of element ``i`` and ``B`` is a Gaussian blur
+    of the last two dims (identity when ``blur_sigma`` is None or 0).
+
+    Args:
+        x: ``[N, ...]`` float16/bfloat16/float32/float64 tensor, any strides. Must not require
+            grad (the op is autograd-free; pass ``x.detach()``).
+        sigma: noise scale: a number, a 0-d tensor, or an ``[N]`` tensor (one per sample),
+            on x's device or the CPU. ``>= 0``.
+        alpha: signal scale, same forms. ``None`` (variance preserving) means
+            ``sqrt(1 - sigma^2)`` and needs ``sigma <= 1``; pass it for DDPM
+            (``alpha = sqrt(abar_t)``) or NCSN (``alpha = 1``) noising.
+        blur_sigma: Gaussian blur standard deviation in pixels (same forms, ``>= 0``), over
+            the last two dims with mirrored borders; needs ``x.dim() >= 2``.
+        blur_radius: taps on each side; default ``ceil(3 * blur_sigma)`` per sample.
+        generator: a :class:`mollify_fast.Generator` stream, advanced by ``ceil(numel / 4)``.
+            None draws a seed from PyTorch's default generator for x's device.
+        out: tensor to write (x's shape, dtype, device); may be ``x`` itself.
+        return_noise: also return ``eps`` (rounded to x.dtype).
+        backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"``, ``"cuda"`` or
+            ``"reference"``.
+
+    Returns:
+        ``out`` (x's shape and dtype; a new tensor with x's layout unless ``out`` is given),
+        or ``(out, eps)`` when ``return_noise``.
+
+    The arithmetic is float32 (float64 for float64 input), rounded once to x.dtype. Every
+    backend but ``torch`` draws ``eps`` from the same Philox stream, so for one generator
+    state they agree to float32 rounding on CPU and GPU alike.
+    """
+    s, a, b = check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend,
+                           backends.NAMES)
+    vp = a is None
+    a_num, a_t = (0.0, None) if vp else a
+    has_blur = b is not None
+    b_num, b_t = b if has_blur else (0.0, None)
+    radius = -1 if blur_radius is None else blur_radius
+    state = generator._state if generator is not None else None
+    args = (s[0], s[1], a_num, a_t, vp, b_num, b_t, has_blur, radius, state)
+    if out is None:
+        res, noise = torch.ops.mollify_fast.mollify(x, *args, return_noise, backend)
+        return (res, noise) if return_noise else res
+    noise = torch.empty_like(x) if return_noise else None
+    inplace = out is x or (not torch.compiler.is_compiling() and same_view(out, x))
+    torch.ops.mollify_fast.mollify_out(out, None if inplace else x, noise, *args, backend)
+    return (out, noise) if return_noise else out
