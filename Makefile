@@ -13,8 +13,10 @@ $(STAMP): requirements-dev.txt
 	$(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
+# MOLLIFY_FAST_REQUIRE_EXT=1: here a broken C++/CUDA build fails loudly (a user's plain
+# `pip install .` falls back to the torch backend instead).
 install: venv
-	$(PY) -m pip install --no-build-isolation -e .
+	MOLLIFY_FAST_REQUIRE_EXT=$${MOLLIFY_FAST_REQUIRE_EXT:-1} $(PY) -m pip install --no-build-isolation -e .
 
 test: install
 	$(PY) -m mollify_fast info

@@ -90,10 +90,13 @@ class Generator:
 
 def take_stream(state: torch.Tensor, numel: int) -> Tuple[int, int]:
     """Read ``(seed, offset)`` from a generator state tensor and advance it past one call."""
-    seed_s, off_s = state.tolist()
-    offset = to_unsigned64(off_s)
-    state[1] = to_signed64(offset + groups_for(numel))
-    return to_unsigned64(seed_s), offset
+    try:
+        v = state.numpy()  # a view: element access costs ~0.1 us where tensor indexing costs ~5
+    except (RuntimeError, TypeError):  # no numpy in this environment
+        v = state
+    seed, offset = to_unsigned64(int(v[0])), to_unsigned64(int(v[1]))
+    v[1] = to_signed64(offset + groups_for(numel))
+    return seed, offset
 
 
 def _mix64(z: int) -> int:

@@ -5,6 +5,7 @@ Path from the call to a kernel::
     mollify(...)                              argument checks (traceable), then
       -> torch.ops.mollify_fast.mollify       functional: allocates out (and noise)
          torch.ops.mollify_fast.mollify_out   writes a given out (out=x for in-place)
+         (plain eager tensors skip the op dispatch and call _run directly: same code)
         -> _run                               value checks, stream, backend choice
           -> backends.mollify_<name>(...)     launcher -> kernel
 
@@ -130,6 +131,16 @@ def _mollify_out_fake(out, x, noise, sigma, sigma_t, alpha, alpha_t, vp, blur, b
     return None
 
 
+def _plain_eager(x: torch.Tensor) -> bool:
+    """True for a plain tensor in eager mode: no compiler, no fake tensor, no mode on the stack."""
+    return (
+        type(x) is torch.Tensor
+        and not torch.compiler.is_compiling()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+    )
+
+
 def mollify(
     x: torch.Tensor,
     sigma: ParamLike,
@@ -187,6 +198,18 @@ def mollify(
     radius = -1 if blur_radius is None else blur_radius
     state = generator._state if generator is not None else None
     args = (s[0], s[1], a_num, a_t, vp, b_num, b_t, has_blur, radius, state)
+    if _plain_eager(x):
+        # Same implementation as the custom ops, minus ~60 us of Python dispatch per call
+        # (measured on the 2-core dev CPU); tracing, fake tensors and modes take the ops below.
+        if out is None:
+            res = torch.empty_like(x)
+            noise = torch.empty_like(x) if return_noise else None
+            _run(x, res, noise, *args, backend)
+            return (res, noise) if return_noise else res
+        noise = torch.empty_like(x) if return_noise else None
+        check_out_memory(x, out, noise)
+        _run(x, out, noise, *args, backend)
+        return (out, noise) if return_noise else out
     if out is None:
         res, noise = torch.ops.mollify_fast.mollify(x, *args, return_noise, backend)
         return (res, noise) if return_noise else res

@@ -1,0 +1,123 @@
+// pybind11 module mollify_fast._C: raw pointers, sizes and strides in; no libtorch.
+//
+// The Python launchers (mollify_fast/backends/mollify_cpu.py, mollify_cuda.py) validate every
+// argument first; these functions only check what would otherwise crash (rank, dtype code).
+// Nothing here touches CUDA at import: a CUDA build imports on a machine without a GPU.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "mollify_args.h"
+
+namespace py = pybind11;
+
+namespace mollify_fast {
+void mollify_cpu(const MollifyArgs& a, int num_threads);
+#ifdef MOLLIFY_FAST_WITH_CUDA
+void mollify_cuda(const MollifyArgs& a, uintptr_t stream, int device);
+std::string cuda_runtime_info();
+#endif
+}  // namespace mollify_fast
+
+namespace {
+
+using mollify_fast::MollifyArgs;
+
+void copy_dims(const std::vector<int64_t>& v, int64_t* dst, const char* name, size_t ndim) {
+  if (v.size() != ndim) throw std::invalid_argument(std::string(name) + " must have one entry per dim");
+  for (size_t i = 0; i < ndim; ++i) dst[i] = v[i];
+}
+
+MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::vector<int64_t>& x_strides,
+                      const std::vector<int64_t>& out_strides, const std::vector<int64_t>& noise_strides,
+                      uintptr_t x, uintptr_t out, uintptr_t noise, int64_t numel, int64_t batch,
+                      int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p,
+                      uintptr_t alpha_p, uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p,
+                      int max_radius, bool rows_are_samples, uint64_t seed, uint64_t offset) {
+  MollifyArgs a{};
+  if (sizes.empty() || sizes.size() > static_cast<size_t>(mollify_fast::kMaxDims))
+    throw std::invalid_argument("sizes must have 1 to 8 dims after coalescing");
+  if (dtype < 0 || dtype > 3) throw std::invalid_argument("dtype code must be 0..3");
+  if (has_blur && sizes.size() < 2) throw std::invalid_argument("blur needs at least 2 dims");
+  a.dtype = dtype;
+  a.ndim = static_cast<int32_t>(sizes.size());
+  copy_dims(sizes, a.sizes, "sizes", sizes.size());
+  copy_dims(x_strides, a.x_strides, "x_strides", sizes.size());
+  copy_dims(out_strides, a.out_strides, "out_strides", sizes.size());
+  copy_dims(noise_strides, a.noise_strides, "noise_strides", sizes.size());
+  a.x = reinterpret_cast<const void*>(x);
+  a.out = reinterpret_cast<void*>(out);
+  a.noise = reinterpret_cast<void*>(noise);
+  a.numel = numel;
+  a.batch = batch;
+  a.sample_numel = sample_numel;
+  a.sigma = sigma;
+  a.alpha = alpha;
+  a.blur_sigma = blur_sigma;
+  a.sigma_p = reinterpret_cast<const void*>(sigma_p);
+  a.alpha_p = reinterpret_cast<const void*>(alpha_p);
+  a.blur_p = reinterpret_cast<const void*>(blur_p);
+  a.has_blur = has_blur;
+  a.radius = radius;
+  a.radius_p = reinterpret_cast<const int32_t*>(radius_p);
+  a.max_radius = max_radius;
+  a.rows_are_samples = rows_are_samples;
+  a.seed = seed;
+  a.offset = offset;
+  return a;
+}
+
+}  // namespace
+
+#define MOLLIFY_ARGS                                                                                    \
+  py::arg("dtype"), py::arg("sizes"), py::arg("x_strides"), py::arg("out_strides"), py::arg("noise_strides"), \
+      py::arg("x"), py::arg("out"), py::arg("noise"), py::arg("numel"), py::arg("batch"),               \
+      py::arg("sample_numel"), py::arg("sigma"), py::arg("alpha"), py::arg("blur_sigma"),               \
+      py::arg("sigma_p"), py::arg("alpha_p"), py::arg("blur_p"), py::arg("has_blur"), py::arg("radius"), \
+      py::arg("radius_p"), py::arg("max_radius"), py::arg("rows_are_samples"), py::arg("seed"),         \
+      py::arg("offset")
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "mollify_fast compiled kernels (CPU, and CUDA when built with it)";
+  m.def(
+      "mollify_cpu",
+      [](int dtype, const std::vector<int64_t>& sizes, const std::vector<int64_t>& xs, const std::vector<int64_t>& os,
+         const std::vector<int64_t>& ns, uintptr_t x, uintptr_t out, uintptr_t noise, int64_t numel, int64_t batch,
+         int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p, uintptr_t alpha_p,
+         uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p, int max_radius, bool rows_are_samples,
+         uint64_t seed, uint64_t offset, int num_threads) {
+        MollifyArgs a = make_args(dtype, sizes, xs, os, ns, x, out, noise, numel, batch, sample_numel, sigma, alpha,
+                                  blur_sigma, sigma_p, alpha_p, blur_p, has_blur, radius, radius_p, max_radius,
+                                  rows_are_samples, seed, offset);
+        py::gil_scoped_release release;
+        mollify_fast::mollify_cpu(a, num_threads);
+      },
+      MOLLIFY_ARGS, py::arg("num_threads"));
+#ifdef MOLLIFY_FAST_WITH_CUDA
+  m.attr("with_cuda") = true;
+  m.def(
+      "mollify_cuda",
+      [](int dtype, const std::vector<int64_t>& sizes, const std::vector<int64_t>& xs, const std::vector<int64_t>& os,
+         const std::vector<int64_t>& ns, uintptr_t x, uintptr_t out, uintptr_t noise, int64_t numel, int64_t batch,
+         int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p, uintptr_t alpha_p,
+         uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p, int max_radius, bool rows_are_samples,
+         uint64_t seed, uint64_t offset, uintptr_t stream, int device) {
+        MollifyArgs a = make_args(dtype, sizes, xs, os, ns, x, out, noise, numel, batch, sample_numel, sigma, alpha,
+                                  blur_sigma, sigma_p, alpha_p, blur_p, has_blur, radius, radius_p, max_radius,
+                                  rows_are_samples, seed, offset);
+        mollify_fast::mollify_cuda(a, stream, device);
+      },
+      MOLLIFY_ARGS, py::arg("stream"), py::arg("device"));
+  m.def("cuda_runtime_info", &mollify_fast::cuda_runtime_info);
+#else
+  m.attr("with_cuda") = false;
+#endif
+#ifdef _OPENMP
+  m.attr("with_openmp") = true;
+#else
+  m.attr("with_openmp") = false;
+#endif
+}

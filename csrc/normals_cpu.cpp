@@ -1,0 +1,195 @@
+// Vectorised Philox4x32-10 + Box-Muller for the CPU kernels.
+//
+// Philox: AVX2 intrinsics, 16 groups in flight (below). Box-Muller: a loop gcc vectorises
+// (8 lanes) with no calls inside: log and sin/cos from inline minimax polynomials (Cephes'
+// logf/sinf/cosf coefficients, ~1 ulp on the ranges used) and branch-free selects. Built with
+// -fno-math-errno so sqrtf is one instruction. Measured on the 2-core AMD EPYC dev machine, one
+// thread, normals into an L1-resident buffer: glibc's vector logf/sinf/cosf (libmvec, via
+// -ffast-math) and gcc's own Philox vectorisation gave 2.9 ns per normal; this file gives 1.6.
+//
+// sin and cos of th = 2 pi u take their quadrant from 4u exactly (u is in [0, 1)), so no
+// Cody-Waite reduction is needed. Triton computes cos(fl(2 pi u)); the two differ by the
+// rounding of fl(2 pi u), at most ~1e-6 absolute on a normal: inside the contract's
+// 2e-5 * (1 + |v|).
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "philox.h"
+
+namespace mollify_fast {
+
+namespace {
+constexpr int kLanes = 64;  // groups per block: fits the 8 lane arrays in L1, long enough to vectorise
+
+inline float as_float(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t as_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+
+// max(u, 1e-7) for u >= 0. Non-negative floats order like their bit patterns, so an unsigned
+// integer max does it: gcc if-converts neither fmaxf (NaN rules) nor a float ?: here.
+inline float clamp_min_uniform(float u) {
+  const uint32_t a = as_bits(u), b = as_bits(kMinUniform);
+  return as_float(a > b ? a : b);
+}
+
+// Natural log of a positive normal float (Cephes logf): x = 2^e m, m in [sqrt(1/2), sqrt(2)).
+inline float log_poly(float x) {
+  const uint32_t bits = as_bits(x);
+  int32_t e = static_cast<int32_t>(bits >> 23) - 126;
+  float m = as_float((bits & 0x007fffffu) | 0x3f000000u);  // [0.5, 1)
+  // Branch-free selects (bit masks), so gcc if-converts and vectorises the caller's loop.
+  const uint32_t small = 0u - static_cast<uint32_t>(m < 0.707106781186547524f);
+  e += static_cast<int32_t>(small);  // -1 where small
+  m = as_float((as_bits(m + m - 1.0f) & small) | (as_bits(m - 1.0f) & ~small));
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const float fe = static_cast<float>(e);
+  y += -2.12194440e-4f * fe;
+  y += -0.5f * z;
+  return m + y + 0.693359375f * fe;
+}
+
+// sin or cos of 2 pi u for u in [0, 1): quadrant q = round(4u), a = (4u - q) pi/2 in [-pi/4, pi/4].
+// One function for both (cos(2 pi u) = sin(2 pi u + pi/2): quadrant q + 1), returned by value:
+// results passed out by reference made gcc pack the pair into a complex float and give up
+// vectorising.
+inline float sin_2pi_quadrant(float u, int32_t shift) {
+  const float v = 4.0f * u;
+  // v + 0.5 > 0, so truncation is floor (floorf itself does not vectorise without fast-math).
+  const int32_t q0 = static_cast<int32_t>(v + 0.5f);
+  const float qf = static_cast<float>(q0);
+  const int32_t q = q0 + shift;
+  const float a = (v - qf) * 1.57079632679489662f;
+  const float z = a * a;
+  const float sa = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * a + a;
+  const float ca = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z
+                   - 0.5f * z + 1.0f;
+  // sin(q pi/2 + a): q = 0: sin a, 1: cos a, 2: -sin a, 3: -cos a (bit-mask selects).
+  const uint32_t swap = 0u - static_cast<uint32_t>(q & 1);
+  return as_float(((as_bits(ca) & swap) | (as_bits(sa) & ~swap)) ^ (static_cast<uint32_t>(q & 2) << 30));
+}
+#if defined(__AVX2__)
+// (hi, lo) of the 32x32-bit products of 8 lanes with a constant: vpmuludq multiplies the even
+// lanes, so the odd ones are shifted down, multiplied, and the halves blended back.
+inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+  const __m256i ev = _mm256_mul_epu32(a, m);
+  const __m256i od = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(ev, 32), od, 0xAA);
+  lo = _mm256_blend_epi32(ev, _mm256_slli_epi64(od, 32), 0xAA);
+}
+
+struct Lanes8 {
+  __m256i c0, c1, c2, c3;
+};
+
+inline void philox_round8(Lanes8& s, __m256i k0, __m256i k1, __m256i m0, __m256i m1) {
+  __m256i hi0, lo0, hi1, lo1;
+  mulhilo8(s.c0, m0, hi0, lo0);
+  mulhilo8(s.c2, m1, hi1, lo1);
+  s.c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, s.c1), k0);
+  s.c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, s.c3), k1);
+  s.c1 = lo1;
+  s.c3 = lo0;
+}
+#endif
+
+// Philox4x32-10 of the counter groups g0 .. g0 + lanes - 1 (lanes a multiple of 16) into lane arrays.
+//
+// AVX2: all 10 rounds in registers, two 8-lane sets interleaved so one set's multiplies
+// overlap the other's latency. Measured on the 2-core AMD EPYC dev machine: gcc's own
+// vectorisation of the plain loop below shuffled between every round (8.4 ns per group);
+// this path takes about 1.6 ns per group (two sets) where one set took 3.3.
+inline void philox_lanes(uint32_t key0, uint32_t key1, uint64_t g0, int lanes, uint32_t* c0, uint32_t* c1,
+                         uint32_t* c2, uint32_t* c3) {
+  for (int i = 0; i < lanes; ++i) {
+    const uint64_t g = g0 + static_cast<uint64_t>(i);
+    c0[i] = static_cast<uint32_t>(g);
+    c1[i] = static_cast<uint32_t>(g >> 32);
+  }
+#if defined(__AVX2__)
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
+  for (int i = 0; i < lanes; i += 16) {
+    Lanes8 a{_mm256_load_si256(reinterpret_cast<const __m256i*>(c0 + i)),
+             _mm256_load_si256(reinterpret_cast<const __m256i*>(c1 + i)), _mm256_setzero_si256(),
+             _mm256_setzero_si256()};
+    Lanes8 b{_mm256_load_si256(reinterpret_cast<const __m256i*>(c0 + i + 8)),
+             _mm256_load_si256(reinterpret_cast<const __m256i*>(c1 + i + 8)), _mm256_setzero_si256(),
+             _mm256_setzero_si256()};
+    uint32_t k0 = key0, k1 = key1;
+    for (int round = 0; round < 10; ++round) {
+      const __m256i vk0 = _mm256_set1_epi32(static_cast<int>(k0)), vk1 = _mm256_set1_epi32(static_cast<int>(k1));
+      philox_round8(a, vk0, vk1, m0, m1);
+      philox_round8(b, vk0, vk1, m0, m1);
+      k0 += kPhiloxW0;
+      k1 += kPhiloxW1;
+    }
+    const Lanes8* sets[2] = {&a, &b};
+    for (int h = 0; h < 2; ++h) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(c0 + i + 8 * h), sets[h]->c0);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(c1 + i + 8 * h), sets[h]->c1);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(c2 + i + 8 * h), sets[h]->c2);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(c3 + i + 8 * h), sets[h]->c3);
+    }
+  }
+#else
+  for (int i = 0; i < lanes; ++i) {
+    c2[i] = 0;
+    c3[i] = 0;
+    philox4x32_10(c0[i], c1[i], c2[i], c3[i], key0, key1);
+  }
+#endif
+}
+}  // namespace
+
+void normals_cpu(uint64_t seed, uint64_t group0, int64_t ngroups, float* out) {
+  alignas(64) uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+  alignas(64) float z0[kLanes], z1[kLanes], z2[kLanes], z3[kLanes];
+  const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
+  for (int64_t base = 0; base < ngroups; base += kLanes) {
+    const int64_t n = ngroups - base < kLanes ? ngroups - base : kLanes;
+    const int lanes = static_cast<int>((n + 15) & ~int64_t(15));  // short tails: whole 16-lane steps only
+    philox_lanes(key0, key1, group0 + static_cast<uint64_t>(base), lanes, c0, c1, c2, c3);
+#pragma GCC ivdep
+    for (int i = 0; i < lanes; ++i) {
+      const float u0 = word_to_uniform(c0[i]), u2 = word_to_uniform(c2[i]);
+      const float r0 = sqrtf(-2.0f * log_poly(clamp_min_uniform(u0)));
+      const float r1 = sqrtf(-2.0f * log_poly(clamp_min_uniform(u2)));
+      const float u1 = word_to_uniform(c1[i]), u3 = word_to_uniform(c3[i]);
+      z0[i] = r0 * sin_2pi_quadrant(u1, 1);
+      z1[i] = r0 * sin_2pi_quadrant(u1, 0);
+      z2[i] = r1 * sin_2pi_quadrant(u3, 1);
+      z3[i] = r1 * sin_2pi_quadrant(u3, 0);
+    }
+    float* o = out + 4 * base;
+    for (int64_t i = 0; i < n; ++i) {
+      o[4 * i + 0] = z0[i];
+      o[4 * i + 1] = z1[i];
+      o[4 * i + 2] = z2[i];
+      o[4 * i + 3] = z3[i];
+    }
+  }
+}
+
+}  // namespace mollify_fast

@@ -1,0 +1,118 @@
+"""Shared by the ``cpu`` and ``cuda`` launchers: loading ``mollify_fast._C`` and turning a
+validated call into the raw arguments of its kernels (csrc/mollify_args.h)."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import List, Optional, Tuple
+
+import torch
+
+from .._validate import Params
+from ..generator import draw_default_seed
+
+DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+MAX_DIMS = 8
+
+
+@functools.lru_cache(maxsize=None)
+def extension():
+    """``(module, None)`` or ``(None, reason)``; imports nothing CUDA-related."""
+    try:
+        from .. import _C  # noqa: F401
+
+        return _C, None
+    except ImportError as e:
+        status = os.path.join(os.path.dirname(os.path.dirname(__file__)), "_build_status.json")
+        if os.path.exists(status):
+            with open(status) as f:
+                st = json.load(f)
+            if not st.get("built", False):
+                return None, f"extension not built: {st.get('reason')}"
+        return None, f"extension not built or not importable ({e}); reinstall with `pip install -e .`"
+
+
+def coalesce(shape: List[int], strides: List[List[int]]) -> Tuple[List[int], List[List[int]]]:
+    """Merge adjacent dims that are contiguous with each other in every tensor, and drop size-1
+    dims. Logical row-major order is unchanged, so element indices and the noise are too."""
+    dims = [d for d in range(len(shape)) if shape[d] != 1] or [len(shape) - 1]
+    sizes = [shape[dims[0]]]
+    strd = [[s[dims[0]]] for s in strides]
+    for d in dims[1:]:
+        if all(st[-1] == s[d] * shape[d] for st, s in zip(strd, strides)):
+            sizes[-1] *= shape[d]
+            for st, s in zip(strd, strides):
+                st[-1] = s[d]
+        else:
+            sizes.append(shape[d])
+            for st, s in zip(strd, strides):
+                st.append(s[d])
+    return sizes, strd
+
+
+def _ptr(v) -> int:
+    return v.data_ptr() if torch.is_tensor(v) else 0
+
+
+def _num(v) -> float:
+    return 0.0 if torch.is_tensor(v) or v is None else float(v)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(shape: tuple, strides: tuple, has_blur: bool):
+    """Kernel sizes and per-tensor strides for one layout (cached: training loops repeat them)."""
+    shape = list(shape)
+    strides = [list(s) for s in strides]
+    if has_blur:
+        # Keep H and W; coalesce the plane dims in front of them (a 2-D input is one plane).
+        if len(shape) > 2:
+            lead, lead_strides = coalesce(shape[:-2], [s[:-2] for s in strides])
+        else:
+            lead, lead_strides = [1], [[0] for _ in strides]
+        sizes = lead + shape[-2:]
+        strides = [ls + s[-2:] for ls, s in zip(lead_strides, strides)]
+    else:
+        sizes, strides = coalesce(shape, strides)
+    if len(sizes) > MAX_DIMS:
+        raise ValueError(f"mollify: x has {len(sizes)} non-mergeable dims; at most {MAX_DIMS} are supported "
+                         "(pass x.contiguous())")
+    return sizes, strides
+
+
+def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> tuple:
+    """The positional arguments of ``_C.mollify_cpu`` / ``_C.mollify_cuda`` up to ``offset``
+    (positional: pybind11's keyword matching cost ~8 us per call with 25 arguments)."""
+    seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
+    tensors = (x, out) if noise is None else (x, out, noise)
+    has_blur = p.blur is not None
+    sizes, strides = _layout(tuple(x.shape), tuple(t.stride() for t in tensors), has_blur)
+    numel = x.numel()
+    batch = x.shape[0]
+    radius = p.radius
+    return (
+        DTYPE_CODES[x.dtype],
+        sizes,
+        strides[0],
+        strides[1],
+        strides[2] if noise is not None else [0] * len(sizes),
+        x.data_ptr(),
+        out.data_ptr(),
+        0 if noise is None else noise.data_ptr(),
+        numel,
+        batch,
+        numel // batch,
+        _num(p.sigma),
+        _num(p.alpha),
+        _num(p.blur),
+        _ptr(p.sigma),
+        _ptr(p.alpha),
+        _ptr(p.blur),
+        has_blur,
+        0 if torch.is_tensor(radius) else int(radius),
+        _ptr(radius),
+        int(p.max_radius),
+        x.dim() == 2,
+        int(seed),
+        int(offset),
+    )
