@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: venv install test test-fast bench demo info clean
+.PHONY: venv install test bench demo info clean
 
 venv: $(STAMP)
 $(STAMP): requirements-dev.txt
@@ -27,3 +27,7 @@ info: install
 
 clean:
 	rm -rf build *.egg-info mollify_fast/_C*.so .pytest_cache
+
+bench: install
+	$(PY) -m benchmarks.bench_mollify
+	$(PY) -m benchmarks.plot_mollify benchmarks/results/mollify_$$($(PY) -c "import torch; print('cpu' if not torch.cuda.is_available() else ''.join(c if c.isalnum() else '_' for c in torch.cuda.get_device_name(0)).strip('_').lower())").csv

@@ -18,6 +18,10 @@
 #include <omp.h>
 #endif
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "mollify_args.h"
 #include "philox.h"
 
@@ -287,10 +291,35 @@ void run(const MollifyArgs& a) {
     noise_kernel<T>(a);
 }
 
+// Ask for transparent huge pages on the 2 MB-aligned interior of a large output buffer before
+// the kernel first touches it. A fresh 50 MB tensor otherwise costs ~12,000 4 KB page faults:
+// on the 2-core dev VM x.clone() of (64, 3, 256, 256) float32 ran at 3.8 GB/s, page-fault
+// bound (THP is in "madvise" mode there); with this hint the fused noise op on that shape went
+// from 32-42 ms to 17 ms. Only a hint: where THP is off it does nothing, and it does not change
+// the memory's contents.
+void advise_huge_pages(const void* p, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  if (!p || bytes < int64_t(4 * kHuge)) return;
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+int64_t element_size(int32_t dtype) { return dtype == kFloat64 ? 8 : dtype == kFloat32 ? 4 : 2; }
+
 }  // namespace
 
 void mollify_cpu(const MollifyArgs& a, int num_threads) {
   if (a.numel == 0) return;
+  // [data_ptr, data_ptr + numel * size) lies inside any non-overlapping tensor's allocation
+  // (strides are non-negative), so the hint never reaches memory that is not the tensor's.
+  advise_huge_pages(a.out, a.numel * element_size(a.dtype));
+  if (a.noise) advise_huge_pages(a.noise, a.numel * element_size(a.dtype));
   if (a.ndim < 1 || a.ndim > kMaxDims) throw std::invalid_argument("mollify_cpu: ndim out of range");
 #ifdef _OPENMP
   const int saved = omp_get_max_threads();
