@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: venv install test bench demo info clean
+.PHONY: venv install test bench bench-training demo info clean
 
 venv: $(STAMP)
 $(STAMP): requirements-dev.txt
@@ -31,3 +31,10 @@ clean:
 bench: install
 	$(PY) -m benchmarks.bench_mollify
 	$(PY) -m benchmarks.plot_mollify benchmarks/results/mollify_$$($(PY) -c "import torch; print('cpu' if not torch.cuda.is_available() else ''.join(c if c.isalnum() else '_' for c in torch.cuda.get_device_name(0)).strip('_').lower())").csv
+
+# The main job: vanilla vs mollified RealNVP (2-D problems) and VAE (8x8 digits), 3 seeds.
+demo: install
+	$(PY) -m benchmarks.demo
+
+bench-training: install
+	$(PY) -m benchmarks.bench_training

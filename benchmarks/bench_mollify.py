@@ -48,7 +48,7 @@ FIELDS = ["run_id", "timestamp", "device", "cpu", "threads", "torch", "triton", 
 def device_name(dev: str) -> str:
     if dev == "cuda":
         return torch.cuda.get_device_name(0)
-    return platform.processor() or platform.machine()
+    return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
 
 
 def cpu_model() -> str:
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     rows, raw = [], {"meta": dict(meta, tag=args.tag), "cases": []}
     compile_times: dict = {}
     cases = [(s, d, op, b) for s in shapes for d in dtypes for op, b in ops]
-    for shape, dtype, op, bs in tqdm(cases, desc=f"mollify benchmarks ({dev})", unit="case"):
+    for shape, dtype, op, bs in tqdm(cases, desc=f"mollify benchmarks ({dev})", unit="case", disable=None):
         x = torch.randn(shape, device=dev).to(dtype)
         times = run_case(x, op, bs, dev, budget, min_rounds, compile_times)
         nbytes = 2 * x.numel() * x.element_size()

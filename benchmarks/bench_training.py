@@ -109,7 +109,7 @@ def main(argv=None) -> int:
         for fn in var.values():  # warm-up, also actnorm's data-dependent init
             step(fn)
             step(fn)
-        for _ in tqdm(range(rounds), desc=f"training steps: {name}", unit="round"):
+        for _ in tqdm(range(rounds), desc=f"training steps: {name}", unit="round", disable=None):
             for k, fn in var.items():
                 total, mol = step(fn)
                 step_t[k].append(total)
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
             w.writeheader()
         for r in rows:
             w.writerow({k: r.get(k, "") for k in FIELDS})
-    print(f"\ntraining-step overhead on {meta['device']} ({meta['cpu']}, {meta['threads']} threads), "
+    print(f"\ntraining-step overhead on {meta['device']}, {meta['threads']} threads, "
           f"percent of the plain step, median [p20, p80]:")
     print("\n".join(lines))
     print(f"\nappended {len(rows)} rows to {os.path.relpath(path, ROOT)}")

@@ -47,7 +47,8 @@ class RealNVP2D(nn.Module):
         super().__init__()
         self.nets = nn.ModuleList(_MLP(1, 2, hidden) for _ in range(n_layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor):
+        """x -> (z, log|det dz/dx|)."""
         logdet = x.new_zeros(x.shape[0])
         for i, net in enumerate(self.nets):
             a, b = (x[:, :1], x[:, 1:]) if i % 2 == 0 else (x[:, 1:], x[:, :1])
@@ -56,11 +57,11 @@ class RealNVP2D(nn.Module):
             b = b * torch.exp(s) + t
             logdet = logdet + s.squeeze(1)
             x = torch.cat([a, b], 1) if i % 2 == 0 else torch.cat([b, a], 1)
-        return std_normal_logp(x) + logdet
+        return x, logdet
 
-    @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        x = torch.randn(n, 2, device=next(self.parameters()).device)
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`encode`."""
+        x = z
         for i in reversed(range(len(self.nets))):
             a, b = (x[:, :1], x[:, 1:]) if i % 2 == 0 else (x[:, 1:], x[:, :1])
             s, t = self.nets[i](a).chunk(2, dim=1)
@@ -68,6 +69,15 @@ class RealNVP2D(nn.Module):
             b = (b - t) * torch.exp(-s)
             x = torch.cat([a, b], 1) if i % 2 == 0 else torch.cat([b, a], 1)
         return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z, logdet = self.encode(x)
+        return std_normal_logp(z) + logdet
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        p = next(self.parameters())
+        return self.decode(torch.randn(n, 2, device=p.device, dtype=p.dtype))
 
 
 # ---------------------------------------------------------------- image flows
