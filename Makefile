@@ -15,8 +15,12 @@ $(STAMP): requirements-dev.txt
 
 # MOLLIFY_FAST_REQUIRE_EXT=1: here a broken C++/CUDA build fails loudly (a user's plain
 # `pip install .` falls back to the torch backend instead).
-install: venv
+# Editable install: Python changes apply at once; the extension is rebuilt when its sources change.
+INSTALLED := $(VENV)/.install-stamp
+install: $(INSTALLED)
+$(INSTALLED): $(STAMP) $(wildcard csrc/* kernels/*) CMakeLists.txt setup.py pyproject.toml
 	MOLLIFY_FAST_REQUIRE_EXT=$${MOLLIFY_FAST_REQUIRE_EXT:-1} $(PY) -m pip install --no-build-isolation -e .
+	touch $@
 
 test: install
 	$(PY) -m mollify_fast info
@@ -26,15 +30,21 @@ info: install
 	$(PY) -m mollify_fast info
 
 clean:
-	rm -rf build *.egg-info mollify_fast/_C*.so .pytest_cache
+	rm -rf build *.egg-info mollify_fast/_C*.so mollify_fast/_build_status.json .pytest_cache $(INSTALLED)
+
+# Extra arguments: make bench BENCH_ARGS=--quick BENCH_OUT=/tmp/b ; make demo DEMO_ARGS="--scale 0.1"
+BENCH_OUT ?= benchmarks/results
+BENCH_ARGS ?=
+DEMO_ARGS ?=
+DEVSLUG = $$($(PY) -c "import torch; print('cpu' if not torch.cuda.is_available() else ''.join(c if c.isalnum() else '_' for c in torch.cuda.get_device_name(0)).strip('_').lower())")
 
 bench: install
-	$(PY) -m benchmarks.bench_mollify
-	$(PY) -m benchmarks.plot_mollify benchmarks/results/mollify_$$($(PY) -c "import torch; print('cpu' if not torch.cuda.is_available() else ''.join(c if c.isalnum() else '_' for c in torch.cuda.get_device_name(0)).strip('_').lower())").csv
+	$(PY) -m benchmarks.bench_mollify --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(PY) -m benchmarks.plot_mollify $(BENCH_OUT)/mollify_$(DEVSLUG).csv
 
 # The main job: vanilla vs mollified RealNVP (2-D problems) and VAE (8x8 digits), 3 seeds.
 demo: install
-	$(PY) -m benchmarks.demo
+	$(PY) -m benchmarks.demo $(DEMO_ARGS)
 
 bench-training: install
 	$(PY) -m benchmarks.bench_training

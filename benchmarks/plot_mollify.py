@@ -34,13 +34,13 @@ def plot(path, run_id=None, out=None):
     meta = rows[0]
     metrics = [("speedup_vs_eager", "speed-up over eager (x, log)"), ("fraction_of_clone_bandwidth",
                                                                        "fraction of x.clone() bandwidth")]
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(14, 9), constrained_layout=True)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(16, 11), constrained_layout=True)
     for ax, (metric, label) in zip(axes, metrics):
         data = defaultdict(dict)
         for r in rows:
             if r["metric"] != metric or r["provider"].startswith("clone"):
                 continue
-            case = f"{r['kernel']}{'(s=' + r['blur_sigma'] + ')' if r['blur_sigma'] else ''}\n{r['shape']} {r['dtype']}"
+            case = f"{r['kernel']}{' s=' + r['blur_sigma'] if r['blur_sigma'] else ''} {r['shape']} {r['dtype']}"
             data[r["provider"]][case] = (float(r["p50"]), float(r["p20"]), float(r["p80"]))
         cases = sorted({c for d in data.values() for c in d})
         provs = sorted(data)
@@ -56,13 +56,13 @@ def plot(path, run_id=None, out=None):
                     hi.append(max(0.0, max(p20, p80) - p50))
             ax.bar(xs, ys, width, yerr=[lo, hi], label=prov, capsize=2)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))])
-        ax.set_xticklabels(cases, fontsize=7)
+        ax.set_xticklabels(cases, fontsize=7, rotation=35, ha="right")
         ax.set_ylabel(label)
         if metric == "speedup_vs_eager":
             ax.set_yscale("log")
             ax.axhline(1.0, color="k", lw=0.8)
         ax.legend(fontsize=7, ncol=3)
-    fig.suptitle(f"mollify_fast benchmarks on {meta['device']} ({meta['cpu']}, {meta['threads']} threads) "
+    fig.suptitle(f"mollify_fast benchmarks on {meta['device']}, {meta['threads']} threads "
                  f"- torch {meta['torch']}, triton {meta['triton']} - {meta['timestamp']} - run {run_id}\n"
                  "bars: median; whiskers: 20th-80th percentile", fontsize=9)
     out = out or os.path.splitext(path)[0] + ".png"

@@ -236,7 +236,8 @@ def resolve_params(
             )
         s_val = as_param(v, sigma_t)
         if vp:
-            a_val = as_param(torch.sqrt(1.0 - v * v), torch.sqrt(1.0 - v * v))
+            a64 = torch.sqrt(1.0 - v * v)
+            a_val = as_param(a64, a64)
     elif vp:
         a_val = math.sqrt(1.0 - sigma * sigma)
     if not vp:

@@ -188,3 +188,13 @@ def test_auto_prefers_compiled_cpu_when_built():
     backend_or_skip("cpu")
     mf.mollify(torch.randn(2, 3), 0.5)
     assert mf.last_backend() == "cpu"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_high_rank_non_mergeable_layout(backend):
+    """6-D with permuted memory order: no dims merge (triton then runs a contiguous copy)."""
+    _setup(backend)
+    x = torch.randn(2, 3, 2, 2, 3, 4).permute(0, 2, 1, 4, 3, 5)
+    assert not x.is_contiguous()
+    compare(backend, x, 0.6)
+    compare(backend, x, 0.6, blur_sigma=0.8)

@@ -83,3 +83,37 @@ def test_info_cli():
 
     for name in BACKENDS:
         assert any(line.split()[:1] == [name] and "available" in line for line in r.stdout.splitlines()), name
+
+
+def _run_py(code: str) -> str:
+    env = dict(__import__("os").environ)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_works_without_the_extension():
+    """A missing or failed build: the package still works through torch, and says why."""
+    out = _run_py(
+        "import sys; sys.modules['mollify_fast._C'] = None\n"
+        "import torch, mollify_fast as mf\n"
+        "y = mf.mollify(torch.randn(4, 4), 0.5)\n"
+        "print(mf.last_backend()); print(mf.available_backends()['cpu'][1])\n"
+        "from mollify_fast.__main__ import info; print(info())\n"
+    )
+    lines = out.splitlines()
+    assert lines[0] == "torch"
+    assert "extension" in lines[1]
+    assert any(line.split()[:2] == ["cpu", "unavailable:"] for line in lines)
+
+
+def test_import_does_not_need_triton():
+    out = _run_py(
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, mollify_fast as mf\n"
+        "y = mf.mollify(torch.randn(4, 4), 0.5)\n"
+        "ok, why = mf.available_backends()['triton']; print(ok); print(why)\n"
+        "print('triton' in sys.modules and sys.modules['triton'] is not None)\n"
+    )
+    ok, why, imported = out.splitlines()[:3]
+    assert ok == "False" and "triton" in why.lower() and imported == "False"

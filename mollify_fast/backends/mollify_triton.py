@@ -238,6 +238,17 @@ def _blur_layout(x, out, noise):
     return lead, strides
 
 
+def _via_contiguous(x, out, noise, p, stream) -> None:
+    """Run on contiguous copies (same logical order, so the same noise) and copy back."""
+    xc = x.contiguous()
+    oc = torch.empty_like(xc)
+    nc = torch.empty_like(xc) if noise is not None else None
+    mollify_triton(xc, oc, nc, p, stream)
+    out.copy_(oc)
+    if noise is not None:
+        noise.copy_(nc)
+
+
 def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
     seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
     seed, offset = to_signed64(seed), to_signed64(offset)
@@ -251,15 +262,8 @@ def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Ten
     noise_p = noise if noise is not None else dummy
     if p.blur is None:
         layout = _noise_layout(x, out, noise)
-        if layout is None:  # more than 4 non-mergeable dims: run on a contiguous copy
-            xc = x.contiguous()
-            oc = torch.empty_like(xc)
-            nc = torch.empty_like(xc) if noise is not None else None
-            mollify_triton(xc, oc, nc, p, (seed % 2**64, offset % 2**64))
-            out.copy_(oc)
-            if noise is not None:
-                noise.copy_(nc)
-            return
+        if layout is None:  # more than 4 non-mergeable dims
+            return _via_contiguous(x, out, noise, p, (seed % 2**64, offset % 2**64))
         sizes, (xs, os_, ns), contig = layout
         grid = (triton_cdiv(-(-numel // 4), NOISE_BLOCK),)
         _mollify_noise_kernel[grid](
@@ -270,15 +274,8 @@ def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Ten
         )
         return
     layout = _blur_layout(x, out, noise)
-    if layout is None:
-        xc = x.contiguous()
-        oc = torch.empty_like(xc)
-        nc = torch.empty_like(xc) if noise is not None else None
-        mollify_triton(xc, oc, nc, p, (seed % 2**64, offset % 2**64))
-        out.copy_(oc)
-        if noise is not None:
-            noise.copy_(nc)
-        return
+    if layout is None:  # more than 2 non-mergeable plane dims
+        return _via_contiguous(x, out, noise, p, (seed % 2**64, offset % 2**64))
     (P0, P1), (xs, os_, ns) = layout
     H, W = x.shape[-2:]
     planes = P0 * P1
