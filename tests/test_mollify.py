@@ -195,3 +195,30 @@ def test_noise_statistics_1e6(backend):
     x = torch.zeros(1000, 1000)
     _, eps = mf.mollify(x, 1.0, generator=mf.Generator(2024), return_noise=True, backend=backend)
     _moments_and_ks(eps)
+
+
+def _peak_cpu_bytes(fn) -> int:
+    """Peak of live CPU allocations during fn, from the profiler's per-op memory records."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage != 0), key=lambda e: e.time_range.start)
+    cur = peak = 0
+    for e in events:
+        cur += e.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return peak
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_torch_backend_allocates_less_than_the_composition(dtype):
+    """The issue's requirement: no more memory than alpha * x + sigma * torch.randn_like(x)."""
+    x = torch.randn(64, 3, 32, 32).to(dtype)
+    g = mf.Generator(1)
+    ours = _peak_cpu_bytes(lambda: mf.mollify(x, 0.6, generator=g, backend="torch"))
+    eager = _peak_cpu_bytes(lambda: 0.8 * x + 0.6 * torch.randn_like(x))
+    nbytes = x.numel() * x.element_size()
+    assert nbytes <= ours < eager, (ours, eager, nbytes)
+    if dtype != torch.bfloat16:
+        assert ours < nbytes + 4096  # only the output itself

@@ -7,9 +7,10 @@ from the stream's ``(seed, offset)``.
 
 Memory: the noise is drawn straight into the output buffer and the affine step finishes in
 place, so float32/float64 calls allocate nothing beyond ``out`` (the eager composition
-``alpha * x + sigma * torch.randn_like(x)`` allocates three temporaries). float16/bfloat16 use
-one float32 temporary so the result is rounded once. In-place (``out=x``) without blur needs
-one buffer for the noise.
+``alpha * x + sigma * torch.randn_like(x)`` allocates three temporaries). float16/bfloat16
+work through float32 scratch a quarter of the batch at a time, so the result is rounded once
+and the scratch stays below the composition's temporaries. In-place (``out=x``) without blur
+needs one buffer for the noise.
 
 Blur: separable depthwise ``conv2d`` (width pass, then height pass) over input padded by
 gathering mirrored indices, which works for any radius (also ``r >= H`` or ``W``). Per-sample
@@ -102,12 +103,20 @@ def mollify_torch(
     s = _bcast(p.sigma, x)
     src = blur_torch(x, p, acc) if p.blur is not None else x
     if x.dtype != acc:
-        # Low precision: eps and the sum in float32, one rounding at the end.
-        tmp = torch.empty_like(x, dtype=acc).normal_(generator=gen)
-        if noise is not None:
-            noise.copy_(tmp)
-        _mul_(tmp, s)
-        out.copy_(_axpy(tmp, a, src, out=tmp))
+        # Low precision: eps and the sum in float32, one rounding at the end, a quarter of the
+        # batch at a time (at most ~4 MB of float32 scratch). Whole-batch float32 scratch plus
+        # the float32 copy of x that PyTorch makes for the mixed-dtype add allocated 5 bf16-sized
+        # buffers, more than the 4 of the eager composition; chunked, it is out plus ~1.
+        n = x.shape[0]
+        per_sample = max(1, x.numel() // max(n, 1))
+        chunk = max(1, min(-(-n // 4), (4 << 20) // (4 * per_sample)))
+        for n0 in range(0, n, chunk):
+            sl = slice(n0, min(n, n0 + chunk))
+            tmp = torch.empty_like(x[sl], dtype=acc).normal_(generator=gen)
+            if noise is not None:
+                noise[sl].copy_(tmp)
+            _mul_(tmp, s[sl] if torch.is_tensor(s) else s)
+            out[sl].copy_(_axpy(tmp, a[sl] if torch.is_tensor(a) else a, src[sl], out=tmp))
     elif src is x and same_view(out, x):
         # In place, no blur: the noise needs its own buffer. Same operation order as the
         # out-of-place path (sigma*eps, then + alpha*x), so out=x gives identical numbers.

@@ -91,9 +91,10 @@ def _mollify_noise_kernel(
     SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    # tl.to_tensor: an int argument equal to 1 may arrive as a constexpr (Triton specialises it).
     pid = tl.program_id(0).to(tl.int64)
     g = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    z0, z1, z2, z3 = tl.randn4x(seed, offset.to(tl.int64) + g)
+    z0, z1, z2, z3 = tl.randn4x(seed, tl.to_tensor(offset).to(tl.int64) + g)
     k = tl.arange(0, 4)[None, :]
     i = 4 * g[:, None] + k  # [BLOCK, 4] logical indices: 4 consecutive per thread
     mask = i < numel
@@ -180,7 +181,7 @@ def _mollify_blur_kernel(
     # Noise by logical index; each element takes its lane of its group's randn4x.
     idx = (p * H + h[:, None]) * W + w[None, :]
     grp = idx // 4
-    z0, z1, z2, z3 = tl.randn4x(seed, offset.to(tl.int64) + grp)
+    z0, z1, z2, z3 = tl.randn4x(seed, tl.to_tensor(offset).to(tl.int64) + grp)
     eps = _lane(z0, z1, z2, z3, idx % 4)
     mask = (h < H)[:, None] & wmask[None, :]
     if ROWS_ARE_SAMPLES:
