@@ -22,6 +22,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "dtypes.h"
 #include "mollify_args.h"
 #include "philox.h"
 
@@ -39,80 +40,6 @@ constexpr int64_t kBand = 16;
 // Below this many elements one thread does it all: waking the OpenMP team costs more
 // (a 16-element call took ~15 us with the team, ~1 us without, on the 2-core dev machine).
 constexpr int64_t kParallelMin = 1 << 15;
-
-// ---- dtype conversion (bit-exact round-to-nearest-even; no _Float16 needed) ----
-struct Half { uint16_t bits; };
-struct BF16 { uint16_t bits; };
-
-inline float bits_to_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-inline uint32_t float_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-
-inline float half_to_float(uint16_t h) {
-  uint32_t o = static_cast<uint32_t>(h & 0x7fff) << 13;
-  const uint32_t exp = o & (0x7c00u << 13);
-  o += (127 - 15) << 23;
-  if (exp == (0x7c00u << 13)) {
-    o += (128 - 16) << 23;  // inf / nan
-  } else if (exp == 0) {
-    o += 1 << 23;  // zero / subnormal: renormalise
-    o = float_to_bits(bits_to_float(o) - bits_to_float(113u << 23));
-  }
-  return bits_to_float(o | (static_cast<uint32_t>(h & 0x8000) << 16));
-}
-
-inline uint16_t float_to_half(float f) {
-  uint32_t u = float_to_bits(f);
-  const uint32_t sign = u & 0x80000000u;
-  u ^= sign;
-  uint16_t o;
-  if (u >= (127u + 16) << 23) {
-    o = u > (255u << 23) ? 0x7e00 : 0x7c00;  // nan, or overflow to inf
-  } else if (u < (113u << 23)) {
-    // Subnormal half: a magic addend aligns the 10 mantissa bits (FP add rounds to even).
-    const float magic = bits_to_float(((127 - 15) + (23 - 10) + 1) << 23);
-    o = static_cast<uint16_t>(float_to_bits(bits_to_float(u) + magic) - float_to_bits(magic));
-  } else {
-    const uint32_t mant_odd = (u >> 13) & 1;
-    u += (static_cast<uint32_t>(15 - 127) << 23) + 0xfff + mant_odd;
-    o = static_cast<uint16_t>(u >> 13);
-  }
-  return static_cast<uint16_t>(o | (sign >> 16));
-}
-
-inline float bf16_to_float(uint16_t b) { return bits_to_float(static_cast<uint32_t>(b) << 16); }
-
-inline uint16_t float_to_bf16(float f) {
-  const uint32_t u = float_to_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet nan
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
-}
-
-template <typename T> struct Io;
-template <> struct Io<float> {
-  using acc = float;
-  static float load(const float* p) { return *p; }
-  static void store(float* p, float v) { *p = v; }
-};
-template <> struct Io<double> {
-  using acc = double;
-  static double load(const double* p) { return *p; }
-  static void store(double* p, double v) { *p = v; }
-};
-template <> struct Io<Half> {
-  using acc = float;
-  static float load(const Half* p) { return half_to_float(p->bits); }
-  static void store(Half* p, float v) { p->bits = float_to_half(v); }
-};
-template <> struct Io<BF16> {
-  using acc = float;
-  static float load(const BF16* p) { return bf16_to_float(p->bits); }
-  static void store(BF16* p, float v) { p->bits = float_to_bf16(v); }
-};
-
-template <typename A>
-inline A param(const void* p, double scalar, int64_t n) {
-  return p ? static_cast<const A*>(p)[n] : static_cast<A>(scalar);
-}
 
 // Memory offsets of logical row `row` (an index over dims [0, last)) for the three tensors.
 inline void row_offsets(const MollifyArgs& a, int last, int64_t row, int64_t& ox, int64_t& oo, int64_t& on) {

@@ -17,87 +17,17 @@
 #include <stdexcept>
 #include <string>
 
+#include "dtypes.h"
 #include "mollify_args.h"
 #include "philox.h"
 
 namespace mollify_fast {
 namespace {
 
-struct Half { uint16_t bits; };
-struct BF16 { uint16_t bits; };
-
-// Conversions through the bit patterns (no cuda_fp16.h dependency, identical on every arch);
-// round to nearest even, as the CPU kernels and PyTorch do.
-__device__ __forceinline__ float half_to_float(uint16_t h) {
-  uint32_t o = static_cast<uint32_t>(h & 0x7fff) << 13;
-  const uint32_t exp = o & (0x7c00u << 13);
-  o += (127 - 15) << 23;
-  if (exp == (0x7c00u << 13)) {
-    o += (128 - 16) << 23;
-  } else if (exp == 0) {
-    o += 1 << 23;
-    o = __float_as_uint(__uint_as_float(o) - __uint_as_float(113u << 23));
-  }
-  return __uint_as_float(o | (static_cast<uint32_t>(h & 0x8000) << 16));
-}
-
-__device__ __forceinline__ uint16_t float_to_half(float f) {
-  uint32_t u = __float_as_uint(f);
-  const uint32_t sign = u & 0x80000000u;
-  u ^= sign;
-  uint16_t o;
-  if (u >= (127u + 16) << 23) {
-    o = u > (255u << 23) ? 0x7e00 : 0x7c00;
-  } else if (u < (113u << 23)) {
-    const float magic = __uint_as_float(((127 - 15) + (23 - 10) + 1) << 23);
-    o = static_cast<uint16_t>(__float_as_uint(__uint_as_float(u) + magic) - __float_as_uint(magic));
-  } else {
-    const uint32_t mant_odd = (u >> 13) & 1;
-    u += (static_cast<uint32_t>(15 - 127) << 23) + 0xfff + mant_odd;
-    o = static_cast<uint16_t>(u >> 13);
-  }
-  return static_cast<uint16_t>(o | (sign >> 16));
-}
-
-__device__ __forceinline__ float bf16_to_float(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
-
-__device__ __forceinline__ uint16_t float_to_bf16(float f) {
-  const uint32_t u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
-}
-
-template <typename T> struct Io;
-template <> struct Io<float> {
-  using acc = float;
-  __device__ static float load(const float* p) { return *p; }
-  __device__ static void store(float* p, float v) { *p = v; }
-};
-template <> struct Io<double> {
-  using acc = double;
-  __device__ static double load(const double* p) { return *p; }
-  __device__ static void store(double* p, double v) { *p = v; }
-};
-template <> struct Io<Half> {
-  using acc = float;
-  __device__ static float load(const Half* p) { return half_to_float(p->bits); }
-  __device__ static void store(Half* p, float v) { p->bits = float_to_half(v); }
-};
-template <> struct Io<BF16> {
-  using acc = float;
-  __device__ static float load(const BF16* p) { return bf16_to_float(p->bits); }
-  __device__ static void store(BF16* p, float v) { p->bits = float_to_bf16(v); }
-};
-
 template <typename T>
 struct alignas(4 * sizeof(T)) Vec4 {
   T v[4];
 };
-
-template <typename A>
-__device__ __forceinline__ A param(const void* p, double scalar, int64_t n) {
-  return p ? static_cast<const A*>(p)[n] : static_cast<A>(scalar);
-}
 
 // Memory offsets of logical element i (row-major over a.sizes) in x, out and noise.
 __device__ __forceinline__ void offsets(const MollifyArgs& a, int64_t i, int64_t& ox, int64_t& oo, int64_t& on) {

@@ -8,6 +8,8 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import math  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -92,3 +94,19 @@ def backend_or_skip(name: str) -> None:
 def cuda_or_skip() -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+
+
+def check_standard_normal(eps: torch.Tensor, ks_max: int = 10**6) -> None:
+    """No NaN/inf; mean and variance within 5 standard errors of N(0, 1) (1/sqrt(n) and
+    sqrt(2/n)); a Kolmogorov-Smirnov test on (at most ks_max of) the draws."""
+    from scipy import stats
+
+    e = eps.detach().double().reshape(-1).cpu()
+    n = e.numel()
+    assert torch.isfinite(e).all(), "NaN or inf in the noise"
+    mean, var = e.mean().item(), e.var().item()
+    assert abs(mean) < 5 / math.sqrt(n), f"mean {mean} beyond 5 standard errors"
+    assert abs(var - 1) < 5 * math.sqrt(2 / n), f"variance {var} beyond 5 standard errors"
+    step = max(1, n // ks_max)
+    p = stats.kstest(e[::step].numpy(), "norm").pvalue
+    assert p > 1e-4, f"KS test rejects N(0,1): p={p}"

@@ -8,12 +8,11 @@ import math
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from scipy import stats
 
 import mollify_fast as mf
 from mollify_fast import reference as R
 
-from conftest import EPS, assert_within, make_layout
+from conftest import EPS, assert_within, check_standard_normal, make_layout
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 PURE = ["torch", "reference"]
@@ -178,23 +177,11 @@ def test_default_generator_reproducible_with_manual_seed(backend):
     assert torch.equal(a1, b1) and torch.equal(a2, b2) and not torch.equal(a1, a2)
 
 
-def _moments_and_ks(eps: torch.Tensor):
-    e = eps.double().reshape(-1)
-    n = e.numel()
-    assert torch.isfinite(e).all(), "NaN or inf in the noise"
-    mean, var = e.mean().item(), e.var().item()
-    # Standard errors of the sample mean (1/sqrt n) and variance (sqrt(2/n)) under N(0, 1).
-    assert abs(mean) < 5 / math.sqrt(n), f"mean {mean} beyond 5 standard errors"
-    assert abs(var - 1) < 5 * math.sqrt(2 / n), f"variance {var} beyond 5 standard errors"
-    p = stats.kstest(e.numpy(), "norm").pvalue
-    assert p > 1e-4, f"KS test rejects N(0,1): p={p}"
-
-
 @pytest.mark.parametrize("backend", PURE)
 def test_noise_statistics_1e6(backend):
     x = torch.zeros(1000, 1000)
     _, eps = mf.mollify(x, 1.0, generator=mf.Generator(2024), return_noise=True, backend=backend)
-    _moments_and_ks(eps)
+    check_standard_normal(eps)
 
 
 def _peak_cpu_bytes(fn) -> int:

@@ -5,11 +5,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scipy import stats
 
 import mollify_fast as mf
 
-from conftest import assert_parity, backend_or_skip
+from conftest import assert_parity, backend_or_skip, check_standard_normal
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
@@ -72,16 +71,11 @@ def test_cpu_statistics_1e7():
     backend_or_skip("cpu")
     x = torch.zeros(10, 1000, 1000)
     _, eps = mf.mollify(x, 1.0, generator=mf.Generator(31337, 2**35), return_noise=True, backend="cpu")
+    check_standard_normal(eps)  # moments on all 1e7, KS on 1e6 of them (its cost is a sort)
     e = eps.double().reshape(-1)
     n = e.numel()
-    assert torch.isfinite(e).all(), "NaN or inf in 1e7 draws"
-    mean, var = e.mean().item(), e.var().item()
-    assert abs(mean) < 5 / math.sqrt(n), f"mean {mean}"
-    assert abs(var - 1) < 5 * math.sqrt(2 / n), f"variance {var}"
     # Box-Muller with u >= 1e-7 caps |z| at sqrt(-2 ln 1e-7) = 5.68
     assert e.abs().max() <= math.sqrt(-2 * math.log(1e-7)) + 1e-5
-    p = stats.kstest(e[::10].numpy(), "norm").pvalue  # 1e6 for the KS test: its cost is a sort
-    assert p > 1e-4, f"KS p={p}"
     # neighbouring normals (same Philox group and across groups) are uncorrelated
     for lag in (1, 2, 4):
         r = torch.corrcoef(torch.stack([e[:-lag], e[lag:]]))[0, 1].item()

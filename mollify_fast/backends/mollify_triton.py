@@ -71,6 +71,15 @@ def _lane(z0, z1, z2, z3, k):
     return tl.where(k == 0, z0, tl.where(k == 1, z1, tl.where(k == 2, z2, z3)))
 
 @triton.jit
+def _param(ptr, scalar, n, mask, PER_SAMPLE: tl.constexpr):
+    # A per-sample parameter gathered for sample indices n, or the scalar.
+    if PER_SAMPLE:
+        return tl.load(ptr + n, mask=mask, other=0.0)
+    else:
+        return scalar
+
+
+@triton.jit
 def _offsets(i, s1, s2, s3, t0, t1, t2, t3):
     # Memory offset of logical index i over 4 dims (sizes *, s1, s2, s3; strides t0..t3).
     d3 = i % s3
@@ -99,16 +108,9 @@ def _mollify_noise_kernel(
     i = 4 * g[:, None] + k  # [BLOCK, 4] logical indices: 4 consecutive per thread
     mask = i < numel
     eps = _lane(z0[:, None], z1[:, None], z2[:, None], z3[:, None], k)
-    if SIGMA_PER_SAMPLE or ALPHA_PER_SAMPLE:
-        n = i // sample_numel
-    if SIGMA_PER_SAMPLE:
-        s = tl.load(sigma_ptr + n, mask=mask, other=0.0)
-    else:
-        s = sigma
-    if ALPHA_PER_SAMPLE:
-        a = tl.load(alpha_ptr + n, mask=mask, other=0.0)
-    else:
-        a = alpha
+    n = i // sample_numel  # unused (and removed by the compiler) without per-sample parameters
+    s = _param(sigma_ptr, sigma, n, mask, SIGMA_PER_SAMPLE)
+    a = _param(alpha_ptr, alpha, n, mask, ALPHA_PER_SAMPLE)
     if CONTIG:
         ox = i
         oo = i
@@ -188,14 +190,8 @@ def _mollify_blur_kernel(
         ns = h[:, None] + w[None, :] * 0
     else:
         ns = n + idx * 0
-    if SIGMA_PER_SAMPLE:
-        sg = tl.load(sigma_ptr + ns, mask=mask, other=0.0)
-    else:
-        sg = sigma
-    if ALPHA_PER_SAMPLE:
-        al = tl.load(alpha_ptr + ns, mask=mask, other=0.0)
-    else:
-        al = alpha
+    sg = _param(sigma_ptr, sigma, ns, mask, SIGMA_PER_SAMPLE)
+    al = _param(alpha_ptr, alpha, ns, mask, ALPHA_PER_SAMPLE)
     res = al * blurred + sg * eps
     oo = pd0 * os0 + pd1 * os1 + h[:, None] * osh + w[None, :] * osw
     tl.store(out_ptr + oo, res.to(out_ptr.dtype.element_ty), mask=mask)
