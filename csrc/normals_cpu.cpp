@@ -19,6 +19,7 @@
 #include <immintrin.h>
 #endif
 
+#include "dtypes.h"
 #include "philox.h"
 
 namespace mollify_fast {
@@ -26,33 +27,23 @@ namespace mollify_fast {
 namespace {
 constexpr int kLanes = 64;  // groups per block: fits the 8 lane arrays in L1, long enough to vectorise
 
-inline float as_float(uint32_t u) {
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-inline uint32_t as_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return u;
-}
 
 // max(u, 1e-7) for u >= 0. Non-negative floats order like their bit patterns, so an unsigned
 // integer max does it: gcc if-converts neither fmaxf (NaN rules) nor a float ?: here.
 inline float clamp_min_uniform(float u) {
-  const uint32_t a = as_bits(u), b = as_bits(kMinUniform);
-  return as_float(a > b ? a : b);
+  const uint32_t a = float_to_bits(u), b = float_to_bits(kMinUniform);
+  return bits_to_float(a > b ? a : b);
 }
 
 // Natural log of a positive normal float (Cephes logf): x = 2^e m, m in [sqrt(1/2), sqrt(2)).
 inline float log_poly(float x) {
-  const uint32_t bits = as_bits(x);
+  const uint32_t bits = float_to_bits(x);
   int32_t e = static_cast<int32_t>(bits >> 23) - 126;
-  float m = as_float((bits & 0x007fffffu) | 0x3f000000u);  // [0.5, 1)
+  float m = bits_to_float((bits & 0x007fffffu) | 0x3f000000u);  // [0.5, 1)
   // Branch-free selects (bit masks), so gcc if-converts and vectorises the caller's loop.
   const uint32_t small = 0u - static_cast<uint32_t>(m < 0.707106781186547524f);
   e += static_cast<int32_t>(small);  // -1 where small
-  m = as_float((as_bits(m + m - 1.0f) & small) | (as_bits(m - 1.0f) & ~small));
+  m = bits_to_float((float_to_bits(m + m - 1.0f) & small) | (float_to_bits(m - 1.0f) & ~small));
   const float z = m * m;
   float y = 7.0376836292e-2f;
   y = y * m - 1.1514610310e-1f;
@@ -87,7 +78,7 @@ inline float sin_2pi_quadrant(float u, int32_t shift) {
                    - 0.5f * z + 1.0f;
   // sin(q pi/2 + a): q = 0: sin a, 1: cos a, 2: -sin a, 3: -cos a (bit-mask selects).
   const uint32_t swap = 0u - static_cast<uint32_t>(q & 1);
-  return as_float(((as_bits(ca) & swap) | (as_bits(sa) & ~swap)) ^ (static_cast<uint32_t>(q & 2) << 30));
+  return bits_to_float(((float_to_bits(ca) & swap) | (float_to_bits(sa) & ~swap)) ^ (static_cast<uint32_t>(q & 2) << 30));
 }
 #if defined(__AVX2__)
 // (hi, lo) of the 32x32-bit products of 8 lanes with a constant: vpmuludq multiplies the even
