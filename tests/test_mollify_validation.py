@@ -70,8 +70,9 @@ def test_bad_input_raises_and_writes_nothing(case, build, exc, words, backend):
 
 
 OUT_CASES = [
-    ("out wrong shape", lambda x: torch.empty(4, 3, 6, 4), ValueError, ["out", "shape"]),
-    ("out wrong dtype", lambda x: torch.empty(4, 3, 6, 5, dtype=torch.float64), TypeError, ["out", "dtype"]),
+    # Filled, not torch.empty: uninitialised memory can hold NaN, which never compares equal.
+    ("out wrong shape", lambda x: torch.full((4, 3, 6, 4), 7.0), ValueError, ["out", "shape"]),
+    ("out wrong dtype", lambda x: torch.full((4, 3, 6, 5), 7.0, dtype=torch.float64), TypeError, ["out", "dtype"]),
     ("out not tensor", lambda x: [0.0], TypeError, ["out"]),
     ("out partial overlap", lambda x: None, ValueError, ["out", "overlap"]),
     ("out expanded", lambda x: torch.zeros(1, 3, 6, 5).expand(4, 3, 6, 5), ValueError, ["out", "overlapping"]),
