@@ -90,10 +90,15 @@ class Generator:
 
 def take_stream(state: torch.Tensor, numel: int) -> Tuple[int, int]:
     """Read ``(seed, offset)`` from a generator state tensor and advance it past one call."""
-    try:
-        v = state.numpy()  # a view: element access costs ~0.1 us where tensor indexing costs ~5
-    except (RuntimeError, TypeError):  # no numpy in this environment
-        v = state
+    # A numpy view of the state, kept on the tensor: element access costs ~0.1 us where tensor
+    # indexing costs ~5, and making the view costs ~3 on the dev VM.
+    v = state.__dict__.get("_mf_view")
+    if v is None:
+        try:
+            v = state.numpy()
+        except (RuntimeError, TypeError):  # no numpy in this environment
+            v = state
+        state._mf_view = v
     seed, offset = to_unsigned64(int(v[0])), to_unsigned64(int(v[1]))
     v[1] = to_signed64(offset + groups_for(numel))
     return seed, offset

@@ -51,12 +51,11 @@ def coalesce(shape: List[int], strides: List[List[int]]) -> Tuple[List[int], Lis
     return sizes, strd
 
 
-def _ptr(v) -> int:
-    return v.data_ptr() if torch.is_tensor(v) else 0
-
-
-def _num(v) -> float:
-    return 0.0 if torch.is_tensor(v) or v is None else float(v)
+def _ptr_num(v) -> Tuple[int, float]:
+    """(pointer, 0.0) for a per-sample tensor, (0, value) for a number, (0, 0.0) for None."""
+    if isinstance(v, torch.Tensor):
+        return v.data_ptr(), 0.0
+    return 0, 0.0 if v is None else float(v)
 
 
 @functools.lru_cache(maxsize=256)
@@ -89,7 +88,10 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
     sizes, strides = _layout(tuple(x.shape), tuple(t.stride() for t in tensors), has_blur)
     numel = x.numel()
     batch = x.shape[0]
-    radius = p.radius
+    sig_p, sig = _ptr_num(p.sigma)
+    al_p, al = _ptr_num(p.alpha)
+    bl_p, bl = _ptr_num(p.blur)
+    rad_p, rad = _ptr_num(p.radius)
     return (
         DTYPE_CODES[x.dtype],
         sizes,
@@ -102,15 +104,15 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
         numel,
         batch,
         numel // batch,
-        _num(p.sigma),
-        _num(p.alpha),
-        _num(p.blur),
-        _ptr(p.sigma),
-        _ptr(p.alpha),
-        _ptr(p.blur),
+        sig,
+        al,
+        bl,
+        sig_p,
+        al_p,
+        bl_p,
         has_blur,
-        0 if torch.is_tensor(radius) else int(radius),
-        _ptr(radius),
+        int(rad),
+        rad_p,
         int(p.max_radius),
         x.dim() == 2,
         int(seed),

@@ -23,7 +23,7 @@ def availability() -> Tuple[bool, str]:
 
 
 def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
-    if x.device.type != "cpu":
+    if not x.is_cpu:
         return False, f"the cpu backend runs CPU tensors, x is on {x.device}"
     return True, ""
 
