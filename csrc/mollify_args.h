@@ -5,6 +5,8 @@
 
 #include <stdint.h>
 
+#include "philox.h"  // MF_HD
+
 namespace mollify_fast {
 
 constexpr int kMaxDims = 8;
@@ -41,5 +43,18 @@ struct MollifyArgs {
   uint64_t seed;
   uint64_t offset;
 };
+
+// Memory offsets in x, out and noise of row-major index `idx` over dims [0, ndims) of a.sizes
+// (ndims = a.ndim for an element, fewer for a row or a plane).
+MF_HD void unravel_offsets(const MollifyArgs& a, int ndims, int64_t idx, int64_t& ox, int64_t& oo, int64_t& on) {
+  ox = oo = on = 0;
+  for (int d = ndims - 1; d >= 0; --d) {
+    const int64_t i = idx % a.sizes[d];
+    idx /= a.sizes[d];
+    ox += i * a.x_strides[d];
+    oo += i * a.out_strides[d];
+    on += i * a.noise_strides[d];
+  }
+}
 
 }  // namespace mollify_fast

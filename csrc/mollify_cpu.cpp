@@ -41,18 +41,6 @@ constexpr int64_t kBand = 16;
 // (a 16-element call took ~15 us with the team, ~1 us without, on the 2-core dev machine).
 constexpr int64_t kParallelMin = 1 << 15;
 
-// Memory offsets of logical row `row` (an index over dims [0, last)) for the three tensors.
-inline void row_offsets(const MollifyArgs& a, int last, int64_t row, int64_t& ox, int64_t& oo, int64_t& on) {
-  ox = oo = on = 0;
-  for (int d = last - 1; d >= 0; --d) {
-    const int64_t i = row % a.sizes[d];
-    row /= a.sizes[d];
-    ox += i * a.x_strides[d];
-    oo += i * a.out_strides[d];
-    on += i * a.noise_strides[d];
-  }
-}
-
 // Normals of logical elements [i0, i0 + len) into buf (needs len + 8 floats); returns the
 // pointer to element i0's normal.
 inline float* draw(const MollifyArgs& a, int64_t i0, int64_t len, float* buf) {
@@ -81,7 +69,7 @@ void noise_kernel(const MollifyArgs& a) {
       const int64_t row = item / segs, w0 = (item % segs) * kSegment;
       const int64_t len = std::min(kSegment, W - w0);
       int64_t ox, oo, on;
-      row_offsets(a, last, row, ox, oo, on);
+      unravel_offsets(a, last, row, ox, oo, on);
       ox += w0 * sx;
       oo += w0 * so;
       on += w0 * sn;
@@ -156,7 +144,7 @@ void blur_kernel(const MollifyArgs& a) {
         }
       }
       int64_t ox, oo, on;
-      row_offsets(a, hd, p, ox, oo, on);
+      unravel_offsets(a, hd, p, ox, oo, on);
       // Width pass for the source rows h0 - r .. h1 + r - 1 (mirrored).
       const int64_t nrows = h1 - h0 + 2 * r;
       for (int64_t t = 0; t < nrows; ++t) {

@@ -29,18 +29,6 @@ struct alignas(4 * sizeof(T)) Vec4 {
   T v[4];
 };
 
-// Memory offsets of logical element i (row-major over a.sizes) in x, out and noise.
-__device__ __forceinline__ void offsets(const MollifyArgs& a, int64_t i, int64_t& ox, int64_t& oo, int64_t& on) {
-  ox = oo = on = 0;
-  for (int d = a.ndim - 1; d >= 0; --d) {
-    const int64_t c = i % a.sizes[d];
-    i /= a.sizes[d];
-    ox += c * a.x_strides[d];
-    oo += c * a.out_strides[d];
-    on += c * a.noise_strides[d];
-  }
-}
-
 // Blurred value of x at (plane p, row h, column w): separable weights, mirrored borders.
 template <typename T>
 __device__ typename Io<T>::acc blur_at(const MollifyArgs& a, const T* x, int64_t plane_off, int64_t h, int64_t w,
@@ -97,7 +85,7 @@ __global__ void mollify_noise_kernel(const MollifyArgs a) {
       const int64_t n = i / a.sample_numel;
       const A al = param<A>(a.alpha_p, a.alpha, n), sg = param<A>(a.sigma_p, a.sigma, n);
       int64_t ox, oo, on;
-      offsets(a, i, ox, oo, on);
+      unravel_offsets(a, a.ndim, i, ox, oo, on);
       Io<T>::store(out + oo, al * Io<T>::load(x + ox) + sg * static_cast<A>(z[k]));
       if (noise) Io<T>::store(noise + on, static_cast<A>(z[k]));
     }
@@ -128,14 +116,8 @@ __global__ void mollify_blur_kernel(const MollifyArgs a) {
       const A bs = param<A>(a.blur_p, a.blur_sigma, n);
       const int64_t r = a.radius_p ? a.radius_p[n] : a.radius;
       // Plane offsets from the plane dims (all but the last two).
-      int64_t px = 0, po = 0, pn = 0, rest = p;
-      for (int d = hd - 1; d >= 0; --d) {
-        const int64_t c = rest % a.sizes[d];
-        rest /= a.sizes[d];
-        px += c * a.x_strides[d];
-        po += c * a.out_strides[d];
-        pn += c * a.noise_strides[d];
-      }
+      int64_t px, po, pn;
+      unravel_offsets(a, hd, p, px, po, pn);
       const A b = blur_at<T>(a, x, px, h, w, H, W, bs, r);
       const A al = param<A>(a.alpha_p, a.alpha, ns), sg = param<A>(a.sigma_p, a.sigma, ns);
       Io<T>::store(out + po + h * a.out_strides[hd] + w * a.out_strides[wd], al * b + sg * static_cast<A>(z[k]));
