@@ -190,9 +190,6 @@ class Params:
     radius: Union[int, torch.Tensor]
     max_radius: int
 
-    def per_sample(self) -> bool:
-        return any(torch.is_tensor(v) for v in (self.sigma, self.alpha, self.blur))
-
 
 def _tensor_values(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
     """float64 CPU copy of a 0-d/1-D parameter, checked finite (one device sync at most)."""

@@ -1,7 +1,6 @@
 """Property-based parity of the ``cpu`` backend with the reference, and its RNG statistics."""
 import math
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -57,10 +57,6 @@ def _bcast(v, x: torch.Tensor):
     return v
 
 
-def _mul_(t: torch.Tensor, s) -> torch.Tensor:
-    return t.mul_(s)
-
-
 def _axpy(t: torch.Tensor, a, src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out = t + a * src in one pass (out may be t or src), for a number or broadcast ``a``."""
     if torch.is_tensor(a):
@@ -115,19 +111,19 @@ def mollify_torch(
             tmp = torch.empty_like(x[sl], dtype=acc).normal_(generator=gen)
             if noise is not None:
                 noise[sl].copy_(tmp)
-            _mul_(tmp, s[sl] if torch.is_tensor(s) else s)
+            tmp.mul_(s[sl] if torch.is_tensor(s) else s)
             out[sl].copy_(_axpy(tmp, a[sl] if torch.is_tensor(a) else a, src[sl], out=tmp))
     elif src is x and same_view(out, x):
         # In place, no blur: the noise needs its own buffer. Same operation order as the
         # out-of-place path (sigma*eps, then + alpha*x), so out=x gives identical numbers.
         eps = noise if noise is not None else torch.empty_like(x)
         eps.normal_(generator=gen)
-        t = torch.mul(eps, s) if noise is not None else _mul_(eps, s)
+        t = torch.mul(eps, s) if noise is not None else eps.mul_(s)
         _axpy(t, a, x, out=out)
     else:
         if noise is not None:
             noise.normal_(generator=gen)
             torch.mul(noise, s, out=out)
         else:
-            _mul_(out.normal_(generator=gen), s)
+            out.normal_(generator=gen).mul_(s)
         _axpy(out, a, src, out=out)
