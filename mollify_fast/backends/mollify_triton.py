@@ -19,6 +19,7 @@ output row it reaches with the vertical weight: separable, one read of x through
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
@@ -235,21 +236,40 @@ def _blur_layout(x, out, noise):
     return lead, strides
 
 
-def _via_contiguous(x, out, noise, p, stream) -> None:
-    """Run on contiguous copies (same logical order, so the same noise) and copy back."""
-    xc = x.contiguous()
-    oc = torch.empty_like(xc)
-    nc = torch.empty_like(xc) if noise is not None else None
-    mollify_triton(xc, oc, nc, p, stream)
-    out.copy_(oc)
-    if noise is not None:
-        noise.copy_(nc)
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch, fully specified: ``kernel[grid](*args, **constexprs, **options)``.
+
+    The plan/launch split lets tools compile every launch variant with exactly the
+    specialisation a real call gets (benchmarks/sass_report.py) without a GPU.
+    """
+
+    kernel: "triton.JITFunction"  # the @triton.jit function
+    grid: tuple  # ints
+    args: tuple  # positional runtime args in kernel order (tensors, ints, floats), without constexprs
+    constexprs: dict  # name -> value for every tl.constexpr parameter
+    options: dict  # e.g. {"num_warps": 4, "num_stages": 1}
+    elements: int  # logical output elements this launch writes
 
 
-def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
+def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tuple[torch.Tensor, torch.Tensor]]]:
+    """The launches for one call, and the ``(dst, src)`` copies to run after them.
+
+    A layout the kernels cannot index (more non-mergeable dims than they take) is planned on
+    contiguous copies ``xc = x.contiguous()``, ``oc``/``nc = torch.empty_like(xc)`` (same logical
+    order, so the same noise); the copies back into ``out``/``noise`` are returned as
+    ``(dst, src)`` pairs. Touches no GPU: works on CPU tensors without one.
+    """
     seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
     seed, offset = to_signed64(seed), to_signed64(offset)
     numel = x.numel()
+    layout = _noise_layout(x, out, noise) if p.blur is None else _blur_layout(x, out, noise)
+    if layout is None:
+        xc = x.contiguous()
+        oc = torch.empty_like(xc)
+        nc = torch.empty_like(xc) if noise is not None else None
+        launches, _ = _plan_full(xc, oc, nc, p, (seed % 2**64, offset % 2**64))
+        return launches, [(out, oc)] + ([(noise, nc)] if noise is not None else [])
     dummy = out  # any pointer for the per-sample slots that a constexpr flag disables
     sig_t, al_t = torch.is_tensor(p.sigma), torch.is_tensor(p.alpha)
     sig_p = p.sigma if sig_t else dummy
@@ -258,21 +278,13 @@ def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Ten
     al = 0.0 if al_t else float(p.alpha)
     noise_p = noise if noise is not None else dummy
     if p.blur is None:
-        layout = _noise_layout(x, out, noise)
-        if layout is None:  # more than 4 non-mergeable dims
-            return _via_contiguous(x, out, noise, p, (seed % 2**64, offset % 2**64))
         sizes, (xs, os_, ns), contig = layout
         grid = (triton_cdiv(-(-numel // 4), NOISE_BLOCK),)
-        _mollify_noise_kernel[grid](
-            x, out, noise_p, sig_p, al_p, sig, al, seed, offset, numel, numel // x.shape[0],
-            sizes[1], sizes[2], sizes[3], *xs, *os_, *ns,
-            CONTIG=contig, HAS_NOISE=noise is not None, SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t,
-            BLOCK=NOISE_BLOCK, num_warps=4,
-        )
-        return
-    layout = _blur_layout(x, out, noise)
-    if layout is None:  # more than 2 non-mergeable plane dims
-        return _via_contiguous(x, out, noise, p, (seed % 2**64, offset % 2**64))
+        args = (x, out, noise_p, sig_p, al_p, sig, al, seed, offset, numel, numel // x.shape[0],
+                sizes[1], sizes[2], sizes[3], *xs, *os_, *ns)
+        consts = dict(CONTIG=contig, HAS_NOISE=noise is not None, SIGMA_PER_SAMPLE=sig_t,
+                      ALPHA_PER_SAMPLE=al_t, BLOCK=NOISE_BLOCK)
+        return [Launch(_mollify_noise_kernel, grid, args, consts, {"num_warps": 4}, numel)], []
     (P0, P1), (xs, os_, ns) = layout
     H, W = x.shape[-2:]
     planes = P0 * P1
@@ -282,15 +294,34 @@ def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Ten
     tile_h = min(BLUR_TILE_H, triton.next_power_of_2(H))
     tile_w = min(BLUR_TILE_W, triton.next_power_of_2(W))
     grid = (planes, triton_cdiv(H, tile_h), triton_cdiv(W, tile_w))
-    _mollify_blur_kernel[grid](
-        x, out, noise_p, sig_p, al_p, p.blur if bl_t else dummy, p.radius if torch.is_tensor(p.radius) else dummy,
-        sig, al, 0.0 if bl_t else float(p.blur), 0 if torch.is_tensor(p.radius) else int(p.radius), seed, offset,
-        H, W, P1, 1 if x.dim() == 2 else planes // x.shape[0],
-        *xs, *os_, *ns,
-        ROWS_ARE_SAMPLES=x.dim() == 2, HAS_NOISE=noise is not None,
-        SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t, BLUR_PER_SAMPLE=bl_t,
-        TILE_H=tile_h, TILE_W=tile_w, num_warps=4,
-    )
+    args = (x, out, noise_p, sig_p, al_p, p.blur if bl_t else dummy,
+            p.radius if torch.is_tensor(p.radius) else dummy,
+            sig, al, 0.0 if bl_t else float(p.blur), 0 if torch.is_tensor(p.radius) else int(p.radius),
+            seed, offset, H, W, P1, 1 if x.dim() == 2 else planes // x.shape[0], *xs, *os_, *ns)
+    consts = dict(ROWS_ARE_SAMPLES=x.dim() == 2, HAS_NOISE=noise is not None, SIGMA_PER_SAMPLE=sig_t,
+                  ALPHA_PER_SAMPLE=al_t, BLUR_PER_SAMPLE=bl_t, TILE_H=tile_h, TILE_W=tile_w)
+    return [Launch(_mollify_blur_kernel, grid, args, consts, {"num_warps": 4}, numel)], []
+
+
+def _plan(x, out, noise, p: Params, stream) -> List[Launch]:
+    """The kernel launches that write ``out`` (and ``noise``) for one call; see :class:`Launch`.
+
+    If the layout needs contiguous copies (see :func:`_plan_full`), the launches write those
+    copies; :func:`mollify_triton` copies them back.
+    """
+    return _plan_full(x, out, noise, p, stream)[0]
+
+
+def _launch(launches: List[Launch]) -> None:
+    for L in launches:
+        L.kernel[L.grid](*L.args, **L.constexprs, **L.options)
+
+
+def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
+    launches, copies = _plan_full(x, out, noise, p, stream)
+    _launch(launches)
+    for dst, src in copies:
+        dst.copy_(src)
 
 
 def triton_cdiv(a: int, b: int) -> int:
