@@ -8,11 +8,13 @@ Public API::
     Mollifier(mollify_steps, schedule="sigmoid", mode="noise", blur_sigma_max=None, ...)
     schedules.sigmoid / linear / cosine
     reference                   the exact pure-PyTorch oracle
+    MAX_BLUR_RADIUS             the largest blur radius a call accepts (2**20)
     available_backends()        {name: (available, reason)}
 
 Nothing here imports Triton or touches CUDA at import time.
 """
 from . import reference, schedules
+from ._blur import MAX_BLUR_RADIUS
 from .backends import BACKENDS, BackendUnavailableError
 from .generator import Generator
 from .mollifier import Mollifier
@@ -29,6 +31,7 @@ __all__ = [
     "available_backends",
     "BackendUnavailableError",
     "last_backend",
+    "MAX_BLUR_RADIUS",
     "__version__",
 ]
 

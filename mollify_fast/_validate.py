@@ -3,20 +3,27 @@
 Two stages, both before anything is written:
 
 * :func:`check_static` runs in the public function and uses only types, shapes, dtypes and
-  devices, plus the values of plain Python numbers, so it is traceable by ``torch.compile``.
-* :func:`resolve_params` runs inside the custom op's eager implementation and checks the
-  *values* of tensor parameters (finite, in range), then puts every parameter in the form
-  the kernels take (:class:`Params`).
+  devices, so it is traceable by ``torch.compile``: a Python number there may be a SymFloat
+  whose value the compiler must not look at (a value test would crash or recompile per value).
+* :func:`resolve_params` runs inside the custom op's eager implementation, with real values in
+  eager and compiled mode alike, and checks the *values* of every parameter (finite, in range,
+  representable in the compute dtype, blur radius within :data:`MAX_BLUR_RADIUS`), then puts
+  them in the form the kernels take (:class:`Params`). It runs before any stream is taken.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 import torch
 
+from ._blur import MAX_BLUR_RADIUS
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT32_MAX = 3.4028234663852886e38
+_SYM = (torch.SymFloat, torch.SymInt)
 
 Param = Union[float, torch.Tensor]
 
@@ -43,40 +50,75 @@ def check_x(x, name: str = "x") -> None:
         )
 
 
-def _check_number(name: str, v: float) -> None:
-    if not math.isfinite(v):
-        raise ValueError(f"mollify: {name} must be finite, got {v}")
+def _number(name: str, v) -> float:
+    """A Python or numpy number, or a 0-d ndarray, as a float (no value checks here)."""
+    try:
+        return float(v)
+    except OverflowError:
+        raise ValueError(
+            f"mollify: {name} must be finite, got an int too large for a float64 ({len(str(abs(int(v))))} digits)"
+        ) from None
 
 
-def split_param(name: str, v, x: torch.Tensor) -> Tuple[float, Optional[torch.Tensor]]:
-    """A parameter as ``(number, None)`` or ``(0.0, tensor)``; checks type, rank, length, device."""
-    if isinstance(v, bool) or not (isinstance(v, (int, float)) or torch.is_tensor(v)):
-        raise TypeError(
-            f"mollify: {name} must be a number, a 0-d tensor or a 1-D tensor of length x.shape[0], "
-            f"got {type(v).__name__}"
-        )
-    if not torch.is_tensor(v):
-        v = float(v)
-        _check_number(name, v)
-        return v, None
+def split_param(name: str, v, x: torch.Tensor, compiling: bool = False) -> Tuple[float, Optional[torch.Tensor]]:
+    """A parameter as ``(number, None)`` or ``(0.0, 0-d or [N] tensor)``; checks type, shape, device.
+
+    Accepted: Python/numpy numbers (any float dtype), 0-d ndarrays and tensors, and per-sample
+    tensors or ndarrays of shape ``[N]`` or ``[N, 1, ..., 1]`` (rank <= x.dim(), N = x.shape[0]).
+    Values are checked later, by :func:`resolve_params`.
+
+    ``compiling``: under ``torch.compile`` a Python number becomes a 0-d float64 tensor made in
+    the graph (``torch.full``). Passed to the custom op as a ``float`` it would be specialised:
+    one recompile per value (measured: 5 compiles for 5 floats); as a tensor the graph stays
+    the same and the op reads the value when it runs.
+    """
+    tv = type(v)
+    if tv is float or tv is int or isinstance(v, _SYM):  # the common case first: no ABC isinstance
+        if compiling:
+            return 0.0, torch.full((), v, dtype=torch.float64)
+        return _number(name, v), None
+    if tv.__module__ == "numpy" and hasattr(v, "ndim") and tv.__name__ == "ndarray" and v.ndim > 0:
+        if v.dtype.kind not in "fiu":
+            raise TypeError(f"mollify: {name} must hold real numbers, got a numpy array of {v.dtype}")
+        v = torch.as_tensor(v)
+    elif not torch.is_tensor(v):
+        if isinstance(v, (bool,)) or not (isinstance(v, numbers.Real) or _is_0d_ndarray(v)):
+            raise TypeError(
+                f"mollify: {name} must be a number, a 0-d tensor or a per-sample tensor of shape [N] or "
+                f"[N, 1, ..., 1] (N = x.shape[0]), got {type(v).__name__}"
+            )
+        return _number(name, v), None
     if v.is_complex() or v.dtype == torch.bool:
         raise TypeError(f"mollify: {name} must hold real numbers, got {v.dtype}")
-    if v.dim() > 1:
-        raise ValueError(
-            f"mollify: {name} must be a number, a 0-d tensor or a 1-D tensor of length "
-            f"x.shape[0]={x.shape[0]}, got a {v.dim()}-D tensor of shape {tuple(v.shape)}"
-        )
-    if v.dim() == 1 and v.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"mollify: {name} has one value per sample, so its length must be x.shape[0]="
-            f"{x.shape[0]}, got {v.shape[0]}"
-        )
+    if v.dim() > 0:
+        n = x.shape[0]
+        if v.dim() > max(x.dim(), 1):
+            raise ValueError(
+                f"mollify: {name} has rank {v.dim()} (shape {tuple(v.shape)}), more than x's rank {x.dim()}; "
+                f"pass one value per sample as [N] or [N, 1, ..., 1] with N = x.shape[0] = {n}"
+            )
+        if any(d != 1 for d in v.shape[1:]):
+            raise ValueError(
+                f"mollify: {name} must be one value per sample, shape [N] or [N, 1, ..., 1] with N = "
+                f"x.shape[0] = {n}, got shape {tuple(v.shape)} (a {v.dim()}-D tensor)"
+            )
+        if v.shape[0] != n:
+            raise ValueError(
+                f"mollify: {name} has one value per sample, so its length must be x.shape[0]="
+                f"{n}, got {v.shape[0]} (shape {tuple(v.shape)})"
+            )
+        if v.dim() > 1:
+            v = v.reshape(n)
     if v.device.type != "cpu" and v.device != x.device:
         raise ValueError(
             f"mollify: {name} is on {v.device} but x is on {x.device}; move it with "
             f"{name}.to(x.device) (or keep it on the CPU)"
         )
     return 0.0, v.detach()
+
+
+def _is_0d_ndarray(v) -> bool:
+    return type(v).__module__ == "numpy" and getattr(v, "ndim", None) == 0 and getattr(v.dtype, "kind", "") in "fiu"
 
 
 def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend, names):
@@ -93,35 +135,26 @@ def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, retur
             "mollify: generator must be a mollify_fast.Generator (a Philox stream shared by every "
             f"backend) or None, got {type(generator).__name__}"
         )
-    s = split_param("sigma", sigma, x)
-    if s[1] is None:
-        if s[0] < 0:
-            raise ValueError(f"mollify: sigma must be >= 0, got {s[0]}")
-        if alpha is None and s[0] > 1:
-            raise ValueError(
-                f"mollify: sigma must be <= 1 when alpha is None (alpha = sqrt(1 - sigma^2)), got "
-                f"{s[0]}; pass alpha explicitly for DDPM/NCSN-style noising"
-            )
-    a = split_param("alpha", alpha, x) if alpha is not None else None
+    compiling = torch.compiler.is_compiling()
+    s = split_param("sigma", sigma, x, compiling)
+    a = split_param("alpha", alpha, x, compiling) if alpha is not None else None
     b = None
     if blur_sigma is not None:
-        if x.dim() < 2:
+        if x.dim() < 3:
             raise ValueError(
-                f"mollify: blur needs x with at least 2 dims (..., H, W), got shape {tuple(x.shape)}"
+                f"mollify: blur needs x with at least 3 dims [N, ..., H, W] (dim 0 is the batch), got shape "
+                f"{tuple(x.shape)}; for a single image pass x[None], and do not blur an [N, D] batch "
+                "(it would mix samples)"
             )
-        b = split_param("blur_sigma", blur_sigma, x)
-        if b[1] is None and b[0] < 0:
-            raise ValueError(f"mollify: blur_sigma must be >= 0, got {b[0]}")
-        if b[1] is not None and b[1].dim() == 1 and x.dim() == 2:
-            raise ValueError(
-                "mollify: a 2-D x is a single plane, so blur_sigma must be one value, not one per row; "
-                "add a batch dim (x[None]) for per-sample blur"
-            )
+        b = split_param("blur_sigma", blur_sigma, x, compiling)
     if blur_radius is not None:
-        if isinstance(blur_radius, bool) or not isinstance(blur_radius, int):
+        if isinstance(blur_radius, bool) or not isinstance(blur_radius, (int, torch.SymInt)):
             raise TypeError(f"mollify: blur_radius must be an int or None, got {type(blur_radius).__name__}")
-        if blur_radius < 0:
-            raise ValueError(f"mollify: blur_radius must be >= 0, got {blur_radius}")
+        if type(blur_radius) is int:  # a traced SymInt is checked inside the op
+            if blur_radius < 0:
+                raise ValueError(f"mollify: blur_radius must be >= 0, got {blur_radius}")
+            if blur_radius > MAX_BLUR_RADIUS:
+                raise _radius_too_large(f"blur_radius={blur_radius}")
         if blur_sigma is None:
             raise ValueError("mollify: blur_radius was given without blur_sigma; pass blur_sigma too")
     if out is not None:
@@ -153,8 +186,46 @@ def same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
+def _element_offsets(t: torch.Tensor) -> torch.Tensor:
+    """Storage offsets (in elements, from t's data pointer) of every element of t: int64 [numel]."""
+    off = torch.zeros((), dtype=torch.int64)
+    for size, stride in zip(t.shape, t.stride()):
+        off = off[..., None] + torch.arange(size, dtype=torch.int64) * stride
+    return off.reshape(-1)
+
+
+def shares_elements(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True if views ``a`` and ``b`` (same dtype) have an element in common, exactly.
+
+    Cheap tests first: disjoint byte extents; then residues: every element of ``a`` sits at
+    ``ptr_a + e * (sum i_k s_k)``, so all of them are congruent to ``ptr_a`` modulo ``e * g_a``
+    (``g_a`` the gcd of a's strides); if ``ptr_a - ptr_b`` is not a multiple of ``e * gcd(g_a,
+    g_b)`` they never meet (``x = buf[0::2], out = buf[1::2]``). Otherwise the element sets
+    are compared (O(numel) int64 memory: only for views that interleave in a way the gcd
+    cannot separate).
+    """
+    (alo, ahi), (blo, bhi) = _extent(a), _extent(b)
+    if not (alo < bhi and blo < ahi):
+        return False
+    e = a.element_size()
+    d = a.data_ptr() - b.data_ptr()
+    g = 0
+    for t in (a, b):
+        for size, stride in zip(t.shape, t.stride()):
+            if size > 1:
+                g = math.gcd(g, abs(stride))
+    if d % e:
+        return True  # misaligned views of one buffer: treat any extent overlap as overlap
+    if g and (d // e) % g:
+        return False
+    oa = _element_offsets(a) + d // e
+    ob = _element_offsets(b)
+    return bool(torch.isin(oa, ob).any())
+
+
 def check_out_memory(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]) -> None:
-    """Refuse ``out`` that partially overlaps ``x`` (or ``noise``) or overlaps itself."""
+    """Refuse ``out`` that shares elements with ``x`` (or ``noise``) without being the same view,
+    or that overlaps itself. Disjoint interleaved views of one buffer are fine."""
     if out.numel() == 0:
         return
     if torch._debug_has_internal_overlap(out) == 1:
@@ -168,8 +239,7 @@ def check_out_memory(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.T
             continue
         if name == "x" and same_view(t, out):
             continue  # exact in-place
-        (alo, ahi), (blo, bhi) = _extent(t), _extent(out)
-        if alo < bhi and blo < ahi:
+        if shares_elements(t, out):
             raise ValueError(
                 f"mollify: out partially overlaps {name}; pass out=x for in-place, or a separate buffer"
             )
@@ -181,7 +251,9 @@ class Params:
 
     ``sigma``/``alpha``: a Python float, or a contiguous ``[N]`` tensor in the compute dtype on
     x's device. ``blur``: None (no blur), a float, or such a tensor. ``radius``: an int, or an
-    int32 ``[N]`` tensor on x's device; ``max_radius`` is its maximum (an int).
+    int32 ``[N]`` tensor on x's device; ``max_radius`` is its maximum (an int), at most
+    :data:`MAX_BLUR_RADIUS`. ``blur_host``/``radius_host``: for per-sample blur, the same values
+    as float64 / int64 CPU tensors (the pure-PyTorch blur builds its weights on the host), else None.
     """
 
     sigma: Param
@@ -189,15 +261,58 @@ class Params:
     blur: Optional[Param]
     radius: Union[int, torch.Tensor]
     max_radius: int
+    blur_host: Optional[torch.Tensor] = None
+    radius_host: Optional[torch.Tensor] = None
 
 
-def _tensor_values(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
-    """float64 CPU copy of a 0-d/1-D parameter, checked finite (one device sync at most)."""
+def _limit(acc: torch.dtype) -> float:
+    return FLOAT32_MAX if acc == torch.float32 else math.inf
+
+
+def _fits(name: str, lo: float, hi: float, acc: torch.dtype, x_dtype: torch.dtype) -> None:
+    """``lo``/``hi``: the smallest and largest value of a checked-finite parameter."""
+    if max(-lo, hi) > _limit(acc):
+        bad = hi if hi > -lo else lo
+        raise ValueError(
+            f"mollify: {name}={bad:.4g} does not fit in float32, the compute dtype for {x_dtype} input "
+            f"(|{name}| <= {FLOAT32_MAX:.4g}); scale the data instead, or use float64 x"
+        )
+
+
+def _check_number(name: str, v: float, acc: torch.dtype, x_dtype: torch.dtype) -> None:
+    if not math.isfinite(v):
+        raise ValueError(f"mollify: {name} must be finite, got {v}")
+    _fits(name, v, v, acc, x_dtype)
+
+
+def _tensor_values(name: str, t: torch.Tensor, acc: torch.dtype, x_dtype: torch.dtype) -> torch.Tensor:
+    """float64 CPU copy of a 0-d/[N] parameter, checked finite and representable (one device sync at most)."""
     v = t.to("cpu", torch.float64)
+    if v.numel() == 0:
+        return v
     if not bool(torch.isfinite(v).all()):
         bad = v[~torch.isfinite(v)].reshape(-1)[0].item()
         raise ValueError(f"mollify: {name} must be finite, got {bad}")
+    _fits(name, float(v.min()), float(v.max()), acc, x_dtype)
     return v
+
+
+def _check_sigma_range(lo: float, hi: float, vp: bool) -> None:
+    if lo < 0:
+        raise ValueError(f"mollify: sigma must be >= 0, got {lo}")
+    if vp and hi > 1:
+        raise ValueError(
+            f"mollify: sigma must be <= 1 when alpha is None (alpha = sqrt(1 - sigma^2)), got "
+            f"{hi}; pass alpha explicitly for DDPM/NCSN-style noising"
+        )
+
+
+def _radius_too_large(what: str) -> ValueError:
+    return ValueError(
+        f"mollify: {what} is above the largest blur radius, {MAX_BLUR_RADIUS} (2**20): every call computes "
+        f"2r+1 Gaussian weights per distinct blur_sigma, and a radius that large already blurs any image "
+        f"side below {MAX_BLUR_RADIUS} pixels to its mean; pass a smaller blur_sigma or blur_radius"
+    )
 
 
 def resolve_params(
@@ -212,9 +327,13 @@ def resolve_params(
     has_blur: bool,
     blur_radius: int,
 ) -> Params:
-    """Value checks of tensor parameters, then conversion to :class:`Params`."""
+    """Value checks of every parameter (CONTRACT section 7), then conversion to :class:`Params`.
+
+    Runs with real values (eager, or inside the custom op when compiled) and before any stream
+    is taken, so a refusal changes nothing.
+    """
     acc = compute_dtype(x.dtype)
-    n = x.shape[0]
+    xd = x.dtype
 
     def as_param(v64: torch.Tensor, src: torch.Tensor) -> Param:
         if v64.dim() == 0:
@@ -223,46 +342,64 @@ def resolve_params(
 
     s_val = sigma
     if sigma_t is not None:
-        v = _tensor_values("sigma", sigma_t, n)
-        if bool((v < 0).any()):
-            raise ValueError(f"mollify: sigma must be >= 0, got {v.min().item()}")
-        if vp and bool((v > 1).any()):
-            raise ValueError(
-                f"mollify: sigma must be <= 1 when alpha is None (alpha = sqrt(1 - sigma^2)), got "
-                f"{v.max().item()}; pass alpha explicitly for DDPM/NCSN-style noising"
-            )
+        v = _tensor_values("sigma", sigma_t, acc, xd)
+        if v.numel():
+            _check_sigma_range(float(v.min()), float(v.max()), vp)
         s_val = as_param(v, sigma_t)
         if vp:
             a64 = torch.sqrt(1.0 - v * v)
             a_val = as_param(a64, a64)
-    elif vp:
-        a_val = math.sqrt(1.0 - sigma * sigma)
+    else:
+        _check_number("sigma", sigma, acc, xd)
+        _check_sigma_range(sigma, sigma, vp)
+        if vp:
+            a_val = math.sqrt(1.0 - sigma * sigma)
     if not vp:
-        a_val = alpha
         if alpha_t is not None:
-            a_val = as_param(_tensor_values("alpha", alpha_t, n), alpha_t)
+            a_val = as_param(_tensor_values("alpha", alpha_t, acc, xd), alpha_t)
+        else:
+            _check_number("alpha", alpha, acc, xd)
+            a_val = alpha
 
     b_val: Optional[Param] = None
     radius: Union[int, torch.Tensor] = 0
     max_radius = 0
+    blur_host = radius_host = None
     if has_blur:
+        if blur_radius > MAX_BLUR_RADIUS:
+            raise _radius_too_large(f"blur_radius={blur_radius}")
+        if blur_radius < -1:
+            raise ValueError(f"mollify: blur_radius must be >= 0, got {blur_radius}")
         if blur_t is not None:
-            v = _tensor_values("blur_sigma", blur_t, n)
-            if bool((v < 0).any()):
+            v = _tensor_values("blur_sigma", blur_t, acc, xd)
+            if v.numel() and bool((v < 0).any()):
                 raise ValueError(f"mollify: blur_sigma must be >= 0, got {v.min().item()}")
             b_val = as_param(v, blur_t)
         else:
+            _check_number("blur_sigma", blur, acc, xd)
+            if blur < 0:
+                raise ValueError(f"mollify: blur_sigma must be >= 0, got {blur}")
             b_val = blur
-        if blur_radius >= 0:
-            radius = max_radius = blur_radius
-        elif torch.is_tensor(b_val):
+        if torch.is_tensor(b_val):
             # Radii from the float64 view of the values the kernels get (compute dtype), so that
             # every backend derives the same integer radius.
-            r = torch.ceil(3.0 * b_val.to("cpu", torch.float64)).to(torch.int32)
+            blur_host = v.to(acc).to(torch.float64)  # the values the kernels get
+            if blur_radius >= 0:
+                r = torch.full(blur_host.shape, blur_radius, dtype=torch.float64)
+            else:
+                r = torch.ceil(3.0 * blur_host)
             max_radius = int(r.max()) if r.numel() else 0
-            radius = r.to(x.device)
+            if max_radius > MAX_BLUR_RADIUS:
+                raise _radius_too_large(f"blur_sigma={float(blur_host.max()):.4g} (radius ceil(3 * blur_sigma))")
+            radius_host = r.to(torch.int64)
+            radius = r.to(torch.int32).to(x.device)
+        elif blur_radius >= 0:
+            radius = max_radius = blur_radius
         else:
-            radius = max_radius = int(math.ceil(3.0 * b_val))
+            r = math.ceil(3.0 * b_val)
+            if r > MAX_BLUR_RADIUS:
+                raise _radius_too_large(f"blur_sigma={b_val:.4g} (radius ceil(3 * blur_sigma) = {r})")
+            radius = max_radius = r
         if not torch.is_tensor(b_val) and b_val == 0.0:
             b_val = None  # identity
-    return Params(s_val, a_val, b_val, radius, max_radius)
+    return Params(s_val, a_val, b_val, radius, max_radius, blur_host, radius_host)

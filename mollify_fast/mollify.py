@@ -15,20 +15,28 @@ point: it is already one fused pass.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional, Tuple, Union
 
 import torch
 
 from . import backends
-from ._validate import Params, check_out_memory, check_static, resolve_params, same_view
+from ._blur import blur as blur_planes
+from ._validate import Params, check_out_memory, check_static, compute_dtype, resolve_params, same_view
 from .generator import Generator, draw_default_seed, take_stream
 
-Number = Union[int, float]
+Number = Union[int, float]  # also numpy floating scalars and 0-d ndarrays
 ParamLike = Union[Number, torch.Tensor]
 
 __all__ = ["mollify", "last_backend"]
 
 _last_backend: Optional[str] = None
+
+try:  # torch >= 2.1
+    from torch.autograd.graph import increment_version as _increment_version
+except ImportError:  # pragma: no cover - older torch
+    def _increment_version(t: torch.Tensor) -> None:
+        torch._C._increment_version(t)
 
 
 def last_backend() -> Optional[str]:
@@ -56,6 +64,8 @@ def _run(
     global _last_backend
     p: Params = resolve_params(x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius)
     name, launch = backends.resolve(backend, x, p)
+    # Decided before the stream is taken: nothing below refuses a call.
+    unfused = x.numel() != 0 and name not in _PURE and _needs_unfused(name, x, out, noise, p)
     if gen_state is not None:
         stream = take_stream(gen_state, x.numel())
     elif name == "torch":
@@ -65,11 +75,58 @@ def _run(
     _last_backend = name
     if x.numel() == 0:
         return
+    if unfused:
+        _run_unfused(launch, x, out, noise, p, stream)
+        return
     if p.blur is not None and same_view(out, x):
         # The blur reads neighbours that an in-place write would already have replaced:
         # blur a copy so that out=x gives exactly the out-of-place result.
         x = x.clone()
     launch(x, out, noise, p, stream)
+
+
+_PURE = ("torch", "reference")  # handle any radius and rank themselves
+
+
+def _needs_unfused(name: str, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params) -> bool:
+    """True when a compiled kernel cannot take the call as it is.
+
+    * A blur radius ``r >= min(H, W)``: the kernels mirror once (a radius below the image
+      size), and their cost grows with r per pixel; beyond the image the weights fold onto it.
+    * cpu/cuda: more than ``MAX_DIMS`` dims left after merging (the kernels' index arrays).
+    """
+    if p.blur is not None and p.max_radius >= min(x.shape[-2], x.shape[-1]):
+        return True
+    if x.dim() > 8 and name in ("cpu", "cuda"):
+        from .backends._native import MAX_DIMS, coalesce
+
+        ts = (x, out) if noise is None else (x, out, noise)
+        strides = [list(t.stride()) for t in ts]
+        if p.blur is None:
+            dims = len(coalesce(list(x.shape), strides)[0])
+        else:  # H and W stay; the plane dims in front of them merge
+            dims = len(coalesce(list(x.shape[:-2]), [st[:-2] for st in strides])[0]) + 2
+        return dims > MAX_DIMS
+    return False
+
+
+def _run_unfused(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params,
+                 stream) -> None:
+    """The slow path of a compiled backend: blur (folded weights, any radius) into a contiguous
+    temporary in the compute dtype, then the backend's noise kernel on it.
+
+    The temporary has x's shape, so every element keeps its logical index and draws the same
+    normal as in the fused kernel; ``out = alpha * B(x) + sigma * eps`` is computed in the
+    compute dtype and rounded once to x.dtype (the copy into ``out``).
+    """
+    acc = compute_dtype(x.dtype)
+    src = blur_planes(x, p, acc) if p.blur is not None else x.contiguous()
+    res = torch.empty_like(src)
+    eps = None if noise is None else torch.empty_like(src)
+    launch(src, res, eps, replace(p, blur=None, radius=0, max_radius=0, blur_host=None, radius_host=None), stream)
+    out.copy_(res)
+    if noise is not None:
+        noise.copy_(eps)
 
 
 @torch.library.custom_op("mollify_fast::mollify", mutates_args=("gen_state",))
@@ -166,14 +223,19 @@ def mollify(
     Args:
         x: ``[N, ...]`` float16/bfloat16/float32/float64 tensor, any strides. Must not require
             grad (the op is autograd-free; pass ``x.detach()``).
-        sigma: noise scale: a number, a 0-d tensor, or an ``[N]`` tensor (one per sample),
-            on x's device or the CPU. ``>= 0``.
+        sigma: noise scale: a Python or numpy number (a Python float may change every call
+            under ``torch.compile``: no recompile), a 0-d tensor or ndarray, or one value per
+            sample as ``[N]`` or ``[N, 1, ..., 1]`` (a tensor on x's device or the CPU, or an
+            ndarray). ``>= 0``, finite, and within float32's range unless x is float64.
         alpha: signal scale, same forms. ``None`` (variance preserving) means
             ``sqrt(1 - sigma^2)`` and needs ``sigma <= 1``; pass it for DDPM
             (``alpha = sqrt(abar_t)``) or NCSN (``alpha = 1``) noising.
         blur_sigma: Gaussian blur standard deviation in pixels (same forms, ``>= 0``), over
-            the last two dims with mirrored borders; needs ``x.dim() >= 2``.
-        blur_radius: taps on each side; default ``ceil(3 * blur_sigma)`` per sample.
+            the last two dims with mirrored borders; needs ``x.dim() >= 3`` (``[N, ..., H, W]``:
+            dim 0 is the batch; pass ``x[None]`` for a single image).
+        blur_radius: taps on each side; default ``ceil(3 * blur_sigma)`` per sample. At most
+            ``MAX_BLUR_RADIUS`` (2**20). Radii ``>= min(H, W)`` fold the weights onto the
+            mirrored image (exact) and run unfused: a blur pass, then the noise kernel.
         generator: a :class:`mollify_fast.Generator` stream, advanced by ``ceil(numel / 4)``.
             None draws a seed from PyTorch's default generator for x's device.
         out: tensor to write (x's shape, dtype, device); may be ``x`` itself.
@@ -209,6 +271,10 @@ def mollify(
         noise = torch.empty_like(x) if return_noise else None
         check_out_memory(x, out, noise)
         _run(x, out, noise, *args, backend)
+        # The kernels write through raw pointers: tell autograd that out (maybe x) changed, so a
+        # backward that saved it raises "modified by an inplace operation" instead of using the
+        # mollified values. (The custom op below does this itself for its mutated arguments.)
+        _increment_version(out)
         return (out, noise) if return_noise else out
     if out is None:
         res, noise = torch.ops.mollify_fast.mollify(x, *args, return_noise, backend)

@@ -28,7 +28,9 @@ The op
 ``out = alpha * B(x) + sigma * eps`` with per-sample (dim 0) or scalar ``alpha`` and
 ``sigma``, computed in float32 (float64 for float64 input; the normals themselves are always
 float32 values) and rounded once to ``x.dtype``. ``B`` is the separable Gaussian blur over the
-last two dims with mirrored ("reflect") borders, for any radius.
+last two dims of an ``[N, ..., H, W]`` tensor with mirrored ("reflect") borders, for any
+radius: tap by tap for ``r < n`` along an axis of length ``n``, and with the weights folded
+onto the mirrored axis for ``r >= n`` (exact; see :func:`mollify_fast._blur.fold`).
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ import math
 from typing import Optional, Sequence, Union
 
 import torch
+
+from ._blur import fold
 
 __all__ = [
     "PHILOX_M0",
@@ -168,28 +172,46 @@ def blur_radius_for(blur_sigma: float) -> int:
 def gaussian_weights(blur_sigma: float, radius: int, dtype=torch.float32) -> torch.Tensor:
     """Normalised taps ``w_k = exp(-k^2 / (2 s^2))``, ``k = -r..r``: ``[2r+1]``.
 
-    ``blur_sigma == 0`` gives the identity (a single 1 at k = 0).
+    Computed in float64 as ``exp(-(k/s)^2 / 2)`` (``2 s^2`` would underflow for tiny ``s``),
+    normalised, then rounded to ``dtype``. ``blur_sigma == 0`` gives the identity (a single 1
+    at k = 0).
     """
-    k = torch.arange(-radius, radius + 1, dtype=dtype)
+    k = torch.arange(-radius, radius + 1, dtype=torch.float64)
     if blur_sigma == 0:
         return (k == 0).to(dtype)
-    s = torch.tensor(blur_sigma, dtype=dtype)
-    w = torch.exp(-(k * k) / (2 * s * s))
-    return w / w.sum()
+    w = torch.exp(-0.5 * (k / float(blur_sigma)) ** 2)
+    return (w / w.sum()).to(dtype)
+
+
+def _axis_taps(blur_sigma: float, radius: int, n: int, dtype) -> tuple:
+    """``(offsets, weights)`` of the blur along an axis of length ``n``.
+
+    ``r < n``: the definition itself, taps ``k = -r..r``. ``r >= n``: the ``2r+1`` float64
+    weights folded onto the mirrored axis (:func:`mollify_fast._blur.fold`: taps k and
+    k + 2(n-1) read the same pixel, so their weights are summed), radius ``n - 1``. That is
+    exact math, not an approximation; it keeps the cost O(n) per pixel for any r.
+    """
+    if blur_sigma == 0:
+        radius = 0  # the identity reads no neighbour (a NaN next to it stays next to it)
+    w = gaussian_weights(blur_sigma, radius, torch.float64)
+    if radius >= n:
+        w = fold(w, n)
+    m = (w.shape[0] - 1) // 2
+    return range(-m, m + 1), w.to(dtype)
 
 
 def _blur_plane_stack(p: torch.Tensor, blur_sigma: float, radius: int) -> torch.Tensor:
     """Blur ``[P, H, W]`` float planes: width pass, then height pass, tap by tap."""
-    acc_dtype = p.dtype
-    w = gaussian_weights(blur_sigma, radius, acc_dtype)
     H, W = p.shape[-2:]
     cols = torch.arange(W)
     rows = torch.arange(H)
     tmp = torch.zeros_like(p)
-    for t, k in enumerate(range(-radius, radius + 1)):
+    ks, w = _axis_taps(blur_sigma, radius, W, p.dtype)
+    for t, k in enumerate(ks):
         tmp += w[t] * p[:, :, reflect_index(cols + k, W)]
     res = torch.zeros_like(p)
-    for t, k in enumerate(range(-radius, radius + 1)):
+    ks, w = _axis_taps(blur_sigma, radius, H, p.dtype)
+    for t, k in enumerate(ks):
         res += w[t] * tmp[:, reflect_index(rows + k, H), :]
     return res
 
@@ -202,24 +224,24 @@ def blur(
     """Gaussian blur over the last two dims, each plane separately, mirrored borders.
 
     Args:
-        x: ``[..., H, W]`` floating tensor (2-D input is one plane).
-        blur_sigma: a number, or one value per sample (dim 0) for ``x.dim() >= 3``.
+        x: ``[N, ..., H, W]`` floating tensor, at least 3 dims (dim 0 is the batch).
+        blur_sigma: a number, or one value per sample: ``[N]`` or ``[N, 1, ..., 1]``.
         blur_radius: taps on each side; default ``ceil(3 * blur_sigma)`` per sample.
 
     Returns:
         float32 tensor (float64 for float64 input) of x's shape, on the CPU.
     """
+    if x.dim() < 3:
+        raise ValueError("blur: x needs at least 3 dims [N, ..., H, W] (dim 0 is the batch); pass x[None]")
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     xf = x.detach().to("cpu", acc)
-    if x.dim() < 2:
-        raise ValueError("blur: x needs at least 2 dims (H, W)")
-    if x.dim() == 2 or not (torch.is_tensor(blur_sigma) and blur_sigma.dim() == 1):
+    if not (torch.is_tensor(blur_sigma) and blur_sigma.dim() >= 1):
         s = float(blur_sigma)
         r = blur_radius_for(s) if blur_radius is None else int(blur_radius)
         planes = xf.reshape(-1, *x.shape[-2:])
         return _blur_plane_stack(planes, s, r).reshape(x.shape)
     # The kernels hold blur sigma in the compute dtype, and derive radii from that value.
-    sig = blur_sigma.detach().to("cpu", acc).tolist()
+    sig = blur_sigma.detach().to("cpu", acc).reshape(-1).tolist()
     if blur_radius is None:
         radii = [blur_radius_for(s) for s in sig]
     elif torch.is_tensor(blur_radius) or isinstance(blur_radius, (list, tuple)):
@@ -234,9 +256,10 @@ def blur(
 
 
 def _per_sample(v: Union[Number, torch.Tensor], x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """A scalar or per-sample parameter as a tensor broadcastable against ``x`` (CPU, acc)."""
+    """A scalar or per-sample (``[N]`` or ``[N, 1, ..., 1]``) parameter as a tensor
+    broadcastable against ``x`` (CPU, acc)."""
     t = v.detach().to("cpu", acc) if torch.is_tensor(v) else torch.tensor(float(v), dtype=acc)
-    if t.dim() == 1:
+    if t.dim() >= 1:
         return t.reshape(-1, *([1] * (x.dim() - 1)))
     return t
 

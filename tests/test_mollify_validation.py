@@ -1,8 +1,16 @@
 """CONTRACT section 7: every misuse raises a named, actionable error and writes nothing."""
+import os
+
+import numpy as np
 import pytest
 import torch
 
 import mollify_fast as mf
+from mollify_fast._validate import MAX_BLUR_RADIUS as MAX_R
+
+from conftest import backend_or_skip
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _x():
@@ -25,7 +33,7 @@ CASES = [
     ("sigma tensor > 1 vp", lambda x: dict(x=x, sigma=torch.tensor([0.1, 1.2, 0.3, 0.4])), ValueError, ["sigma", "alpha"]),
     ("sigma tensor nan", lambda x: dict(x=x, sigma=torch.tensor([0.1, float("nan"), 0.3, 0.4])), ValueError, ["sigma", "finite"]),
     ("sigma wrong length", lambda x: dict(x=x, sigma=torch.rand(3)), ValueError, ["sigma", "length", "4"]),
-    ("sigma wrong rank", lambda x: dict(x=x, sigma=torch.rand(4, 1)), ValueError, ["sigma", "2-D"]),
+    ("sigma wrong rank", lambda x: dict(x=x, sigma=torch.rand(4, 3)), ValueError, ["sigma", "2-D", "[N, 1, ..., 1]"]),
     ("sigma complex", lambda x: dict(x=x, sigma=torch.rand(4, dtype=torch.complex64)), TypeError, ["sigma"]),
     ("alpha nan", lambda x: dict(x=x, sigma=0.5, alpha=float("nan")), ValueError, ["alpha", "finite"]),
     ("alpha tensor inf", lambda x: dict(x=x, sigma=0.5, alpha=torch.tensor([1.0, float("inf"), 1, 1])), ValueError, ["alpha", "finite"]),
@@ -37,8 +45,32 @@ CASES = [
     ("blur_radius < 0", lambda x: dict(x=x, sigma=0.5, blur_sigma=1.0, blur_radius=-1), ValueError, ["blur_radius", ">= 0"]),
     ("blur_radius float", lambda x: dict(x=x, sigma=0.5, blur_sigma=1.0, blur_radius=1.5), TypeError, ["blur_radius", "int"]),
     ("blur_radius alone", lambda x: dict(x=x, sigma=0.5, blur_radius=2), ValueError, ["blur_radius", "blur_sigma"]),
-    ("blur on 1-D", lambda x: dict(x=x.reshape(-1), sigma=0.5, blur_sigma=1.0), ValueError, ["blur", "2 dims"]),
-    ("per-row blur on 2-D", lambda x: dict(x=x[0, 0], sigma=0.5, blur_sigma=torch.ones(6)), ValueError, ["blur_sigma", "plane"]),
+    ("blur on 1-D", lambda x: dict(x=x.reshape(-1), sigma=0.5, blur_sigma=1.0), ValueError, ["blur", "3 dims", "x[None]"]),
+    # dim 0 is the batch: a 2-D [N, D] batch is not an image (blurring it would mix samples)
+    ("blur on 2-D", lambda x: dict(x=x[0, 0], sigma=0.5, blur_sigma=1.0), ValueError, ["blur", "3 dims", "x[None]"]),
+    ("per-row blur on 2-D", lambda x: dict(x=x[0, 0], sigma=0.5, blur_sigma=torch.ones(6)), ValueError, ["blur", "x[None]"]),
+    # per-sample shapes: [N] or [N, 1, ..., 1] up to x.dim(); anything else is refused
+    ("sigma [N, 2, 1, 1]", lambda x: dict(x=x, sigma=torch.rand(4, 2, 1, 1)), ValueError, ["sigma", "[N, 1, ..., 1]"]),
+    ("sigma rank > x.dim()", lambda x: dict(x=x, sigma=torch.rand(4, 1, 1, 1, 1)), ValueError, ["sigma", "rank", "4"]),
+    ("sigma [1] for N=4", lambda x: dict(x=x, sigma=torch.rand(1)), ValueError, ["sigma", "length", "4"]),
+    ("sigma [1, 4]", lambda x: dict(x=x, sigma=torch.rand(1, 4)), ValueError, ["sigma", "[N, 1, ..., 1]"]),
+    ("sigma numpy wrong length", lambda x: dict(x=x, sigma=np.full(3, 0.5, np.float32)), ValueError, ["sigma", "length"]),
+    ("sigma numpy string", lambda x: dict(x=x, sigma=np.str_("0.5")), TypeError, ["sigma"]),
+    # numbers at the edges (issue 15.11)
+    ("sigma 10**400", lambda x: dict(x=x, sigma=10**400, alpha=1.0), ValueError, ["sigma", "finite"]),
+    ("sigma 1e39 float32", lambda x: dict(x=x, sigma=1e39, alpha=1.0), ValueError, ["sigma", "float32"]),
+    ("alpha 1e39 float32", lambda x: dict(x=x, sigma=0.5, alpha=-1e39), ValueError, ["alpha", "float32"]),
+    ("alpha tensor 1e39 float32", lambda x: dict(x=x, sigma=0.5, alpha=torch.tensor([1.0, 1e39, 1, 1], dtype=torch.float64)),
+     ValueError, ["alpha", "float32"]),
+    ("blur_sigma 1e39", lambda x: dict(x=x, sigma=0.5, blur_sigma=1e39), ValueError, ["blur_sigma"]),
+    # radius limit (issue 15.1): refused before any stream is taken, never a pybind11 TypeError
+    ("blur_sigma 1e9", lambda x: dict(x=x, sigma=0.5, blur_sigma=1e9), ValueError, ["blur", "radius", str(MAX_R)]),
+    ("blur_sigma tensor 1e9", lambda x: dict(x=x, sigma=0.5, blur_sigma=torch.tensor([1.0, 1e9, 1, 1])), ValueError,
+     ["blur", "radius", str(MAX_R)]),
+    ("blur_radius > limit", lambda x: dict(x=x, sigma=0.5, blur_sigma=1.0, blur_radius=MAX_R + 1), ValueError,
+     ["blur_radius", str(MAX_R)]),
+    ("blur_radius 2**40", lambda x: dict(x=x, sigma=0.5, blur_sigma=1.0, blur_radius=2**40), ValueError,
+     ["blur_radius", str(MAX_R)]),
     ("unknown backend", lambda x: dict(x=x, sigma=0.5, backend="fast"), ValueError, ["backend", "'fast'", "torch"]),
     ("torch.Generator", lambda x: dict(x=x, sigma=0.5, generator=torch.Generator()), TypeError, ["generator", "mollify_fast.Generator"]),
     ("return_noise not bool", lambda x: dict(x=x, sigma=0.5, return_noise=1), TypeError, ["return_noise"]),
@@ -47,8 +79,14 @@ CASES = [
 
 
 @pytest.mark.parametrize("case,build,exc,words", CASES, ids=[c[0] for c in CASES])
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["torch", "reference", "cpu", "triton", "auto"])
 def test_bad_input_raises_and_writes_nothing(case, build, exc, words, backend):
+    """Refused before anything is written or the generator advances, on every backend that
+    runs here (triton: under the interpreter)."""
+    if backend != "auto":
+        backend_or_skip(backend)
+    if backend == "triton" and not INTERPRET:
+        pytest.skip("the triton backend runs CPU tensors only under TRITON_INTERPRET=1")
     x = _x()
     kw = build(x)
     kw.setdefault("backend", backend)
@@ -81,7 +119,9 @@ OUT_CASES = [
 
 
 @pytest.mark.parametrize("case,build,exc,words", OUT_CASES, ids=[c[0] for c in OUT_CASES])
-def test_bad_out(case, build, exc, words):
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_bad_out(case, build, exc, words, backend):
+    backend_or_skip(backend)
     if case == "out partial overlap":
         buf = torch.randn(5, 3, 6, 5)
         x, out = buf[:4], buf[1:]
@@ -90,13 +130,40 @@ def test_bad_out(case, build, exc, words):
         out = build(x)
     before = x.clone()
     out_before = out.detach().clone() if torch.is_tensor(out) else None
+    g = mf.Generator(1, offset=9)
     with pytest.raises(exc) as info:
-        mf.mollify(x, 0.5, out=out, backend="torch")
+        mf.mollify(x, 0.5, out=out, generator=g, backend=backend)
     for w in words:
         assert w in str(info.value)
     assert torch.equal(x, before)
     if out_before is not None:
         assert torch.equal(out.detach(), out_before)
+    assert g.offset == 9, "the generator advanced on a refused call"
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "reference"])
+def test_interleaved_views_are_not_overlapping(backend):
+    """Issue 15.9: x = buf[0::2], out = buf[1::2] share no element: accepted, and equal to the
+    out-of-place result; a real partial overlap (buf[:4] vs buf[1:]) is still refused."""
+    backend_or_skip(backend)
+    buf = torch.randn(8, 3, 5, 4)
+    x, out = buf[0::2], buf[1::2]
+    # the same call into a separate buffer of out's layout (the torch backend's draw depends on it)
+    want = mf.mollify(x.clone(), 0.5, blur_sigma=0.8, generator=mf.Generator(2), out=torch.empty_like(buf)[1::2],
+                      backend=backend)
+    r = mf.mollify(x, 0.5, blur_sigma=0.8, generator=mf.Generator(2), out=out, backend=backend)
+    assert r is out and torch.equal(out, want)
+    # interleaved along the last dim (strides (.., 2)) and along a middle dim
+    buf = torch.randn(4, 3, 5, 8)
+    mf.mollify(buf[..., 0::2], 0.5, out=buf[..., 1::2], backend=backend)
+    buf = torch.randn(4, 6, 5, 4)
+    mf.mollify(buf[:, 1::2], 0.5, out=buf[:, 0::2], backend=backend)
+    # rows 0, 2, 4, 6, 8 against rows 4..8: rows 4, 6, 8 are shared, so refused
+    buf = torch.randn(10, 4)
+    before = buf.clone()
+    with pytest.raises(ValueError, match="overlap"):
+        mf.mollify(buf[0::2], 0.5, out=buf[4:9], backend=backend)
+    assert torch.equal(buf, before)
 
 
 def test_unavailable_backend_says_why():

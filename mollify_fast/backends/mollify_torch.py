@@ -12,20 +12,21 @@ work through float32 scratch a quarter of the batch at a time, so the result is 
 and the scratch stays below the composition's temporaries. In-place (``out=x``) without blur
 needs one buffer for the noise.
 
-Blur: separable depthwise ``conv2d`` (width pass, then height pass) over input padded by
-gathering mirrored indices, which works for any radius (also ``r >= H`` or ``W``). Per-sample
-blur sigmas use one kernel per plane, zero beyond each sample's own radius.
+Blur: :func:`mollify_fast._blur.blur`, separable depthwise ``conv2d`` (width pass, then height
+pass) in the compute dtype over input padded by gathering mirrored indices. Radii beyond the
+image fold their weights onto it (radius ``min(r, n-1)``: O(n) memory and time per pixel for
+any r). Per-sample blur sigmas use one filter per plane; samples with different reach are
+blurred in separate groups, so NaN/inf spread exactly as in the reference.
 """
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
+from .._blur import blur
 from .._validate import Params, compute_dtype, same_view
 from ..generator import _mix64
-from ..reference import reflect_index
 
 
 def availability() -> Tuple[bool, str]:
@@ -64,32 +65,6 @@ def _axpy(t: torch.Tensor, a, src: torch.Tensor, out: torch.Tensor) -> torch.Ten
     return torch.add(t, src, alpha=a, out=out)
 
 
-def blur_torch(x: torch.Tensor, p: Params, acc: torch.dtype) -> torch.Tensor:
-    """Separable Gaussian blur of the last two dims in dtype ``acc`` (a new tensor)."""
-    H, W = x.shape[-2:]
-    planes = x.reshape(-1, H, W).to(acc)
-    P = planes.shape[0]
-    R = p.max_radius
-    k = torch.arange(-R, R + 1, device=x.device, dtype=acc)
-    if torch.is_tensor(p.blur):
-        n = x.shape[0]
-        s = p.blur.view(n, 1)
-        r = p.radius.view(n, 1) if torch.is_tensor(p.radius) else torch.full((n, 1), p.radius, device=x.device)
-        w = torch.exp(-(k * k) / (2 * s * s))
-        w = torch.where(k.abs() <= r, w, torch.zeros_like(w))
-        w = torch.where(s == 0, (k == 0).to(acc), w)  # blur sigma 0: identity
-        w = (w / w.sum(dim=1, keepdim=True)).repeat_interleave(P // n, dim=0)
-    else:
-        s = torch.tensor(p.blur, dtype=acc)
-        w = torch.exp(-(k * k) / (2 * s * s))
-        w = (w / w.sum()).expand(P, -1)
-    cols = reflect_index(torch.arange(-R, W + R, device=x.device), W)
-    rows = reflect_index(torch.arange(-R, H + R, device=x.device), H)
-    t = F.conv2d(planes[None][..., cols], w.reshape(P, 1, 1, -1).contiguous(), groups=P)
-    t = F.conv2d(t[..., rows, :], w.reshape(P, 1, -1, 1).contiguous(), groups=P)
-    return t.reshape(x.shape)
-
-
 def mollify_torch(
     x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream
 ) -> None:
@@ -97,7 +72,7 @@ def mollify_torch(
     acc = compute_dtype(x.dtype)
     a = _bcast(p.alpha, x)
     s = _bcast(p.sigma, x)
-    src = blur_torch(x, p, acc) if p.blur is not None else x
+    src = blur(x, p, acc) if p.blur is not None else x
     if x.dtype != acc:
         # Low precision: eps and the sum in float32, one rounding at the end, a quarter of the
         # batch at a time (at most ~4 MB of float32 scratch). Whole-batch float32 scratch plus
