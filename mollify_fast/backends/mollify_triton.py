@@ -3,21 +3,37 @@
 Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (how CI checks it without a
 GPU; the variable must be set before this module is imported). float64 is not supported here
 (``auto`` sends it to ``cuda`` or ``torch``). This module (and so Triton) is imported only when
-the backend is first asked for (mollify_fast.backends imports backends lazily); without Triton
-it reports itself unavailable with the import error.
+the backend is first asked for; without Triton it reports itself unavailable with the error.
+Works with Triton 3.6 to 3.8: only ``tl`` names 3.6 has, and the Philox pieces of
+``tl.randn4x`` (``philox_impl``, ``uint_to_uniform_float``, ``pair_uniform_to_normal``) called
+directly, so the normals are exactly ``tl.randn4x(seed, offset + j)`` (CONTRACT section 3).
 
-Noise: each program owns ``BLOCK`` consecutive counter groups; ``tl.randn4x(seed, offset + g)``
-gives the 4 normals of logical elements ``4g .. 4g+3``, laid out as a ``[BLOCK, 4]`` tile so
-each thread's 4 normals land on 4 consecutive elements (one 4-wide load and store on a
-contiguous tensor). Four normals per Philox call: ``tl.randn`` (one call per output) is
-ALU-bound on current GPUs.
+Host side: :func:`_plan` turns a call into a list of :class:`Launch` (kernel, grid, arguments,
+constexprs, options) without touching a GPU; :func:`mollify_triton` runs them on ``x``'s
+device and its current stream. Layout planning is cached per shape/strides/flags.
 
-Blur + noise: each program owns a ``[TILE_H, TILE_W]`` tile of one plane. It walks the
-``TILE_H + 2r`` source rows once (mirrored), blurs each along the width, and adds it to every
-output row it reaches with the vertical weight: separable, one read of x through the cache.
+Specialisation: the stream ``(seed, offset)`` travels as four int32 halves marked
+``do_not_specialize``, so Triton sees the same types and no value-1 / divisible-by-16
+properties whatever the stream: one compiled variant per layout for a whole training run.
+
+Noise kernel: each program owns ``NOISE_BLOCK`` consecutive counter groups; one Philox per
+group gives the normals of the 4 consecutive logical elements it covers, which one thread
+loads and stores as a 4-vector (16 B for float32) on contiguous tensors.
+
+Blur + noise kernel (radius ``R <= FUSED_MAX_RADIUS``): a program is a ``[S, BW]`` grid of
+threads; thread ``(s, q)`` owns output columns ``4q .. 4q+3`` of the ``TILE_H`` rows of unit
+``s`` (a unit is a plane and a strip of rows). It walks the ``TILE_H + 2R`` mirrored source rows
+once, blurs each along the width from ``4 + 2R`` loads (mirrored column offsets computed once per
+program), keeps the last ``2R + 1`` width-blurred rows in registers (``R`` is a constexpr, the
+loops unroll, so that ring costs no moves) and emits an output row as soon as its ``2R + 1``
+source rows are in: the height pass, one Philox for the thread's 4 elements, one store.
+Larger radii take two launches of :func:`_mollify_blur_axis_kernel` through a float32 scratch
+(width pass, then height pass + noise). Both handle ``R < min(H, W)`` only (one reflection);
+larger radii are routed elsewhere before this backend is called, and :func:`_plan` refuses them.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -25,15 +41,20 @@ from typing import List, Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from triton.language.random import pair_uniform_to_normal, philox_impl, uint_to_uniform_float
 
 from .._validate import Params
-from ..generator import draw_default_seed, to_signed64
+from ..generator import draw_default_seed, to_unsigned64
 from ._native import coalesce
 
-MAX_DIMS = 4
-NOISE_BLOCK = 512  # groups per program: 2048 elements, 8 KB of float32 read per program
-BLUR_TILE_H = 16
-BLUR_TILE_W = 64
+MAX_DIMS = 4  # noise kernel: coalesced dims it indexes; more runs on contiguous copies
+MAX_PLANE_DIMS = 3  # blur kernels: coalesced dims in front of H, W
+NOISE_BLOCK = 512  # groups per program: 2048 elements, 4 groups per thread at 4 warps
+NUM_WARPS = 4
+THREADS = 32 * NUM_WARPS
+BLUR_TILE_H = 16  # output rows per unit: (16 + 2R) / 16 source rows blurred per output row
+FUSED_MAX_RADIUS = 8  # beyond, the unrolled ring of 2R+1 rows costs too many registers
+INT32_MAX = 2**31 - 1
 
 
 def _interpret() -> bool:
@@ -57,25 +78,44 @@ def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
     return True, ""
 
 
-@triton.jit
-def _reflect(i, n):
-    # Mirror without repeating the edge, for any distance: period 2(n-1); n == 1 -> 0.
-    period = tl.maximum(2 * (n - 1), 1)
-    m = i % period
-    m = tl.where(m < 0, m + period, m)
-    m = tl.where(m >= n, period - m, m)
-    return tl.where(n == 1, 0, m)
+# ------------------------------------------------------------------------------------------
+# Device helpers
+# ------------------------------------------------------------------------------------------
+
 
 @triton.jit
-def _lane(z0, z1, z2, z3, k):
-    # The normal of lane k (0..3) from the 4 outputs of one randn4x call.
-    return tl.where(k == 0, z0, tl.where(k == 1, z1, tl.where(k == 2, z2, z3)))
+def _stream_key(seed_lo, seed_hi, off_lo, off_hi):
+    """The Philox key words and the 64-bit start counter from the four int32 halves."""
+    k0 = seed_lo.to(tl.uint32, bitcast=True)
+    k1 = seed_hi.to(tl.uint32, bitcast=True)
+    off = (off_hi.to(tl.int64) << 32) | off_lo.to(tl.uint32, bitcast=True).to(tl.int64)
+    return k0, k1, off
+
 
 @triton.jit
-def _param(ptr, scalar, n, mask, PER_SAMPLE: tl.constexpr):
-    # A per-sample parameter gathered for sample indices n, or the scalar.
+def _normals4(counter, k0, k1):
+    """``tl.randn4x`` for 64-bit counters ``counter`` (any shape): 4 float32 normals each."""
+    c0 = counter.to(tl.uint32)  # truncation keeps the low word
+    c1 = (counter >> 32).to(tl.uint32)
+    zero = c0 * 0
+    w0, w1, w2, w3 = philox_impl(c0, c1, zero, zero, k0, k1)
+    z0, z1 = pair_uniform_to_normal(uint_to_uniform_float(w0), uint_to_uniform_float(w1))
+    z2, z3 = pair_uniform_to_normal(uint_to_uniform_float(w2), uint_to_uniform_float(w3))
+    return z0, z1, z2, z3
+
+
+@triton.jit
+def _quad(a, b, c, d):
+    """``[..., 4]`` from four same-shape tensors (lane k = k-th argument), held by one thread."""
+    # join(p, q)[..., i, j] is (p, q)[j][..., i]: lane 2i + j of the reshape.
+    return tl.reshape(tl.join(tl.join(a, c), tl.join(b, d)), a.shape + (4,))
+
+
+@triton.jit
+def _param(ptr, scalar, n, PER_SAMPLE: tl.constexpr):
+    # A per-sample parameter gathered for sample indices n (always valid), or the scalar.
     if PER_SAMPLE:
-        return tl.load(ptr + n, mask=mask, other=0.0)
+        return tl.load(ptr + n)
     else:
         return scalar
 
@@ -91,31 +131,146 @@ def _offsets(i, s1, s2, s3, t0, t1, t2, t3):
     d0 = r // s1
     return d0 * t0 + d1 * t1 + d2 * t2 + d3 * t3
 
+
 @triton.jit
+def _mirror(i, n):
+    # One reflection without repeating the edge (-1 -> 1, n -> n-2); valid for -n < i < 2n-1.
+    # Clamped to [0, n) so that lanes past the image (masked at the store) read valid memory.
+    i = tl.where(i < 0, -i, i)
+    i = tl.where(i >= n, 2 * n - 2 - i, i)
+    return tl.minimum(tl.maximum(i, 0), n - 1)
+
+
+@triton.jit
+def _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R: tl.constexpr,
+                  BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr):
+    """Normalised taps ``w_0 .. w_R`` (``w_-k = w_k``): scalars, or ``[S]`` per-sample vectors.
+
+    A sample whose own radius ``r < R`` gets zero weights beyond ``r``; the normalisation is
+    over its own ``2r + 1`` taps (CONTRACT section 4). ``blur_sigma = 0`` leaves only w_0 = 1.
+    """
+    if BLUR_PER_SAMPLE:
+        bs = tl.load(blur_ptr + n)
+    else:
+        bs = blur_sigma
+    if RADIUS_PER_SAMPLE:
+        r = tl.load(radius_ptr + n)
+    inv = 1.0 / tl.maximum(2.0 * bs * bs, 1e-30)
+    w = (bs * 0.0 + 1.0,)
+    norm = bs * 0.0 + 1.0
+    for k in tl.static_range(1, R + 1):
+        wk = tl.exp(-(k * k) * inv)
+        if RADIUS_PER_SAMPLE:
+            wk = tl.where(k <= r, wk, 0.0)
+        w = w + (wk,)
+        norm += 2.0 * wk
+    inv_norm = 1.0 / norm
+    res = ()
+    for k in tl.static_range(R + 1):
+        res = res + (w[k] * inv_norm,)
+    return res
+
+
+@triton.jit
+def _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, sg, al,
+              osh, osw, nsh, nsw, rmask, ALIGNED: tl.constexpr, HAS_NOISE: tl.constexpr):
+    """Finish one output row of a ``[S, BW]`` tile: noise, ``alpha * B(x) + sigma * eps``, store.
+
+    ``vals``: the 4 blurred lanes (``[S, BW]`` each, columns ``c + 0..3``); ``h``: the ``[S]``
+    rows; ``plane_elem0``: logical index of each unit's plane start (int64 ``[S]``).
+    """
+    idx = (plane_elem0 + h.to(tl.int64) * W)[:, None] + c[None, :]  # logical index of lane 0
+    if ALIGNED:
+        # W % 4 == 0: the thread's 4 elements are exactly counter group idx / 4.
+        e0, e1, e2, e3 = _normals4(off + (idx >> 2), k0, k1)
+    else:
+        # Lane j is element idx + j of group (idx + j) / 4: two groups cover the 4 lanes.
+        a0, a1, a2, a3 = _normals4(off + (idx >> 2), k0, k1)
+        b0, b1, b2, b3 = _normals4(off + (idx >> 2) + 1, k0, k1)
+        m = (idx & 3).to(tl.int32)
+        e0 = tl.where(m == 0, a0, tl.where(m == 1, a1, tl.where(m == 2, a2, a3)))
+        e1 = tl.where(m == 0, a1, tl.where(m == 1, a2, tl.where(m == 2, a3, b0)))
+        e2 = tl.where(m == 0, a2, tl.where(m == 1, a3, tl.where(m == 2, b0, b1)))
+        e3 = tl.where(m == 0, a3, tl.where(m == 1, b0, tl.where(m == 2, b1, b2)))
+    eps = _quad(e0, e1, e2, e3)
+    v0, v1, v2, v3 = vals
+    res = al[:, None, None] * _quad(v0, v1, v2, v3) + sg[:, None, None] * eps
+    cols = c[:, None] + tl.arange(0, 4)[None, :]  # [BW, 4]
+    mask = rmask[:, None, None] & (cols < W)[None, :, :]
+    o = (h * osh)[:, None, None] + (cols * osw)[None, :, :]
+    tl.store(out_base[:, None, None] + o, res.to(out_base.dtype.element_ty), mask=mask)
+    if HAS_NOISE:
+        o = (h * nsh)[:, None, None] + (cols * nsw)[None, :, :]
+        tl.store(noise_base[:, None, None] + o, eps.to(noise_base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _units(pid_u, units, strips, planes_per_sample, P1, P2, S: tl.constexpr):
+    """The ``[S]`` units of a program: clamped unit, plane, first row index in strips, sample,
+    the plane's coordinates over its (at most 3) coalesced dims, and the valid-unit mask."""
+    u = pid_u * S + tl.arange(0, S)
+    umask = u < units
+    u = tl.minimum(u, units - 1)
+    plane = u // strips
+    strip = u - plane * strips
+    n = plane // planes_per_sample
+    pd2 = plane % P2
+    rest = plane // P2
+    pd1 = rest % P1
+    pd0 = rest // P1
+    return umask, plane, strip, n, pd0.to(tl.int64), pd1.to(tl.int64), pd2.to(tl.int64)
+
+
+# ------------------------------------------------------------------------------------------
+# Kernels
+# ------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _mollify_noise_kernel(
     x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr,
-    sigma, alpha, seed, offset, numel, sample_numel,
+    sigma, alpha, seed_lo, seed_hi, off_lo, off_hi, numel, sample_numel,
     s1, s2, s3,
     xs0, xs1, xs2, xs3, os0, os1, os2, os3, ns0, ns1, ns2, ns3,
-    CONTIG: tl.constexpr, HAS_NOISE: tl.constexpr,
+    CONTIG: tl.constexpr, HAS_NOISE: tl.constexpr, IDX64: tl.constexpr, GROUP_ROWS: tl.constexpr,
     SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    # tl.to_tensor: an int argument equal to 1 may arrive as a constexpr (Triton specialises it).
-    pid = tl.program_id(0).to(tl.int64)
-    g = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    z0, z1, z2, z3 = tl.randn4x(seed, tl.to_tensor(offset).to(tl.int64) + g)
-    k = tl.arange(0, 4)[None, :]
-    i = 4 * g[:, None] + k  # [BLOCK, 4] logical indices: 4 consecutive per thread
+    """``out[i] = alpha[n(i)] * x[i] + sigma[n(i)] * eps[i]`` over logical indices ``i``.
+
+    A ``[BLOCK, 4]`` tile: row ``g`` is counter group ``pid * BLOCK + g`` and its 4 consecutive
+    logical elements, held by one thread. Index math is int32 unless ``IDX64`` (numel or an
+    offset beyond 2**31). Strided layouts: with ``GROUP_ROWS`` (innermost size % 4 == 0) the 4
+    lanes share their outer coordinates, so the index is decomposed once per group (int32
+    divisions per element spilled to 255 registers in int64 before).
+    """
+    k0, k1, off = _stream_key(seed_lo, seed_hi, off_lo, off_hi)
+    pid = tl.program_id(0)
+    if IDX64:
+        g = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    else:
+        g = pid * BLOCK + tl.arange(0, BLOCK)
+    z0, z1, z2, z3 = _normals4(off + g, k0, k1)
+    eps = _quad(z0, z1, z2, z3)
+    lane = tl.arange(0, 4)[None, :]
+    i0 = 4 * g
+    i = i0[:, None] + lane
     mask = i < numel
-    eps = _lane(z0[:, None], z1[:, None], z2[:, None], z3[:, None], k)
-    n = i // sample_numel  # unused (and removed by the compiler) without per-sample parameters
-    s = _param(sigma_ptr, sigma, n, mask, SIGMA_PER_SAMPLE)
-    a = _param(alpha_ptr, alpha, n, mask, ALPHA_PER_SAMPLE)
+    if SIGMA_PER_SAMPLE or ALPHA_PER_SAMPLE:
+        n = tl.minimum(i // sample_numel, (numel - 1) // sample_numel)
+        s = _param(sigma_ptr, sigma, n, SIGMA_PER_SAMPLE)
+        a = _param(alpha_ptr, alpha, n, ALPHA_PER_SAMPLE)
+    else:
+        s = sigma
+        a = alpha
     if CONTIG:
         ox = i
         oo = i
         on = i
+    elif GROUP_ROWS:
+        ox = _offsets(i0, s1, s2, s3, xs0, xs1, xs2, xs3)[:, None] + lane * xs3
+        oo = _offsets(i0, s1, s2, s3, os0, os1, os2, os3)[:, None] + lane * os3
+        on = _offsets(i0, s1, s2, s3, ns0, ns1, ns2, ns3)[:, None] + lane * ns3
     else:
         ox = _offsets(i, s1, s2, s3, xs0, xs1, xs2, xs3)
         oo = _offsets(i, s1, s2, s3, os0, os1, os2, os3)
@@ -126,114 +281,192 @@ def _mollify_noise_kernel(
     if HAS_NOISE:
         tl.store(noise_ptr + on, eps.to(noise_ptr.dtype.element_ty), mask=mask)
 
-@triton.jit
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _mollify_blur_kernel(
     x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, blur_ptr, radius_ptr,
-    sigma, alpha, blur_sigma, radius, seed, offset,
-    H, W, P1, planes_per_sample,
-    xs0, xs1, xsh, xsw, os0, os1, osh, osw, ns0, ns1, nsh, nsw,
-    ROWS_ARE_SAMPLES: tl.constexpr, HAS_NOISE: tl.constexpr,
-    SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr, BLUR_PER_SAMPLE: tl.constexpr,
-    TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    sigma, alpha, blur_sigma, seed_lo, seed_hi, off_lo, off_hi,
+    H, W, units, strips, col_blocks, planes_per_sample, P1, P2,
+    xs0, xs1, xs2, xsh, xsw, os0, os1, os2, osh, osw, ns0, ns1, ns2, nsh, nsw,
+    R: tl.constexpr, TILE_H: tl.constexpr, S: tl.constexpr, BW: tl.constexpr, ALIGNED: tl.constexpr,
+    HAS_NOISE: tl.constexpr, SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr,
+    BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr,
 ):
-    # Grid: (planes, row tiles, column tiles). Planes are the dims before H and W,
-    # coalesced to at most two (sizes P0, P1).
-    p = tl.program_id(0).to(tl.int64)
-    h0 = tl.program_id(1).to(tl.int64) * TILE_H
-    w0 = tl.program_id(2).to(tl.int64) * TILE_W
-    pd0 = p // P1
-    pd1 = p % P1
-    hh = tl.arange(0, TILE_H).to(tl.int64)
-    h = h0 + hh
-    w = w0 + tl.arange(0, TILE_W).to(tl.int64)
-    if ROWS_ARE_SAMPLES:
-        n = p * 0
-    else:
-        n = p // planes_per_sample
+    """Fused separable blur (radius ``R``, mirrored) + noise; see the module docstring.
+
+    Grid: 1-D, ``cdiv(units, S) * col_blocks`` programs (no axis limited to 65,535). A unit is
+    ``(plane, strip)``, a strip ``TILE_H`` rows; row/column math is int32 inside a plane.
+    """
+    k0, k1, off = _stream_key(seed_lo, seed_hi, off_lo, off_hi)
+    pid = tl.program_id(0)
+    pid_c = pid % col_blocks
+    umask, plane, strip, n, pd0, pd1, pd2 = _units(pid // col_blocks, units, strips, planes_per_sample, P1, P2, S)
+    h0 = strip * TILE_H
+    x_base = x_ptr + (pd0 * xs0 + pd1 * xs1 + pd2 * xs2)
+    out_base = out_ptr + (pd0 * os0 + pd1 * os1 + pd2 * os2)
+    noise_base = noise_ptr + (pd0 * ns0 + pd1 * ns1 + pd2 * ns2)
+    plane_elem0 = plane.to(tl.int64) * H * W
+    c = (pid_c * BW + tl.arange(0, BW)) * 4  # first column of each thread's 4
+    w = _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R, BLUR_PER_SAMPLE, RADIUS_PER_SAMPLE)
+    sg = _param(sigma_ptr, sigma, n, SIGMA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
+    al = _param(alpha_ptr, alpha, n, ALPHA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
+    # Mirrored column offsets of the 4 + 2R columns a thread reads, once per program: the
+    # same for every row (no division or modulo per tap).
+    cols = ()
+    for e in tl.static_range(4 + 2 * R):
+        cols = cols + ((_mirror(c + (e - R), W) * xsw)[None, :],)
+    rows = ()  # width-blurred source rows, 4 lanes each; only the last 2R + 1 stay live
+    for t in tl.static_range(TILE_H + 2 * R):
+        src = _mirror(h0 + (t - R), H)
+        rp = (x_base + src * xsh)[:, None]
+        v = ()
+        for e in tl.static_range(4 + 2 * R):
+            v = v + (tl.load(rp + cols[e]).to(tl.float32),)
+        lanes = ()
+        for j in tl.static_range(4):
+            acc = _bc(w[0], S) * v[j + R]
+            for k in tl.static_range(1, R + 1):
+                acc += _bc(w[k], S) * (v[j + R - k] + v[j + R + k])
+            lanes = lanes + (acc,)
+        rows = rows + (lanes,)
+        if t >= 2 * R:
+            o = t - 2 * R  # output row o of the strip: source rows o .. o + 2R
+            vals = ()
+            for j in tl.static_range(4):
+                acc = _bc(w[0], S) * rows[o + R][j]
+                for k in tl.static_range(1, R + 1):
+                    acc += _bc(w[k], S) * (rows[o + R - k][j] + rows[o + R + k][j])
+                vals = vals + (acc,)
+            h = h0 + o
+            _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, sg, al,
+                      osh, osw, nsh, nsw, umask & (h < H), ALIGNED, HAS_NOISE)
+
+
+@triton.jit
+def _bc(v, S: tl.constexpr):
+    # A weight as a [S, 1] column: per-sample weights are [S] vectors, scalars broadcast.
+    return (v + tl.zeros((S,), tl.float32))[:, None]
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
+def _mollify_blur_axis_kernel(
+    src_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, blur_ptr, radius_ptr,
+    sigma, alpha, blur_sigma, seed_lo, seed_hi, off_lo, off_hi, radius,
+    H, W, units, col_blocks, planes_per_sample, P1, P2,
+    ss0, ss1, ss2, ssh, ssw, os0, os1, os2, osh, osw, ns0, ns1, ns2, nsh, nsw,
+    ALONG_H: tl.constexpr, FINAL: tl.constexpr, S: tl.constexpr, BW: tl.constexpr, ALIGNED: tl.constexpr,
+    HAS_NOISE: tl.constexpr, SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr,
+    BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr,
+):
+    """One 1-D pass of the blur for radii beyond ``FUSED_MAX_RADIUS`` (dynamic tap loop).
+
+    Width pass (``ALONG_H=False``, ``FINAL=False``): float32 scratch = taps along W of x.
+    Height pass (``ALONG_H=True``, ``FINAL=True``): taps along H of the scratch, then noise and
+    ``alpha * B(x) + sigma * eps`` as in the fused kernel. A unit is one row of one plane.
+    """
+    k0, k1, off = _stream_key(seed_lo, seed_hi, off_lo, off_hi)
+    pid = tl.program_id(0)
+    pid_c = pid % col_blocks
+    umask, plane, h, n, pd0, pd1, pd2 = _units(pid // col_blocks, units, H, planes_per_sample, P1, P2, S)
+    src_base = src_ptr + (pd0 * ss0 + pd1 * ss1 + pd2 * ss2)
+    out_base = out_ptr + (pd0 * os0 + pd1 * os1 + pd2 * os2)
+    c = (pid_c * BW + tl.arange(0, BW)) * 4
     if BLUR_PER_SAMPLE:
-        bs = tl.load(blur_ptr + n).to(tl.float32)
-        r = tl.load(radius_ptr + n).to(tl.int64)
+        bs = tl.load(blur_ptr + n)
     else:
-        bs = tl.to_tensor(blur_sigma).to(tl.float32)
-        r = tl.to_tensor(radius).to(tl.int64)
-    r = tl.where(bs == 0.0, 0, r)
-    # Taps exp(-k^2 / (2 s^2)); s == 0 gives r = 0 and the single tap exp(-0) = 1.
+        bs = blur_sigma + tl.zeros((S,), tl.float32)
+    if RADIUS_PER_SAMPLE:
+        r = tl.load(radius_ptr + n)
+    else:
+        r = radius + tl.zeros((S,), tl.int32)
     inv = 1.0 / tl.maximum(2.0 * bs * bs, 1e-30)
-    norm = bs * 0.0
-    for k in range(-r, r + 1):
-        kf = tl.to_tensor(k).to(tl.float32)
-        norm += tl.exp(-(kf * kf) * inv)
-    x_plane = x_ptr + pd0 * xs0 + pd1 * xs1
-    wmask = w < W
-    acc = tl.zeros((TILE_H, TILE_W), dtype=tl.float32)
-    # Each of the TILE_H + 2r source rows is blurred along W once, then added to every output
-    # row it reaches with its vertical weight (an outer product): separable, no smem needed.
-    for t in range(0, TILE_H + 2 * r):
-        src = _reflect(h0 - r + t, H)
-        row_ptr = x_plane + src * xsh
-        row = tl.zeros((TILE_W,), dtype=tl.float32)
-        for j in range(-r, r + 1):
-            jf = tl.to_tensor(j).to(tl.float32)
-            v = tl.load(row_ptr + _reflect(w + j, W) * xsw, mask=wmask, other=0.0).to(tl.float32)
-            row += tl.exp(-(jf * jf) * inv) * v
-        d = (t - r) - hh  # source row minus output row, per output row
-        df = d.to(tl.float32)
-        wv = tl.where((d >= -r) & (d <= r), tl.exp(-(df * df) * inv), 0.0)
-        acc += wv[:, None] * row[None, :]
-    blurred = acc / (norm * norm)
-    # Noise by logical index; each element takes its lane of its group's randn4x.
-    idx = (p * H + h[:, None]) * W + w[None, :]
-    grp = idx // 4
-    z0, z1, z2, z3 = tl.randn4x(seed, tl.to_tensor(offset).to(tl.int64) + grp)
-    eps = _lane(z0, z1, z2, z3, idx % 4)
-    mask = (h < H)[:, None] & wmask[None, :]
-    if ROWS_ARE_SAMPLES:
-        ns = h[:, None] + w[None, :] * 0
+    norm = tl.zeros((S,), tl.float32)
+    for k in range(-radius, radius + 1):
+        norm += tl.where((k <= r) & (k >= -r), tl.exp(-(k * k) * inv), 0.0)
+    lanes = tl.arange(0, 4)
+    acc = tl.zeros((S, BW, 4), tl.float32)
+    for k in range(-radius, radius + 1):
+        wk = tl.where((k <= r) & (k >= -r), tl.exp(-(k * k) * inv), 0.0) / norm
+        if ALONG_H:
+            o = (_mirror(h + k, H) * ssh)[:, None, None] + ((c[:, None] + lanes[None, :]) * ssw)[None, :, :]
+        else:
+            o = (h * ssh)[:, None, None] + (_mirror(c[:, None] + lanes[None, :] + k, W) * ssw)[None, :, :]
+        acc += wk[:, None, None] * tl.load(src_base[:, None, None] + o).to(tl.float32)
+    if FINAL:
+        noise_base = noise_ptr + (pd0 * ns0 + pd1 * ns1 + pd2 * ns2)
+        sg = _param(sigma_ptr, sigma, n, SIGMA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
+        al = _param(alpha_ptr, alpha, n, ALPHA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
+        # acc[..., 2i + j]: split j (lanes 0, 2 | 1, 3), then i.
+        even, odd = tl.split(tl.reshape(acc, (S, BW, 2, 2)))
+        a0, a2 = tl.split(even)
+        a1, a3 = tl.split(odd)
+        _emit_row((a0, a1, a2, a3), out_base, noise_base, h, c, H, W, plane.to(tl.int64) * H * W, k0, k1, off,
+                  sg, al, osh, osw, nsh, nsw, umask, ALIGNED, HAS_NOISE)
     else:
-        ns = n + idx * 0
-    sg = _param(sigma_ptr, sigma, ns, mask, SIGMA_PER_SAMPLE)
-    al = _param(alpha_ptr, alpha, ns, mask, ALPHA_PER_SAMPLE)
-    res = al * blurred + sg * eps
-    oo = pd0 * os0 + pd1 * os1 + h[:, None] * osh + w[None, :] * osw
-    tl.store(out_ptr + oo, res.to(out_ptr.dtype.element_ty), mask=mask)
-    if HAS_NOISE:
-        on = pd0 * ns0 + pd1 * ns1 + h[:, None] * nsh + w[None, :] * nsw
-        tl.store(noise_ptr + on, eps.to(noise_ptr.dtype.element_ty), mask=mask)
+        cols = c[:, None] + lanes[None, :]
+        o = (h * osh)[:, None, None] + (cols * osw)[None, :, :]
+        mask = umask[:, None, None] & (cols < W)[None, :, :]
+        tl.store(out_base[:, None, None] + o, acc, mask=mask)
 
 
+# ------------------------------------------------------------------------------------------
+# Host: plan, then launch
+# ------------------------------------------------------------------------------------------
 
 
 def _pad(v: List[int], n: int, fill: int) -> List[int]:
     return [fill] * (n - len(v)) + list(v)
 
 
-def _noise_layout(x, out, noise):
-    tensors = [x, out] + ([noise] if noise is not None else [])
-    sizes, strides = coalesce(list(x.shape), [list(t.stride()) for t in tensors])
+def _max_offset(sizes, strides) -> int:
+    return sum((s - 1) * abs(t) for s, t in zip(sizes, strides))
+
+
+@functools.lru_cache(maxsize=512)
+def _noise_layout(shape: tuple, strides: tuple):
+    """``(sizes[4], strides per tensor [3][4], contig, idx64, group_rows)`` or None (> 4 dims)."""
+    sizes, st = coalesce(list(shape), [list(s) for s in strides])
     if len(sizes) > MAX_DIMS:
         return None
-    contig = len(sizes) == 1 and all(st[0] == 1 for st in strides)
+    contig = len(sizes) == 1 and all(s[0] == 1 for s in st)
+    numel = 1
+    for s in shape:
+        numel *= s
+    idx64 = numel + 4 > INT32_MAX or any(_max_offset(sizes, s) > INT32_MAX for s in st)
     sizes = _pad(sizes, MAX_DIMS, 1)
-    strides = [_pad(st, MAX_DIMS, 0) for st in strides]
-    if noise is None:
-        strides.append([0] * MAX_DIMS)
-    return sizes, strides, contig
+    st = [_pad(s, MAX_DIMS, 0) for s in st] + [[0] * MAX_DIMS] * (3 - len(st))
+    return tuple(sizes), tuple(tuple(s) for s in st), contig, idx64, sizes[-1] % 4 == 0
 
 
-def _blur_layout(x, out, noise):
-    tensors = [x, out] + ([noise] if noise is not None else [])
-    strides = [list(t.stride()) for t in tensors]
-    if x.dim() > 2:
-        lead, lead_st = coalesce(list(x.shape[:-2]), [st[:-2] for st in strides])
-    else:
-        lead, lead_st = [1], [[0] for _ in strides]
-    if len(lead) > 2:
+@functools.lru_cache(maxsize=512)
+def _blur_layout(shape: tuple, strides: tuple):
+    """``(planes, (P1, P2), strides per tensor [3][5])`` or None (> 3 plane dims)."""
+    lead, lead_st = coalesce(list(shape[:-2]), [list(s[:-2]) for s in strides])
+    if len(lead) > MAX_PLANE_DIMS:
         return None
-    lead = _pad(lead, 2, 1)
-    strides = [_pad(ls, 2, 0) + st[-2:] for ls, st in zip(lead_st, strides)]
-    if noise is None:
-        strides.append([0, 0, 0, 0])
-    return lead, strides
+    H, W = shape[-2:]
+    for s in strides:
+        if (H - 1) * abs(s[-2]) + (W - 1) * abs(s[-1]) > INT32_MAX:
+            raise ValueError(f"mollify: a plane of x spans more than 2**31 elements (H={H}, W={W}); "
+                             "the triton backend indexes planes in int32: use backend='cuda'")
+    planes = 1
+    for s in lead:
+        planes *= s
+    lead = _pad(lead, MAX_PLANE_DIMS, 1)
+    st = [tuple(_pad(ls, MAX_PLANE_DIMS, 0) + list(s[-2:])) for ls, s in zip(lead_st, strides)]
+    st += [(0,) * 5] * (3 - len(st))
+    return planes, (lead[1], lead[2]), tuple(st)
+
+
+@functools.lru_cache(maxsize=512)
+def _blur_tiles(H: int, W: int, planes: int, fused: bool):
+    """``(BW, S, TILE_H, strips, units, col_blocks)``: threads ``[S, BW]``, 4 columns each."""
+    bw = min(triton.next_power_of_2(-(-W // 4)), THREADS)
+    s = THREADS // bw
+    tile_h = min(BLUR_TILE_H, H) if fused else 1
+    strips = -(-H // tile_h)
+    units = planes * strips
+    return bw, s, tile_h, strips, units, -(-W // (4 * bw))
 
 
 @dataclass(frozen=True)
@@ -252,23 +485,33 @@ class Launch:
     elements: int  # logical output elements this launch writes
 
 
+def _halves(v: int) -> Tuple[int, int]:
+    """A 64-bit unsigned value as (low, high) int32 values (bits reinterpreted as signed)."""
+    v = to_unsigned64(v)
+    lo, hi = v & 0xFFFFFFFF, v >> 32
+    return lo - (1 << 32) if lo >= 1 << 31 else lo, hi - (1 << 32) if hi >= 1 << 31 else hi
+
+
 def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tuple[torch.Tensor, torch.Tensor]]]:
     """The launches for one call, and the ``(dst, src)`` copies to run after them.
 
-    A layout the kernels cannot index (more non-mergeable dims than they take) is planned on
-    contiguous copies ``xc = x.contiguous()``, ``oc``/``nc = torch.empty_like(xc)`` (same logical
-    order, so the same noise); the copies back into ``out``/``noise`` are returned as
-    ``(dst, src)`` pairs. Touches no GPU: works on CPU tensors without one.
+    A layout the kernels cannot index (more than 4 coalesced dims for the noise, or 3 plane
+    dims for the blur) is planned on contiguous copies ``xc = x.contiguous()``, ``oc``/``nc =
+    torch.empty_like(xc)`` (same logical order, so the same noise); the copies back into
+    ``out``/``noise`` are returned as ``(dst, src)`` pairs. Touches no GPU for CPU tensors.
     """
     seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
-    seed, offset = to_signed64(seed), to_signed64(offset)
+    stream_args = _halves(seed) + _halves(offset)
     numel = x.numel()
-    layout = _noise_layout(x, out, noise) if p.blur is None else _blur_layout(x, out, noise)
+    tensors = (x, out) if noise is None else (x, out, noise)
+    strides = tuple(t.stride() for t in tensors)
+    blur = p.blur is not None
+    layout = _blur_layout(tuple(x.shape), strides) if blur else _noise_layout(tuple(x.shape), strides)
     if layout is None:
         xc = x.contiguous()
         oc = torch.empty_like(xc)
         nc = torch.empty_like(xc) if noise is not None else None
-        launches, _ = _plan_full(xc, oc, nc, p, (seed % 2**64, offset % 2**64))
+        launches, _ = _plan_full(xc, oc, nc, p, (seed, offset))
         return launches, [(out, oc)] + ([(noise, nc)] if noise is not None else [])
     dummy = out  # any pointer for the per-sample slots that a constexpr flag disables
     sig_t, al_t = torch.is_tensor(p.sigma), torch.is_tensor(p.alpha)
@@ -277,37 +520,59 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
     sig = 0.0 if sig_t else float(p.sigma)
     al = 0.0 if al_t else float(p.alpha)
     noise_p = noise if noise is not None else dummy
-    if p.blur is None:
-        sizes, (xs, os_, ns), contig = layout
-        grid = (triton_cdiv(-(-numel // 4), NOISE_BLOCK),)
-        args = (x, out, noise_p, sig_p, al_p, sig, al, seed, offset, numel, numel // x.shape[0],
+    opts = {"num_warps": NUM_WARPS}
+    if not blur:
+        sizes, (xs, os_, ns), contig, idx64, group_rows = layout
+        grid = (-(-(-(-numel // 4)) // NOISE_BLOCK),)
+        args = (x, out, noise_p, sig_p, al_p, sig, al, *stream_args, numel, numel // x.shape[0],
                 sizes[1], sizes[2], sizes[3], *xs, *os_, *ns)
-        consts = dict(CONTIG=contig, HAS_NOISE=noise is not None, SIGMA_PER_SAMPLE=sig_t,
-                      ALPHA_PER_SAMPLE=al_t, BLOCK=NOISE_BLOCK)
-        return [Launch(_mollify_noise_kernel, grid, args, consts, {"num_warps": 4}, numel)], []
-    (P0, P1), (xs, os_, ns) = layout
+        consts = dict(CONTIG=contig, HAS_NOISE=noise is not None, IDX64=idx64, GROUP_ROWS=group_rows,
+                      SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t, BLOCK=NOISE_BLOCK)
+        return [Launch(_mollify_noise_kernel, grid, args, consts, opts, numel)], []
     H, W = x.shape[-2:]
-    planes = P0 * P1
-    bl_t = torch.is_tensor(p.blur)
-    # Tiles no bigger than the image (rounded up to powers of two): a 32x32 CIFAR plane is one
-    # 16x32 tile pair instead of a 16x64 tile that is half masked out.
-    tile_h = min(BLUR_TILE_H, triton.next_power_of_2(H))
-    tile_w = min(BLUR_TILE_W, triton.next_power_of_2(W))
-    grid = (planes, triton_cdiv(H, tile_h), triton_cdiv(W, tile_w))
-    args = (x, out, noise_p, sig_p, al_p, p.blur if bl_t else dummy,
-            p.radius if torch.is_tensor(p.radius) else dummy,
-            sig, al, 0.0 if bl_t else float(p.blur), 0 if torch.is_tensor(p.radius) else int(p.radius),
-            seed, offset, H, W, P1, 1 if x.dim() == 2 else planes // x.shape[0], *xs, *os_, *ns)
-    consts = dict(ROWS_ARE_SAMPLES=x.dim() == 2, HAS_NOISE=noise is not None, SIGMA_PER_SAMPLE=sig_t,
-                  ALPHA_PER_SAMPLE=al_t, BLUR_PER_SAMPLE=bl_t, TILE_H=tile_h, TILE_W=tile_w)
-    return [Launch(_mollify_blur_kernel, grid, args, consts, {"num_warps": 4}, numel)], []
+    if x.dim() < 3:
+        raise ValueError(f"mollify: blur needs x with at least 3 dims [N, ..., H, W], got shape {tuple(x.shape)}")
+    if p.max_radius >= min(H, W):
+        raise ValueError(
+            f"mollify: the triton blur kernels mirror once, so they need blur radius < min(H, W) = {min(H, W)}, "
+            f"got radius {p.max_radius}; larger radii must be routed to another backend")
+    planes, (P1, P2), (xs, os_, ns) = layout
+    bl_t, rad_t = torch.is_tensor(p.blur), torch.is_tensor(p.radius)
+    bl_p = p.blur if bl_t else dummy
+    rad_p = p.radius if rad_t else dummy
+    bl = 0.0 if bl_t else float(p.blur)
+    R = int(p.max_radius)
+    pps = planes // x.shape[0]
+    common = dict(ALIGNED=W % 4 == 0, HAS_NOISE=noise is not None, SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t,
+                  BLUR_PER_SAMPLE=bl_t, RADIUS_PER_SAMPLE=rad_t)
+    head = (sig_p, al_p, bl_p, rad_p, sig, al, bl, *stream_args)
+    if R <= FUSED_MAX_RADIUS:
+        bw, s, tile_h, strips, units, cb = _blur_tiles(H, W, planes, True)
+        grid = (-(-units // s) * cb,)
+        args = (x, out, noise_p, *head, H, W, units, strips, cb, pps, P1, P2, *xs, *os_, *ns)
+        consts = dict(R=R, TILE_H=tile_h, S=s, BW=bw, **common)
+        return [Launch(_mollify_blur_kernel, grid, args, consts, opts, numel)], []
+    # Two passes through a float32 scratch in x's logical order (contiguous).
+    bw, s, _, _, units, cb = _blur_tiles(H, W, planes, False)
+    grid = (-(-units // s) * cb,)
+    scratch = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    sc_st = _blur_layout(tuple(x.shape), (scratch.stride(),))[2][0]
+    tail = (H, W, units, cb, pps, P1, P2)
+    width = Launch(_mollify_blur_axis_kernel, grid,
+                   (x, scratch, scratch, *head, R, *tail, *xs, *sc_st, *sc_st),
+                   dict(ALONG_H=False, FINAL=False, S=s, BW=bw, **common), opts, numel)
+    height = Launch(_mollify_blur_axis_kernel, grid,
+                    (scratch, out, noise_p, *head, R, *tail, *sc_st, *os_, *ns),
+                    dict(ALONG_H=True, FINAL=True, S=s, BW=bw, **common), opts, numel)
+    return [width, height], []
 
 
 def _plan(x, out, noise, p: Params, stream) -> List[Launch]:
     """The kernel launches that write ``out`` (and ``noise``) for one call; see :class:`Launch`.
 
     If the layout needs contiguous copies (see :func:`_plan_full`), the launches write those
-    copies; :func:`mollify_triton` copies them back.
+    copies; :func:`mollify_triton` copies them back. Raises ValueError for a blur radius
+    ``>= min(H, W)`` (the kernels mirror once; such calls are routed to another backend).
     """
     return _plan_full(x, out, noise, p, stream)[0]
 
@@ -319,10 +584,11 @@ def _launch(launches: List[Launch]) -> None:
 
 def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
     launches, copies = _plan_full(x, out, noise, p, stream)
-    _launch(launches)
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        # Triton launches on the current device's current stream: make that x's device.
+        with torch.cuda.device(x.device):
+            _launch(launches)
+    else:
+        _launch(launches)
     for dst, src in copies:
         dst.copy_(src)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
