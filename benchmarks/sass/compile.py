@@ -47,19 +47,19 @@ class Compiled:
 
 
 # ----------------------------------------------------------------------------------- Triton
-def _triton_target():
+def _triton_target(arch: int):
     from triton.backends.compiler import GPUTarget
 
-    return GPUTarget("cuda", ARCH, 32)
+    return GPUTarget("cuda", arch, 32)
 
 
-def triton_compile(fn, args, kwargs) -> Compiled:
-    """Compile ``fn[grid](*args, **kwargs)`` for sm_90 as ``JITFunction.run`` would, no GPU."""
+def triton_compile(fn, args, kwargs, arch: int = ARCH) -> Compiled:
+    """Compile ``fn[grid](*args, **kwargs)`` for ``sm_<arch>`` as ``JITFunction.run`` would, no GPU."""
     import triton
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    target = _triton_target()
+    target = _triton_target(arch)
     backend = make_backend(target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     kwargs = dict(kwargs)
@@ -69,7 +69,7 @@ def triton_compile(fn, args, kwargs) -> Compiled:
     options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, spec, opts)
     key = hashlib.sha256(repr((fn.cache_key, signature, sorted(map(repr, constexprs.items())),
                                 sorted(map(repr, attrs.items())), sorted(map(repr, options.__dict__.items())),
-                                triton.__version__)).encode()).hexdigest()[:24]
+                                triton.__version__, arch)).encode()).hexdigest()[:24]
     path = os.path.join(cache_dir(), f"triton-{fn.__name__}-{key}.cubin")
     log_path = path + ".ptxas"
     if not (os.path.exists(path) and os.path.exists(log_path)):
@@ -78,7 +78,7 @@ def triton_compile(fn, args, kwargs) -> Compiled:
         with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
             f.write(cc.asm["ptx"])
         # ptxas -v on Triton's own PTX (the same ptxas Triton runs) for the spill report.
-        r = subprocess.run([find_tool("ptxas"), "-v", "--regAllocOptLevel=2", f"--gpu-name=sm_{ARCH}a", f.name,
+        r = subprocess.run([find_tool("ptxas"), "-v", "--regAllocOptLevel=2", f"--gpu-name=sm_{arch}{'a' if arch >= 90 else ''}", f.name,
                             "-o", os.devnull], capture_output=True, text=True)
         os.unlink(f.name)
         with open(path + ".tmp", "wb") as out:
