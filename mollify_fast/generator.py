@@ -1,13 +1,48 @@
-"""Counter-based noise streams: :class:`Generator` and the default-generator seed draw."""
+"""Counter-based noise streams: :class:`Generator` and the default-generator seed draw.
+
+A stream is ``(key, offset)`` (CONTRACT section 3). This module keeps the promise that one
+generator never hands the same counter groups to two calls:
+
+* threads: the read-advance of the counter holds one module lock (~0.2 us);
+* processes: a generator records the process it belongs to. The first draw in any other
+  process (a forked or spawned DataLoader worker, a ``multiprocessing`` child) folds a tag
+  of that process into the key: the DataLoader worker's ``seed`` (different per worker and
+  per epoch, and reproducible under ``torch.manual_seed``) or else the process id. The
+  parent's generator is never written by a child: a spawned child gets a copy of the
+  numbers, not the parent's tensor;
+* copies: ``copy.deepcopy``, ``pickle`` and ``torch.save`` are checkpoints: the copy
+  continues the original's stream from where it was copied (exactly as ``state_dict`` /
+  ``load_state_dict``), belongs to the process that loads it, and advances on its own.
+"""
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+import numbers
+import os
+import threading
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, Dict, Optional, Tuple
 
 import torch
+import torch.utils.data
 
-__all__ = ["Generator", "MASK64", "to_signed64", "to_unsigned64", "draw_default_seed", "groups_for"]
+__all__ = [
+    "Generator", "MASK64", "to_signed64", "to_unsigned64", "draw_default_seed", "groups_for",
+    "take_stream", "torch_generator",
+]
 
 MASK64 = (1 << 64) - 1
+
+# Slots of the int64 state tensor that the custom op carries (bits of unsigned values are
+# reinterpreted as signed). KEY is what the kernels get; it is derived from BASE (the seed
+# the user set) once per process, at the first draw there, and cached until then OWNER != pid.
+KEY, OFFSET, OWNER, HOME, BASE, FLAGS, RANK = range(7)
+_SLOTS = 7
+_PENDING = 1  # BASE not drawn yet: draw it from PyTorch's default CPU generator at first use
+_FOLD_RANK = 2  # fold the torch.distributed rank into the key (the Mollifier's streams)
+
+_PID = os.getpid()
+_lock = threading.Lock()
+_rank_at_fork = 0  # the forking process's rank, for a child that inherits a rank-folded stream
 
 
 def to_signed64(v: int) -> int:
@@ -25,17 +60,138 @@ def groups_for(numel: int) -> int:
     return -(-int(numel) // 4)
 
 
+def _mix64(z: int) -> int:
+    """splitmix64's finaliser: turns (seed, counter) pairs into well-spread 64-bit seeds."""
+    z = (z + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def fold(key: int, tag: int) -> int:
+    """A new 64-bit key for ``tag`` (a rank, a worker seed, a pid) under ``key``."""
+    return _mix64(key ^ _mix64(tag & MASK64))
+
+
+def _dist_rank() -> int:
+    d = torch.distributed
+    if d.is_available() and d.is_initialized():
+        return d.get_rank()
+    return 0
+
+
+def _before_fork() -> None:
+    global _rank_at_fork
+    try:
+        _rank_at_fork = _dist_rank()
+    except Exception:  # a fork hook must not raise; rank 0 is the undistributed answer
+        _rank_at_fork = 0
+
+
+def _after_fork_in_child() -> None:
+    # The lock may have been held by another thread at the fork: that thread does not exist
+    # in the child, so the child needs a fresh one.
+    global _PID, _lock
+    _PID = os.getpid()
+    _lock = threading.Lock()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+def _process_tag() -> int:
+    """What makes this process's stream its own: the DataLoader worker seed, else the pid."""
+    info = torch.utils.data.get_worker_info()
+    return int(info.seed) if info is not None else _PID
+
+
+def _view(state: torch.Tensor):
+    """A numpy view of the state: element access costs ~0.1 us where tensor indexing costs ~5.
+
+    Cached on the tensor with the address it views. Anything that gives the tensor new
+    memory (``share_memory_()``, a copy of the tensor with its ``__dict__``) changes
+    ``data_ptr()``, so a stale view is never used (the old code wrote into freed memory after
+    a generator was sent to a spawned process).
+    """
+    cached = state.__dict__.get("_mf_view")
+    ptr = state.data_ptr()
+    if cached is not None and cached[1] == ptr:
+        return cached[0]
+    try:
+        v = state.numpy()
+    except (RuntimeError, TypeError):  # no numpy here, or a tensor numpy refuses
+        v = state
+    state._mf_view = (v, ptr)
+    return v
+
+
+def _derive(v) -> None:
+    """First draw in this process: compute KEY (caller holds the lock)."""
+    flags = int(v[FLAGS])
+    inherited = int(v[HOME]) != _PID
+    if flags & _PENDING:
+        v[BASE] = to_signed64(draw_default_seed(torch.device("cpu")))
+        flags &= ~_PENDING
+    key = to_unsigned64(v[BASE])
+    if flags & _FOLD_RANK:
+        rank = int(v[RANK])
+        if rank < 0:  # not sent with it: the rank of this process, or of the one that forked it
+            rank = _rank_at_fork if inherited else _dist_rank()
+        v[RANK] = rank
+        key = fold(key, rank) if rank else key
+    if inherited:
+        # From now on this is this process's own stream, rank folded in: a copy sent on from
+        # here, or a checkpoint taken here, continues it.
+        key = fold(key, _process_tag())
+        v[BASE] = to_signed64(key)
+        v[HOME] = _PID
+        v[RANK] = -1
+        flags &= ~_FOLD_RANK
+    v[KEY] = to_signed64(key)
+    v[FLAGS] = flags
+    v[OWNER] = _PID
+
+
+def take_stream(state: torch.Tensor, numel: int) -> Tuple[int, int]:
+    """Read ``(key, offset)`` from a generator state tensor and advance it past one call.
+
+    Atomic under threads (one lock); the first call in a process derives the key there.
+    """
+    with _lock:
+        v = _view(state)
+        if v[OWNER] != _PID:
+            _derive(v)
+        key, offset = to_unsigned64(v[KEY]), to_unsigned64(v[OFFSET])
+        v[OFFSET] = to_signed64(offset + groups_for(numel))
+    return key, offset
+
+
 class Generator:
     """A Philox4x32-10 noise stream ``(seed, offset)`` shared by every compiled backend.
 
     ``seed`` is a 64-bit unsigned integer (the Philox key); ``offset`` is a 64-bit counter
     that each ``mollify`` call advances by ``ceil(numel / 4)``, the number of 4-normal groups
     it drew. Two calls with generators in the same state draw the same noise on every backend
-    but ``torch`` (which uses PyTorch's own RNG and ignores the stream).
+    but ``torch`` (which uses PyTorch's own RNG seeded from the stream). ``seed=None`` draws
+    the seed from PyTorch's default CPU generator at the first draw (so ``torch.manual_seed``
+    makes it reproducible); until then ``seed`` is None.
 
-    The state lives in a CPU int64 tensor ``[seed, offset]`` (bits reinterpreted as signed),
-    so the op can take it as an argument and advance it in place, also under
-    ``torch.compile``, without specialising on Python integers.
+    Threads and processes: two threads never get the same counter groups. A generator that
+    reaches another process (a DataLoader worker, forked or spawned; a ``multiprocessing``
+    child) draws a stream of its own there: its key is folded with the worker's seed
+    (``torch.utils.data.get_worker_info().seed``: different per worker and per epoch,
+    reproducible under ``torch.manual_seed``) or, outside DataLoader workers, the process id.
+    The parent's generator is not changed by its children.
+
+    Copies: ``copy.deepcopy``, ``pickle`` and ``torch.save`` / ``torch.load`` (with
+    ``weights_only=False``, or inside ``torch.serialization.safe_globals([Generator])``) are
+    checkpoints: the copy continues the stream from where the original was when copied
+    (the original and the copy draw the same numbers, as ``state_dict()`` /
+    ``load_state_dict()`` do), belongs to the process that loads it and advances on its own.
+
+    The state lives in a CPU int64 tensor (``_state``), so the op can take it as an argument
+    and advance it in place, also under ``torch.compile``, without specialising on Python
+    integers.
 
     Example::
 
@@ -44,72 +200,140 @@ class Generator:
         ckpt = g.state_dict()          # {'seed': 1234, 'offset': ceil(x.numel() / 4)}
     """
 
-    def __init__(self, seed: int = 0, offset: int = 0):
-        self._state = torch.zeros(2, dtype=torch.int64)
+    def __init__(self, seed: Optional[int] = 0, offset: int = 0):
+        self._state = torch.zeros(_SLOTS, dtype=torch.int64)
         self.manual_seed(seed, offset)
 
-    def _check(self, name: str, v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            if torch.is_tensor(v) and v.dim() == 0 and not v.is_floating_point():
-                v = int(v)
-            else:
-                raise TypeError(f"Generator: {name} must be an int, got {type(v).__name__}")
+    @staticmethod
+    def _check(name: str, v: Any) -> int:
+        if torch.is_tensor(v) and v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool:
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"Generator: {name} must be an int, got {type(v).__name__}")
+        v = int(v)
         if not 0 <= v <= MASK64:
             raise ValueError(f"Generator: {name} must be in [0, 2**64), got {v}")
         return v
 
-    def manual_seed(self, seed: int, offset: int = 0) -> "Generator":
-        seed = self._check("seed", seed)
+    def _write(self, base: int, offset: int, flags: int) -> None:
+        """Set the stream: this process's, key derived at the next draw."""
+        new = torch.tensor([0, to_signed64(offset), 0, _PID, to_signed64(base), flags, -1], dtype=torch.int64)
+        with _lock:
+            self._state.copy_(new)
+
+    def manual_seed(self, seed: Optional[int], offset: int = 0) -> "Generator":
+        """Restart at ``(seed, offset)``; ``seed=None``: drawn from PyTorch's at the next draw."""
         offset = self._check("offset", offset)
-        self._state[0] = to_signed64(seed)
-        self._state[1] = to_signed64(offset)
+        keep = int(self._state[FLAGS]) & _FOLD_RANK  # a Mollifier's stream stays rank-folded
+        if seed is None:
+            self._write(0, offset, keep | _PENDING)
+        else:
+            self._write(self._check("seed", seed), offset, keep)
         return self
 
     @property
-    def seed(self) -> int:
-        return to_unsigned64(int(self._state[0]))
+    def seed(self) -> Optional[int]:
+        """The seed set (or drawn); None until the first draw of ``Generator(None)``."""
+        s = self._state.tolist()
+        return None if s[FLAGS] & _PENDING else to_unsigned64(s[BASE])
 
     @property
     def offset(self) -> int:
-        return to_unsigned64(int(self._state[1]))
+        return to_unsigned64(self._state[OFFSET])
 
-    def state_dict(self) -> Dict[str, int]:
-        return {"seed": self.seed, "offset": self.offset}
+    def state_dict(self) -> Dict[str, Optional[int]]:
+        """``{'seed': ..., 'offset': ...}``: plain ints (None for a seed not drawn yet)."""
+        s = self._state.tolist()
+        seed = None if s[FLAGS] & _PENDING else to_unsigned64(s[BASE])
+        return {"seed": seed, "offset": to_unsigned64(s[OFFSET])}
 
-    def load_state_dict(self, state: Dict[str, int]) -> None:
+    def load_state_dict(self, state: Dict[str, Optional[int]]) -> None:
         if not isinstance(state, dict) or set(state) != {"seed", "offset"}:
-            raise ValueError("Generator.load_state_dict: state must be a dict with keys 'seed' and 'offset'")
+            raise ValueError(
+                "Generator.load_state_dict: state must be a dict with keys 'seed' and 'offset' "
+                f"(from Generator.state_dict()), got {state!r}"
+            )
         self.manual_seed(state["seed"], state["offset"])
 
+    def _fold_rank(self) -> None:
+        """Make this a rank-folded stream (a Mollifier's): on torch.distributed rank r != 0 it
+        draws with key ``fold(seed, r)``, the rank read at the next draw. ``seed`` and
+        ``state_dict()`` keep the unfolded seed, so every rank can load one checkpoint."""
+        with _lock:
+            v = _view(self._state)
+            v[FLAGS] = int(v[FLAGS]) | _FOLD_RANK
+            v[OWNER] = 0
+            v[RANK] = -1
+
     def clone(self) -> "Generator":
-        return Generator(self.seed, self.offset)
+        """A copy that continues this stream (the same as ``copy.deepcopy``)."""
+        g = Generator.__new__(Generator)
+        g.__setstate__(self.__getstate__())
+        return g
+
+    # -- copies: a snapshot of the numbers, never the tensor -----------------------------
+    def _snapshot(self) -> Dict[str, int]:
+        with _lock:
+            v = _view(self._state)
+            if int(v[HOME]) != _PID:
+                _derive(v)  # inherited and not drawn from yet: become this process's stream first
+            return {"base": int(v[BASE]), "offset": int(v[OFFSET]), "flags": int(v[FLAGS]), "rank": int(v[RANK])}
+
+    def __getstate__(self) -> Dict[str, int]:
+        s = self._snapshot()
+        del s["rank"]  # a checkpoint folds the rank of whichever process loads it
+        return s
+
+    def __setstate__(self, s: Dict[str, int]) -> None:
+        self._state = torch.tensor([0, s["offset"], 0, _PID, s["base"], s["flags"], -1], dtype=torch.int64)
 
     def __repr__(self) -> str:
         return f"mollify_fast.Generator(seed={self.seed}, offset={self.offset})"
 
 
-def take_stream(state: torch.Tensor, numel: int) -> Tuple[int, int]:
-    """Read ``(seed, offset)`` from a generator state tensor and advance it past one call."""
-    # A numpy view of the state, kept on the tensor: element access costs ~0.1 us where tensor
-    # indexing costs ~5, and making the view costs ~3 on the dev VM.
-    v = state.__dict__.get("_mf_view")
-    if v is None:
-        try:
-            v = state.numpy()
-        except (RuntimeError, TypeError):  # no numpy in this environment
-            v = state
-        state._mf_view = v
-    seed, offset = to_unsigned64(int(v[0])), to_unsigned64(int(v[1]))
-    v[1] = to_signed64(offset + groups_for(numel))
-    return seed, offset
+def _rebuild_live(s: Dict[str, int], home: int, rank: int) -> Generator:
+    """A generator sent to another process: still the sender's, so its first draw here derives
+    a stream of this process's own."""
+    g = Generator.__new__(Generator)
+    g._state = torch.tensor([0, s["offset"], 0, home, s["base"], s["flags"], rank], dtype=torch.int64)
+    return g
 
 
-def _mix64(z: int) -> int:
-    """splitmix64's finaliser: turns (seed, counter) pairs into well-spread 64-bit seeds."""
-    z = (z + 0x9E3779B97F4A7C15) & MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    return z ^ (z >> 31)
+def _reduce_live(g: Generator):
+    s = g._snapshot()
+    rank = s.pop("rank")
+    if s["flags"] & _FOLD_RANK and rank < 0:
+        rank = _dist_rank()  # the child has no process group: send the rank the sender folds
+    return _rebuild_live, (s, _PID, rank)
+
+
+# multiprocessing pickles with ForkingPickler what it sends to a spawned process or through
+# a queue (a spawned DataLoader worker's dataset). Its reducers take precedence over
+# __getstate__, and PyTorch's reducer for tensors moves them to shared memory: this one sends
+# numbers instead, so the child neither shares the parent's counter nor replaces its memory.
+ForkingPickler.register(Generator, _reduce_live)
+
+
+_tls = threading.local()
+
+
+def torch_generator(device: torch.device, stream: Optional[Tuple[int, int]]) -> Optional[torch.Generator]:
+    """The ``torch.Generator`` the ``torch`` backend draws one call's noise from.
+
+    Seeded from ``mix(seed ^ mix(offset))``, so a stream position gives the same numbers
+    every time. One generator per device *per thread* (creating one per call costs a few us;
+    one shared per device let two threads reseed it under each other's draws).
+    ``stream=None`` returns None: PyTorch's default generator for the device.
+    """
+    if stream is None:
+        return None
+    gens = _tls.__dict__.setdefault("gens", {})
+    g = gens.get(device)
+    if g is None:
+        g = gens[device] = torch.Generator(device=device)
+    seed, offset = stream
+    g.manual_seed(_mix64(seed ^ _mix64(offset)))
+    return g
 
 
 def draw_default_seed(device: torch.device) -> int:

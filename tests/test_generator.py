@@ -1,0 +1,170 @@
+"""CONTRACT section 3: ``mf.Generator`` streams under copies, checkpoints and threads."""
+import copy
+import io
+import pickle
+import sys
+import threading
+
+import pytest
+import torch
+
+import mollify_fast as mf
+from mollify_fast import generator as mgen
+
+
+def _draw(g, n=16, backend="reference"):
+    """Pure noise (sigma = 1 on zeros) for ``n`` elements from ``g``."""
+    return mf.mollify(torch.zeros(1, n), 1.0, generator=g, backend=backend)
+
+
+def _copy(g, how):
+    if how == "deepcopy":
+        return copy.deepcopy(g)
+    if how == "copy":
+        return copy.copy(g)
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(g))
+    buf = io.BytesIO()
+    torch.save(g, buf)
+    buf.seek(0)
+    if how == "torch.save":
+        return torch.load(buf, weights_only=False)
+    with torch.serialization.safe_globals([mf.Generator]):  # weights_only=True
+        return torch.load(buf)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "copy", "pickle", "torch.save", "torch.save weights_only"])
+def test_copy_of_a_used_generator_keeps_advancing_and_continues_the_stream(how):
+    g = mf.Generator(9)
+    _draw(g)  # first use: whatever the call path caches on the state is in place now
+    c = _copy(g, how)
+    assert c.state_dict() == g.state_dict() == {"seed": 9, "offset": 4}
+    got = [_draw(c) for _ in range(2)]
+    # 16 elements are 4 counter groups per call: the copy's counter moves with its draws.
+    assert c.state_dict() == {"seed": 9, "offset": 12}
+    assert g.state_dict() == {"seed": 9, "offset": 4}, "drawing from the copy moved the original"
+    # A copy is a checkpoint: it continues the original's stream from where it was copied.
+    want = [_draw(g) for _ in range(2)]
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_state_dict_round_trip_equals_uninterrupted_run():
+    full = mf.Generator(2**64 - 5)  # a seed with the top bit set travels as a negative int64
+    uninterrupted = [_draw(full, 12) for _ in range(5)]
+    g = mf.Generator(2**64 - 5)
+    for _ in range(2):
+        _draw(g, 12)
+    ckpt = pickle.loads(pickle.dumps(g.state_dict()))
+    resumed = mf.Generator(0)
+    resumed.load_state_dict(ckpt)
+    for k in range(2, 5):
+        assert torch.equal(_draw(resumed, 12), uninterrupted[k]), k
+
+
+def test_generator_none_draws_its_seed_at_first_use_from_torch():
+    torch.manual_seed(3)
+    g = mf.Generator(None)
+    state = torch.get_rng_state()
+    assert g.state_dict() == {"seed": None, "offset": 0}
+    assert torch.equal(torch.get_rng_state(), state), "reading the state drew from PyTorch's RNG"
+    a = _draw(g)
+    assert g.seed is not None and g.offset == 4
+    torch.manual_seed(3)
+    b = _draw(mf.Generator(None))
+    assert torch.equal(a, b), "not reproducible with torch.manual_seed"
+    again = mf.Generator(None)
+    again.load_state_dict({"seed": None, "offset": 0})
+    assert again.seed is None
+
+
+def _unique_groups(noise: torch.Tensor) -> bool:
+    groups = noise.reshape(-1, 4)
+    return torch.unique(groups, dim=0).shape[0] == groups.shape[0]
+
+
+class _SwitchOften:
+    """Thread switches every microsecond, so a switch between reading and advancing the
+    counter (the old race) happens thousands of times per test instead of almost never."""
+
+    def __enter__(self):
+        self.old = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+
+    def __exit__(self, *exc):
+        sys.setswitchinterval(self.old)
+
+
+def _run_threads(target, args_per_thread):
+    start = threading.Barrier(len(args_per_thread))  # both threads run at the same time
+
+    def body(*args):
+        start.wait()
+        target(*args)
+
+    with _SwitchOften():
+        ts = [threading.Thread(target=body, args=a) for a in args_per_thread]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+
+def test_threads_never_share_counter_groups():
+    # The read-advance of the counter itself, 20,000 times per thread (the old code handed
+    # the same offset to both threads thousands of times here).
+    g = mf.Generator(11)
+    per_thread, offsets = 20000, [[], []]
+
+    def work(out):
+        for _ in range(per_thread):
+            out.append(mgen.take_stream(g._state, 4)[1])
+
+    _run_threads(work, [(o,) for o in offsets])
+    drawn = offsets[0] + offsets[1]
+    assert len(set(drawn)) == len(drawn), f"{len(drawn) - len(set(drawn))} offsets handed out twice"
+    assert g.offset == 2 * per_thread
+
+
+def test_threads_through_mollify_draw_distinct_noise():
+    g = mf.Generator(12)
+    per_thread, results = 1000, [[], []]
+
+    def work(out):
+        x = torch.zeros(1, 4)  # one counter group per call
+        for _ in range(per_thread):
+            out.append(mf.mollify(x, 1.0, generator=g, backend="reference"))
+
+    _run_threads(work, [(r,) for r in results])
+    assert g.offset == 2 * per_thread
+    assert _unique_groups(torch.cat(results[0] + results[1]))
+
+
+def test_torch_generator_per_call_is_thread_safe_and_reproducible():
+    # The torch backend turns a stream (seed, offset) into a torch.Generator. One shared
+    # torch.Generator per device let two threads reseed it under each other's draws.
+    streams = [(5, k) for k in range(200)]
+
+    def draw(stream):
+        return torch.empty(64).normal_(generator=mgen.torch_generator(torch.device("cpu"), stream))
+
+    want = [draw(s) for s in streams]
+    got = [None] * len(streams)
+
+    def work(idx):
+        for i in idx:
+            got[i] = draw(streams[i])
+
+    _run_threads(work, [(range(r, len(streams), 2),) for r in range(2)])
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert torch.equal(a, b), f"stream {streams[i]} drew other numbers under threads"
+    assert mgen.torch_generator(torch.device("cpu"), None) is None  # None: PyTorch's default
+
+
+def test_errors():
+    with pytest.raises(TypeError, match="seed"):
+        mf.Generator(1.5)
+    with pytest.raises(ValueError, match="offset"):
+        mf.Generator(1, -1)
+    with pytest.raises(ValueError, match="state"):
+        mf.Generator(1).load_state_dict({"seed": 1})
