@@ -16,6 +16,7 @@ namespace py = pybind11;
 
 namespace mollify_fast {
 void mollify_cpu(const MollifyArgs& a, int num_threads);
+void mollify_cuda_emulated(const MollifyArgs& a);  // csrc/mollify_cuda_host.cpp, always built
 #ifdef MOLLIFY_FAST_WITH_CUDA
 void mollify_cuda(const MollifyArgs& a, uintptr_t stream, int device);
 std::string cuda_runtime_info();
@@ -36,12 +37,15 @@ MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::v
                       uintptr_t x, uintptr_t out, uintptr_t noise, int64_t numel, int64_t batch,
                       int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p,
                       uintptr_t alpha_p, uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p,
-                      int max_radius, bool rows_are_samples, uint64_t seed, uint64_t offset) {
+                      int max_radius, uint64_t seed, uint64_t offset) {
   MollifyArgs a{};
   if (sizes.empty() || sizes.size() > static_cast<size_t>(mollify_fast::kMaxDims))
     throw std::invalid_argument("sizes must have 1 to 8 dims after coalescing");
   if (dtype < 0 || dtype > 3) throw std::invalid_argument("dtype code must be 0..3");
-  if (has_blur && sizes.size() < 2) throw std::invalid_argument("blur needs at least 2 dims");
+  // [planes..., H, W]: the Python launcher keeps H and W and coalesces the plane dims of an x
+  // with >= 3 dims, so a blur always has at least 3 dims here.
+  if (has_blur && sizes.size() < 3) throw std::invalid_argument("blur needs x with at least 3 dims [N, ..., H, W]");
+  if (batch <= 0) throw std::invalid_argument("batch must be positive");
   a.dtype = dtype;
   a.ndim = static_cast<int32_t>(sizes.size());
   copy_dims(sizes, a.sizes, "sizes", sizes.size());
@@ -64,7 +68,6 @@ MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::v
   a.radius = radius;
   a.radius_p = reinterpret_cast<const int32_t*>(radius_p);
   a.max_radius = max_radius;
-  a.rows_are_samples = rows_are_samples;
   a.seed = seed;
   a.offset = offset;
   return a;
@@ -77,37 +80,43 @@ MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::v
       py::arg("x"), py::arg("out"), py::arg("noise"), py::arg("numel"), py::arg("batch"),               \
       py::arg("sample_numel"), py::arg("sigma"), py::arg("alpha"), py::arg("blur_sigma"),               \
       py::arg("sigma_p"), py::arg("alpha_p"), py::arg("blur_p"), py::arg("has_blur"), py::arg("radius"), \
-      py::arg("radius_p"), py::arg("max_radius"), py::arg("rows_are_samples"), py::arg("seed"),         \
-      py::arg("offset")
+      py::arg("radius_p"), py::arg("max_radius"), py::arg("seed"), py::arg("offset")
+
+// The parameter list of every entry point, and the call that packs it into MollifyArgs.
+#define MOLLIFY_PARAMS                                                                                        \
+  int dtype, const std::vector<int64_t>&sizes, const std::vector<int64_t>&xs, const std::vector<int64_t>&os,    \
+      const std::vector<int64_t>&ns, uintptr_t x, uintptr_t out, uintptr_t noise, int64_t numel, int64_t batch, \
+      int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p, uintptr_t alpha_p, \
+      uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p, int max_radius, uint64_t seed, uint64_t offset
+#define MOLLIFY_MAKE_ARGS                                                                                   \
+  make_args(dtype, sizes, xs, os, ns, x, out, noise, numel, batch, sample_numel, sigma, alpha, blur_sigma, \
+            sigma_p, alpha_p, blur_p, has_blur, radius, radius_p, max_radius, seed, offset)
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "mollify_fast compiled kernels (CPU, and CUDA when built with it)";
+  m.doc() = "mollify_fast compiled kernels (CPU, the CUDA kernels' host emulation, and CUDA when built with it)";
   m.def(
       "mollify_cpu",
-      [](int dtype, const std::vector<int64_t>& sizes, const std::vector<int64_t>& xs, const std::vector<int64_t>& os,
-         const std::vector<int64_t>& ns, uintptr_t x, uintptr_t out, uintptr_t noise, int64_t numel, int64_t batch,
-         int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p, uintptr_t alpha_p,
-         uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p, int max_radius, bool rows_are_samples,
-         uint64_t seed, uint64_t offset, int num_threads) {
-        MollifyArgs a = make_args(dtype, sizes, xs, os, ns, x, out, noise, numel, batch, sample_numel, sigma, alpha,
-                                  blur_sigma, sigma_p, alpha_p, blur_p, has_blur, radius, radius_p, max_radius,
-                                  rows_are_samples, seed, offset);
+      [](MOLLIFY_PARAMS, int num_threads) {
+        MollifyArgs a = MOLLIFY_MAKE_ARGS;
         py::gil_scoped_release release;
         mollify_fast::mollify_cpu(a, num_threads);
       },
       MOLLIFY_ARGS, py::arg("num_threads"));
+  // The CUDA kernels' code run on CPU tensors (csrc/mollify_cuda_host.cpp): built without nvcc too.
+  m.def(
+      "mollify_cuda_emulated",
+      [](MOLLIFY_PARAMS) {
+        MollifyArgs a = MOLLIFY_MAKE_ARGS;
+        py::gil_scoped_release release;
+        mollify_fast::mollify_cuda_emulated(a);
+      },
+      MOLLIFY_ARGS);
 #ifdef MOLLIFY_FAST_WITH_CUDA
   m.attr("with_cuda") = true;
   m.def(
       "mollify_cuda",
-      [](int dtype, const std::vector<int64_t>& sizes, const std::vector<int64_t>& xs, const std::vector<int64_t>& os,
-         const std::vector<int64_t>& ns, uintptr_t x, uintptr_t out, uintptr_t noise, int64_t numel, int64_t batch,
-         int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p, uintptr_t alpha_p,
-         uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p, int max_radius, bool rows_are_samples,
-         uint64_t seed, uint64_t offset, uintptr_t stream, int device) {
-        MollifyArgs a = make_args(dtype, sizes, xs, os, ns, x, out, noise, numel, batch, sample_numel, sigma, alpha,
-                                  blur_sigma, sigma_p, alpha_p, blur_p, has_blur, radius, radius_p, max_radius,
-                                  rows_are_samples, seed, offset);
+      [](MOLLIFY_PARAMS, uintptr_t stream, int device) {
+        MollifyArgs a = MOLLIFY_MAKE_ARGS;
         mollify_fast::mollify_cuda(a, stream, device);
       },
       MOLLIFY_ARGS, py::arg("stream"), py::arg("device"));

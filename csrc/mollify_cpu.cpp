@@ -106,7 +106,7 @@ void blur_kernel(const MollifyArgs& a) {
   const int64_t H = a.sizes[hd], W = a.sizes[wd];
   const int64_t planes = a.numel / (H * W);
   const int64_t bands = (H + kBand - 1) / kBand;
-  const int64_t planes_per_sample = a.rows_are_samples ? 1 : planes / a.batch;
+  const int64_t planes_per_sample = planes / a.batch;
   const T* x = static_cast<const T*>(a.x);
   T* out = static_cast<T*>(a.out);
   T* noise = static_cast<T*>(a.noise);
@@ -124,7 +124,7 @@ void blur_kernel(const MollifyArgs& a) {
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < planes * bands; ++item) {
       const int64_t p = item / bands, h0 = (item % bands) * kBand, h1 = std::min(H, h0 + kBand);
-      const int64_t n = a.rows_are_samples ? 0 : p / planes_per_sample;
+      const int64_t n = p / planes_per_sample;
       // This sample's taps, exp(-k^2 / (2 s^2)) normalised; computed once when they are shared.
       if (n != cached_n && (cached_n < 0 || a.blur_p || a.radius_p)) {
         cached_n = n;
@@ -187,8 +187,7 @@ void blur_kernel(const MollifyArgs& a) {
 #pragma omp simd
           for (int64_t w = 0; w < W; ++w) res[w] += wk * src[w];
         }
-        const int64_t ns = a.rows_are_samples ? h : n;
-        const A al = param<A>(a.alpha_p, a.alpha, ns), sg = param<A>(a.sigma_p, a.sigma, ns);
+        const A al = param<A>(a.alpha_p, a.alpha, n), sg = param<A>(a.sigma_p, a.sigma, n);
         const float* eps = band_eps + (h - h0) * W;
         T* o = out + oo + h * soh;
         if (sow == 1) {

@@ -64,11 +64,11 @@ def _layout(shape: tuple, strides: tuple, has_blur: bool):
     shape = list(shape)
     strides = [list(s) for s in strides]
     if has_blur:
-        # Keep H and W; coalesce the plane dims in front of them (a 2-D input is one plane).
-        if len(shape) > 2:
-            lead, lead_strides = coalesce(shape[:-2], [s[:-2] for s in strides])
-        else:
-            lead, lead_strides = [1], [[0] for _ in strides]
+        # Keep H and W; coalesce the plane dims [N, ...] in front of them.
+        if len(shape) < 3:
+            raise ValueError(f"mollify: blur needs x with at least 3 dims [N, ..., H, W], got shape {tuple(shape)}; "
+                             "pass a single image as x[None]")
+        lead, lead_strides = coalesce(shape[:-2], [s[:-2] for s in strides])
         sizes = lead + shape[-2:]
         strides = [ls + s[-2:] for ls, s in zip(lead_strides, strides)]
     else:
@@ -80,7 +80,8 @@ def _layout(shape: tuple, strides: tuple, has_blur: bool):
 
 
 def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> tuple:
-    """The positional arguments of ``_C.mollify_cpu`` / ``_C.mollify_cuda`` up to ``offset``
+    """The positional arguments of ``_C.mollify_cpu`` / ``_C.mollify_cuda`` /
+    ``_C.mollify_cuda_emulated`` up to ``offset``
     (positional: pybind11's keyword matching cost ~8 us per call with 25 arguments)."""
     seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
     tensors = (x, out) if noise is None else (x, out, noise)
@@ -114,7 +115,6 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
         int(rad),
         rad_p,
         int(p.max_radius),
-        x.dim() == 2,
         int(seed),
         int(offset),
     )

@@ -2,11 +2,24 @@
 
 Launched on the tensor's device and PyTorch's current stream for it. The kernels take the same
 raw arguments as the CPU ones (csrc/mollify_args.h): no libtorch link, one build for every
-supported torch. One thread per Philox group writes the group's 4 outputs (vector load and
-store on contiguous tensors). Float64 is supported.
+supported torch. Noise: one thread per Philox group writes the group's 4 outputs (vector load
+and store on aligned contiguous tensors). Blur + noise: a tiled separable kernel (32 x 32
+output tiles, mirrored halo in shared memory); it mirrors the border once, so it needs the
+blur radius below min(H, W) and refuses larger radii with a ValueError. Float64 is supported.
+
+Host emulation, like Triton's interpreter: with ``MOLLIFY_FAST_CUDA_EMULATE=1`` (read at each
+call) this backend also runs CPU tensors, through csrc/mollify_cuda_host.cpp, which executes
+the kernels' own ``__host__ __device__`` code block by block (and phase by phase for the
+blur's shared memory). It needs no GPU and no nvcc, is slow (one core), and exists so that
+CI and users can check the CUDA code on a CPU. ``auto`` never picks it.
+
+Errors: bad arguments and launch errors raise at the call; a fault inside a running kernel is
+reported by CUDA at the next synchronising call, or at the call itself with
+``MOLLIFY_FAST_CUDA_SYNC=1`` (synchronises the stream after each launch: for debugging).
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -14,8 +27,17 @@ import torch
 from .._validate import Params
 from ._native import extension, kernel_args
 
+EMULATE_ENV = "MOLLIFY_FAST_CUDA_EMULATE"
+SYNC_ENV = "MOLLIFY_FAST_CUDA_SYNC"
+EMULATED = "emulated on the host: runs the CUDA kernels' code on CPU tensors"
 
-def availability() -> Tuple[bool, str]:
+
+def emulated() -> bool:
+    """True when ``MOLLIFY_FAST_CUDA_EMULATE=1``: CPU tensors run the kernels' code on the host."""
+    return os.environ.get(EMULATE_ENV, "").strip() == "1"
+
+
+def _gpu() -> Tuple[bool, str]:
     ext, why = extension()
     if ext is None:
         return False, why
@@ -27,13 +49,32 @@ def availability() -> Tuple[bool, str]:
     return True, f"CUDA C++ kernels ({ext.cuda_runtime_info()})"
 
 
+def availability() -> Tuple[bool, str]:
+    ok, why = _gpu()
+    if emulated() and extension()[0] is not None:
+        return True, f"{EMULATED} ({EMULATE_ENV}=1); " + (why if ok else f"GPU: {why}")
+    if not ok:
+        return False, f"{why} (set {EMULATE_ENV}=1 to run the kernels' code on CPU tensors)"
+    return ok, why
+
+
 def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
-    if x.device.type != "cuda":
-        return False, f"the cuda backend runs CUDA tensors, x is on {x.device}"
-    return True, ""
+    if x.device.type == "cuda":
+        ok, why = _gpu()
+        return ok, "" if ok else why
+    if x.is_cpu and emulated():
+        return True, ""
+    return False, (f"the cuda backend runs CUDA tensors (or CPU tensors with {EMULATE_ENV}=1), "
+                   f"x is on {x.device}")
 
 
 def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
     ext, _ = extension()
+    if x.is_cpu:
+        ext.mollify_cuda_emulated(*kernel_args(x, out, noise, p, stream))
+        return
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    ext.mollify_cuda(*kernel_args(x, out, noise, p, stream), torch.cuda.current_stream(dev).cuda_stream, dev)
+    cuda_stream = torch.cuda.current_stream(dev)
+    ext.mollify_cuda(*kernel_args(x, out, noise, p, stream), cuda_stream.cuda_stream, dev)
+    if os.environ.get(SYNC_ENV, "").strip() == "1":
+        cuda_stream.synchronize()  # a fault in the kernel raises here, at the call

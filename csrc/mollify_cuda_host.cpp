@@ -1,0 +1,84 @@
+// Host driver for the CUDA kernels' code (kernels/mollify_cuda_kernels.cuh): runs the same
+// per-thread and per-block functions on CPU memory, over the grid plan_launch gives the GPU.
+//
+//   noise, direct blur: every block, every thread, each running its grid-stride loop;
+//   tiled blur:         every block (x, y, z) and plane z, z + grid_z, ...: phase 0 on thread 0,
+//                       then phase 1 for all 256 threads, then phase 2, then phase 3, so every
+//                       thread finishes a phase before any starts the next, as __syncthreads()
+//                       guarantees on the GPU; the shared memory is a host array.
+//
+// Compiled into mollify_fast._C always (no nvcc needed). It is a test and inspection tool, not
+// a fast path: one core, no vectorisation (the `cpu` backend is the fast CPU implementation).
+#include <stdint.h>
+#include <string.h>
+
+#include <stdexcept>
+#include <vector>
+
+#include "mollify_cuda_kernels.cuh"
+
+namespace mollify_fast {
+namespace {
+
+template <typename T, bool kVec, bool kPerSample>
+void emulate_noise(const MollifyArgs& a, const LaunchPlan& p) {
+  const int64_t stride = p.grid_x * kThreads;
+  for (int64_t b = 0; b < p.grid_x; ++b)
+    for (int t = 0; t < kThreads; ++t) noise_thread<T, kVec, kPerSample>(a, b * kThreads + t, stride);
+}
+
+template <typename T, int KR>
+void emulate_blur_tiled(const MollifyArgs& a, const LaunchPlan& p) {
+  using A = typename Io<T>::acc;
+  // Zeroed once: lanes of a partial quad read (and then drop) tile slots no phase wrote.
+  std::vector<A> smem(static_cast<size_t>(p.smem_bytes / sizeof(A)) + 1, A(0));
+  const BlurGeom& g = p.geom;
+  for (int64_t bz = 0; bz < p.grid_z; ++bz)
+    for (int64_t by = 0; by < p.grid_y; ++by)
+      for (int64_t bx = 0; bx < p.grid_x; ++bx)
+        for (int64_t plane = bz; plane < g.planes; plane += p.grid_z) {
+          const int tx = static_cast<int>(bx), ty = static_cast<int>(by);
+          blur_phase_setup<T>(a, g, plane, smem.data());
+          for (int t = 0; t < kThreads; ++t) blur_phase_load<T, KR>(a, g, tx, ty, smem.data(), t);
+          for (int t = 0; t < kThreads; ++t) blur_phase_width<T, KR>(g, tx, ty, smem.data(), t);
+          for (int t = 0; t < kThreads; ++t) blur_phase_store<T, KR>(a, g, tx, ty, smem.data(), t);
+        }
+}
+
+template <typename T>
+void emulate(const MollifyArgs& a) {
+  const LaunchPlan p = plan_launch<T>(a);
+  switch (p.kind) {
+    case KernelKind::kNoise:
+      if (p.vec) {
+        p.per_sample ? emulate_noise<T, true, true>(a, p) : emulate_noise<T, true, false>(a, p);
+      } else {
+        p.per_sample ? emulate_noise<T, false, true>(a, p) : emulate_noise<T, false, false>(a, p);
+      }
+      break;
+    case KernelKind::kBlurTiled:
+      with_radius(p.kr, [&](auto tag) { emulate_blur_tiled<T, decltype(tag)::value>(a, p); });
+      break;
+    case KernelKind::kBlurDirect: {
+      const int64_t stride = p.grid_x * kThreads;
+      for (int64_t b = 0; b < p.grid_x; ++b)
+        for (int t = 0; t < kThreads; ++t) blur_direct_thread<T>(a, p.geom, b * kThreads + t, stride);
+      break;
+    }
+  }
+}
+
+}  // namespace
+
+void mollify_cuda_emulated(const MollifyArgs& a) {
+  if (a.numel == 0) return;
+  switch (a.dtype) {
+    case kFloat16: emulate<Half>(a); break;
+    case kBFloat16: emulate<BF16>(a); break;
+    case kFloat32: emulate<float>(a); break;
+    case kFloat64: emulate<double>(a); break;
+    default: throw std::invalid_argument("mollify_cuda_emulated: unsupported dtype code");
+  }
+}
+
+}  // namespace mollify_fast

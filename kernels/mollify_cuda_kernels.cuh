@@ -1,0 +1,507 @@
+// The CUDA kernels' work, written once as __host__ __device__ functions (CONTRACT sections 2-4).
+//
+// kernels/mollify_cuda.cu wraps these in __global__ kernels and launches them on the GPU;
+// csrc/mollify_cuda_host.cpp (compiled by the host compiler, always) runs the very same
+// functions on CPU tensors over the same grid and block decomposition, so CI tests the GPU
+// code's indexing, tiling, halos and tails without a GPU. Rules that keep that possible:
+//   * a function here reads its block and thread index from arguments, never from blockIdx;
+//   * a kernel with shared memory is a sequence of phases; the device puts __syncthreads()
+//     between them, the host runs phase k for every thread of the block before phase k+1;
+//   * device-only intrinsics sit behind wrappers with host definitions (csrc/philox.h:
+//     mulhi32, box_muller_radius, sincos_two_pi; csrc/dtypes.h: the float16/bfloat16
+//     conversions, round to nearest even on both).
+//
+// Noise: one thread per Philox counter group draws the 4 normals of logical elements
+// 4g .. 4g+3 (one 10-round Philox gives 4 normals; one call per output is ALU-bound) and
+// writes those 4 outputs: one vector load and store on aligned contiguous tensors.
+//
+// Blur + noise: one block per 32 x 32 output tile of one plane. Phases: (0) thread 0 sets up
+// the tile (plane offsets, sample, parameters: the only 64-bit divisions, once per tile);
+// (1) all threads load the tile plus its mirrored halo into shared memory as float (double
+// for double), and threads 0..2r compute the 2r+1 Gaussian weights; (2) the width pass into
+// a second shared array; (3) the height pass, one Philox per 4 consecutive outputs, the
+// store. Weights stay unnormalised in the passes and the result is scaled once by
+// alpha / (sum w)^2. Radii 0..8 are template parameters (the tap loops unroll and a thread
+// keeps its 4 + 2r input window in registers); larger radii and per-sample radii take the
+// runtime-radius instance. The halo is mirrored once, so the tiled kernel needs r < min(H, W)
+// (checked by plan_launch); a tile whose shared memory exceeds kTiledSmemLimit takes the
+// direct kernel ((2r+1)^2 taps per output, any r < min(H, W)).
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include <stdlib.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "dtypes.h"
+#include "mollify_args.h"
+#include "philox.h"
+
+#if defined(__CUDACC__)
+#define MF_UNROLL _Pragma("unroll")
+#else
+#define MF_UNROLL
+#endif
+
+namespace mollify_fast {
+
+constexpr int kThreads = 256;  // threads per block, every kernel
+constexpr int kTileH = 32;     // blur output tile: 32 x 32 = 1024 outputs, one quad per thread
+constexpr int kTileW = 32;
+constexpr int kQuadsPerRow = kTileW / 4;
+constexpr int kMaxTemplatedRadius = 8;  // ceil(3 sigma) for sigma <= 2.67
+// Dynamic shared memory a tiled blur block may use: below the opt-in limit of every
+// architecture built (sm_80 163 KB, sm_86/89 99 KB, sm_90 227 KB). float32 tiles fit up to
+// r = 54, float64 up to r = 34.
+constexpr int64_t kTiledSmemLimit = 96 * 1024;
+// Grid-stride noise: at most this many blocks (fills any current GPU many times over).
+constexpr int64_t kMaxNoiseBlocks = int64_t(1) << 16;
+// gridDim.y and gridDim.z limit.
+constexpr int64_t kMaxGridYZ = 65535;
+
+template <typename T>
+struct alignas(4 * sizeof(T)) Vec4 {
+  T v[4];
+};
+
+MF_HD bool aligned16(const void* p, size_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
+
+// ============================== noise ==============================
+
+// One thread's work in the grid-stride loop over counter groups: groups first, first +
+// stride, ... kVec: x, out (and noise) are 1-D contiguous and 4-element aligned (checked by
+// plan_launch). kPerSample: sigma or alpha has one value per sample; otherwise the scalar
+// parameters are read once and the loop has no division at all.
+template <typename T, bool kVec, bool kPerSample>
+MF_HD void noise_thread(const MollifyArgs& a, int64_t first, int64_t stride) {
+  using A = typename Io<T>::acc;
+  const int64_t groups = (a.numel + 3) >> 2;
+  const T* __restrict__ x = static_cast<const T*>(a.x);
+  T* __restrict__ out = static_cast<T*>(a.out);
+  T* __restrict__ noise = static_cast<T*>(a.noise);
+  const A al0 = static_cast<A>(a.alpha), sg0 = static_cast<A>(a.sigma);
+  for (int64_t g = first; g < groups; g += stride) {
+    float z[4];
+    normals4(a.seed, a.offset + static_cast<uint64_t>(g), z);
+    const int64_t i0 = g << 2;
+    if (kVec) {
+      A al = al0, sg = sg0;
+      bool whole = i0 + 4 <= a.numel;
+      if (kPerSample) {
+        const int64_t n = i0 / a.sample_numel;
+        whole = whole && i0 + 4 <= (n + 1) * a.sample_numel;  // all 4 in one sample
+        al = param<A>(a.alpha_p, a.alpha, n);
+        sg = param<A>(a.sigma_p, a.sigma, n);
+      }
+      if (whole) {
+        const Vec4<T> xv = *reinterpret_cast<const Vec4<T>*>(x + i0);
+        Vec4<T> ov;
+        MF_UNROLL
+        for (int k = 0; k < 4; ++k) Io<T>::store(&ov.v[k], al * Io<T>::load(&xv.v[k]) + sg * static_cast<A>(z[k]));
+        *reinterpret_cast<Vec4<T>*>(out + i0) = ov;
+        if (noise) {
+          Vec4<T> nv;
+          MF_UNROLL
+          for (int k = 0; k < 4; ++k) Io<T>::store(&nv.v[k], static_cast<A>(z[k]));
+          *reinterpret_cast<Vec4<T>*>(noise + i0) = nv;
+        }
+        continue;
+      }
+    }
+    // Scalar path: the tail, groups that straddle samples, and any strides.
+    for (int k = 0; k < 4; ++k) {
+      const int64_t i = i0 + k;
+      if (i >= a.numel) break;
+      A al = al0, sg = sg0;
+      if (kPerSample) {
+        const int64_t n = i / a.sample_numel;
+        al = param<A>(a.alpha_p, a.alpha, n);
+        sg = param<A>(a.sigma_p, a.sigma, n);
+      }
+      int64_t ox = i, oo = i, on = i;
+      if (!kVec) unravel_offsets(a, a.ndim, i, ox, oo, on);
+      Io<T>::store(out + oo, al * Io<T>::load(x + ox) + sg * static_cast<A>(z[k]));
+      if (noise) Io<T>::store(noise + on, static_cast<A>(z[k]));
+    }
+  }
+}
+
+// ============================== blur ==============================
+
+// Per-launch geometry of the blur (host-computed; the same for every block).
+struct BlurGeom {
+  int64_t planes, planes_per_sample;
+  int32_t H, W;
+  int32_t off32;    // 1: offsets within a plane of x and out fit in int32
+  int32_t R;        // halo radius: the template radius, or max_radius for the runtime instance
+  int32_t stride;   // shared row stride of the input tile: kTileW + 2R rounded up to 4
+  int32_t wts_off, in_off, mid_off;  // offsets (in A elements) of the shared arrays
+};
+
+// Per-tile values thread 0 writes in phase 0 and every thread reads after the barrier.
+template <typename A>
+struct BlurTile {
+  int64_t ox, oo, on;  // plane offsets in x, out, noise
+  int64_t base;        // logical index of (plane, 0, 0)
+  A al, sg, s;         // alpha, sigma, blur sigma of the tile's sample
+  int32_t r;           // this sample's radius (0: blur sigma 0, the identity)
+};
+
+template <typename A>
+MF_HD int64_t blur_smem_elems(int R) {
+  const int rows = kTileH + 2 * R, stride = (kTileW + 2 * R + 3) & ~3;
+  const int64_t head = (sizeof(BlurTile<A>) + sizeof(A) - 1) / sizeof(A);
+  return ((head + 3) & ~int64_t(3)) + ((2 * R + 1 + 3) & ~3) + int64_t(rows) * stride + int64_t(rows) * kTileW;
+}
+
+template <typename A>
+inline BlurGeom make_blur_geom(const MollifyArgs& a, int R) {
+  BlurGeom g{};
+  const int hd = a.ndim - 2, wd = a.ndim - 1;
+  g.H = static_cast<int32_t>(a.sizes[hd]);
+  g.W = static_cast<int32_t>(a.sizes[wd]);
+  g.planes = a.numel / (a.sizes[hd] * a.sizes[wd]);
+  g.planes_per_sample = g.planes / a.batch;
+  g.R = R;
+  // Largest offset within one plane, in x and in out: int32 index math when below 2^31.
+  const int64_t ext_x = (g.H - 1) * std::abs(a.x_strides[hd]) + (g.W - 1) * std::abs(a.x_strides[wd]);
+  const int64_t ext_o = (g.H - 1) * std::abs(a.out_strides[hd]) + (g.W - 1) * std::abs(a.out_strides[wd]);
+  const int64_t ext_n = (g.H - 1) * std::abs(a.noise_strides[hd]) + (g.W - 1) * std::abs(a.noise_strides[wd]);
+  g.off32 = std::max(ext_x, std::max(ext_o, ext_n)) < (int64_t(1) << 31);
+  g.stride = (kTileW + 2 * R + 3) & ~3;
+  const int64_t head = (sizeof(BlurTile<A>) + sizeof(A) - 1) / sizeof(A);
+  g.wts_off = static_cast<int32_t>((head + 3) & ~int64_t(3));
+  g.in_off = g.wts_off + ((2 * R + 1 + 3) & ~3);
+  g.mid_off = g.in_off + (kTileH + 2 * R) * g.stride;
+  return g;
+}
+
+// Mirror without repeating the edge, one reflection: valid for -n < i < 2n - 1.
+MF_HD int imin(int a, int b) { return a < b ? a : b; }
+
+MF_HD int mirror_once(int i, int n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
+
+// Phase 0 (thread 0 only): the tile's plane offsets, sample and parameters.
+template <typename T>
+MF_HD void blur_phase_setup(const MollifyArgs& a, const BlurGeom& g, int64_t plane, typename Io<T>::acc* smem) {
+  using A = typename Io<T>::acc;
+  BlurTile<A>& t = *reinterpret_cast<BlurTile<A>*>(smem);
+  unravel_offsets(a, a.ndim - 2, plane, t.ox, t.oo, t.on);
+  t.base = plane * g.H * static_cast<int64_t>(g.W);
+  const int64_t n = plane / g.planes_per_sample;
+  t.al = param<A>(a.alpha_p, a.alpha, n);
+  t.sg = param<A>(a.sigma_p, a.sigma, n);
+  t.s = param<A>(a.blur_p, a.blur_sigma, n);
+  t.r = t.s == A(0) ? 0 : (a.radius_p ? a.radius_p[n] : a.radius);
+}
+
+// Phase 1's loads: a thread keeps one column of the tile (its mirrored index and offset are
+// computed once) and walks rows kThreads / cols apart. Off: int32_t when every offset inside
+// a plane fits (plan_launch checks), which saves the 64-bit multiplies.
+// MODELED (sm_90, float32, r = 3): ~10 instructions per loaded element, against ~44 for a
+// flat loop with a division and 64-bit offsets per element.
+template <typename T, typename Off>
+MF_HD void load_tile_rows(const T* __restrict__ x, int64_t sh64, int64_t sw64, const BlurGeom& g, int R, int stride,
+                          int cols_valid, int rows_valid, int h0, int w0, typename Io<T>::acc* in, int tid) {
+  const int cols = kTileW + 2 * R;
+  const int row_step = kThreads / cols;
+  const int col = tid % cols;
+  const int row0 = tid / cols;
+  if (row0 >= row_step || col >= cols_valid) return;
+  const Off sh = static_cast<Off>(sh64);
+  const T* __restrict__ xc = x + static_cast<Off>(mirror_once(w0 - R + col, g.W)) * static_cast<Off>(sw64);
+  for (int row = row0; row < rows_valid; row += row_step)
+    in[row * stride + col] = Io<T>::load(xc + static_cast<Off>(mirror_once(h0 - R + row, g.H)) * sh);
+}
+
+// Phase 1: the tile's input rows h0 - R .. h0 + th + R - 1 and columns w0 - R .. w0 + tw + R - 1
+// (mirrored) into shared memory; threads 0..2r write the unnormalised weights.
+template <typename T, int KR>
+MF_HD void blur_phase_load(const MollifyArgs& a, const BlurGeom& g, int tile_x, int tile_y,
+                           typename Io<T>::acc* smem, int tid) {
+  using A = typename Io<T>::acc;
+  const BlurTile<A>& t = *reinterpret_cast<const BlurTile<A>*>(smem);
+  const int R = KR >= 0 ? KR : g.R;
+  const int stride = KR >= 0 ? ((kTileW + 2 * KR + 3) & ~3) : g.stride;
+  A* wts = smem + g.wts_off;
+  A* in = smem + g.in_off;
+  if (tid <= 2 * t.r) {
+    const A k = static_cast<A>(tid - t.r);
+    wts[tid] = exp(-(k * k) / (A(2) * t.s * t.s));
+  }
+  const int h0 = tile_y * kTileH, w0 = tile_x * kTileW;
+  const int rows_valid = imin(kTileH, g.H - h0) + 2 * R, cols_valid = imin(kTileW, g.W - w0) + 2 * R;
+  const int hd = a.ndim - 2, wd = a.ndim - 1;
+  if (g.off32)
+    load_tile_rows<T, int32_t>(static_cast<const T*>(a.x) + t.ox, a.x_strides[hd], a.x_strides[wd], g, R, stride,
+                               cols_valid, rows_valid, h0, w0, in, tid);
+  else
+    load_tile_rows<T, int64_t>(static_cast<const T*>(a.x) + t.ox, a.x_strides[hd], a.x_strides[wd], g, R, stride,
+                               cols_valid, rows_valid, h0, w0, in, tid);
+}
+
+// The 4 blurred values acc[j] = sum_k w_k src[j + k * kK], k = 0..2r, unnormalised. Width
+// pass: kK = 1 (the 4 + 2r inputs are read once into registers when the radius is the
+// template's); height pass: kK = kTileW (4 consecutive floats, one 16-byte load, per tap row).
+template <int KR, int kK, typename A>
+MF_HD void taps4(const A* src, const A* wts, int r, A acc[4]) {
+  if (r == 0) {
+    MF_UNROLL
+    for (int j = 0; j < 4; ++j) acc[j] = src[j];
+    return;
+  }
+  MF_UNROLL
+  for (int j = 0; j < 4; ++j) acc[j] = A(0);
+  if (KR > 0 && r == KR) {
+    constexpr int kTaps = 2 * (KR > 0 ? KR : 0) + 1;
+    if (kK == 1) {
+      A win[kTaps + 3];  // the quad's 4 + 2r inputs, read once
+      MF_UNROLL
+      for (int m = 0; m < kTaps + 3; ++m) win[m] = src[m];
+      MF_UNROLL
+      for (int k = 0; k < kTaps; ++k) {
+        const A wk = wts[k];
+        MF_UNROLL
+        for (int j = 0; j < 4; ++j) acc[j] += wk * win[j + k];
+      }
+    } else {
+      MF_UNROLL
+      for (int k = 0; k < kTaps; ++k) {
+        const A wk = wts[k];
+        MF_UNROLL
+        for (int j = 0; j < 4; ++j) acc[j] += wk * src[k * kK + j];
+      }
+    }
+    return;
+  }
+  for (int k = 0; k <= 2 * r; ++k) {  // runtime radius
+    const A wk = wts[k];
+    MF_UNROLL
+    for (int j = 0; j < 4; ++j) acc[j] += wk * src[k * kK + j];
+  }
+}
+
+// Phase 2: width pass, rows 0 .. th + 2R - 1 of the tile, 4 consecutive columns per item.
+template <typename T, int KR>
+MF_HD void blur_phase_width(const BlurGeom& g, int tile_x, int tile_y, typename Io<T>::acc* smem, int tid) {
+  using A = typename Io<T>::acc;
+  const BlurTile<A>& t = *reinterpret_cast<const BlurTile<A>*>(smem);
+  const int R = KR >= 0 ? KR : g.R;
+  const int stride = KR >= 0 ? ((kTileW + 2 * KR + 3) & ~3) : g.stride;
+  const A* wts = smem + g.wts_off;
+  const A* in = smem + g.in_off;
+  A* mid = smem + g.mid_off;
+  const int r = t.r;
+  const int rows_valid = imin(kTileH, g.H - tile_y * kTileH) + 2 * R;
+  const int tw = imin(kTileW, g.W - tile_x * kTileW);
+  for (int q = tid; q < (kTileH + 2 * R) * kQuadsPerRow; q += kThreads) {
+    const int row = q / kQuadsPerRow, c4 = (q % kQuadsPerRow) * 4;
+    if (row >= rows_valid || c4 >= tw) continue;
+    A acc[4];
+    taps4<KR, 1>(in + row * stride + c4 + (R - r), wts, r, acc);  // tap k of column c4 + j: [j + k]
+    MF_UNROLL
+    for (int j = 0; j < 4; ++j) mid[row * kTileW + c4 + j] = acc[j];
+  }
+}
+
+// The normal of logical element i0 + j from the draws of groups i0 / 4 (za) and i0 / 4 + 1
+// (zb): selects, not an indexed register array (that would go to local memory).
+MF_HD float pick_normal(const float za[4], const float zb[4], int m) {
+  const float a = m == 0 ? za[0] : m == 1 ? za[1] : m == 2 ? za[2] : za[3];
+  const float b = m == 4 ? zb[0] : m == 5 ? zb[1] : zb[2];
+  return m < 4 ? a : b;
+}
+
+// Phase 3: height pass over the 2r+1 rows, alpha / (sum w)^2 scaling, noise, store.
+template <typename T, int KR>
+MF_HD void blur_phase_store(const MollifyArgs& a, const BlurGeom& g, int tile_x, int tile_y,
+                            typename Io<T>::acc* smem, int tid) {
+  using A = typename Io<T>::acc;
+  const BlurTile<A>& t = *reinterpret_cast<const BlurTile<A>*>(smem);
+  const int R = KR >= 0 ? KR : g.R;
+  const A* wts = smem + g.wts_off;
+  const A* mid = smem + g.mid_off;
+  const int r = t.r;
+  A norm = 0;
+  for (int k = 0; k <= 2 * r; ++k) norm += wts[k];
+  const A scale = r == 0 ? t.al : t.al / (norm * norm);
+  const int h0 = tile_y * kTileH, w0 = tile_x * kTileW;
+  const int th = imin(kTileH, g.H - h0), tw = imin(kTileW, g.W - w0);
+  const int hd = a.ndim - 2, wd = a.ndim - 1;
+  T* __restrict__ out = static_cast<T*>(a.out) + t.oo;
+  T* __restrict__ noise = static_cast<T*>(a.noise);
+  for (int q = tid; q < kTileH * kQuadsPerRow; q += kThreads) {
+    const int hl = q / kQuadsPerRow, c4 = (q % kQuadsPerRow) * 4;
+    if (hl >= th || c4 >= tw) continue;
+    A acc[4];
+    taps4<KR, kTileW>(mid + (hl + R - r) * kTileW + c4, wts, r, acc);
+    const int h = h0 + hl, w = w0 + c4;
+    const int64_t i0 = t.base + static_cast<int64_t>(h) * g.W + w;
+    const int lane = static_cast<int>(i0 & 3);
+    float z[4];
+    normals4(a.seed, a.offset + static_cast<uint64_t>(i0 >> 2), z);
+    if (lane != 0) {  // W not a multiple of 4: the quad spans two counter groups
+      float zb[4];
+      normals4(a.seed, a.offset + static_cast<uint64_t>(i0 >> 2) + 1, zb);
+      const float za[4] = {z[0], z[1], z[2], z[3]};
+      MF_UNROLL
+      for (int j = 0; j < 4; ++j) z[j] = pick_normal(za, zb, lane + j);
+    }
+    const int n = imin(4, tw - c4);
+    T* o = out + h * a.out_strides[hd] + w * a.out_strides[wd];
+    if (n == 4 && a.out_strides[wd] == 1 && aligned16(o, 4 * sizeof(T))) {
+      Vec4<T> ov;
+      MF_UNROLL
+      for (int j = 0; j < 4; ++j) Io<T>::store(&ov.v[j], scale * acc[j] + t.sg * static_cast<A>(z[j]));
+      *reinterpret_cast<Vec4<T>*>(o) = ov;
+    } else {
+      for (int j = 0; j < n; ++j)
+        Io<T>::store(o + j * a.out_strides[wd], scale * acc[j] + t.sg * static_cast<A>(z[j]));
+    }
+    if (noise) {
+      T* nz = noise + t.on + h * a.noise_strides[hd] + w * a.noise_strides[wd];
+      for (int j = 0; j < n; ++j) Io<T>::store(nz + j * a.noise_strides[wd], static_cast<A>(z[j]));
+    }
+  }
+}
+
+// ---- direct blur (tiles too large for shared memory): one thread per counter group ----
+
+// Blurred value at (row h, column w) of the plane at x: (2r+1)^2 mirrored taps.
+template <typename T>
+MF_HD typename Io<T>::acc blur_direct_at(const MollifyArgs& a, const T* x, int h, int w, int H, int W,
+                                         typename Io<T>::acc s, int r) {
+  using A = typename Io<T>::acc;
+  const int hd = a.ndim - 2, wd = a.ndim - 1;
+  if (r == 0) return Io<T>::load(x + h * a.x_strides[hd] + w * a.x_strides[wd]);
+  const A inv = A(1) / (A(2) * s * s);
+  A norm = 0;
+  for (int k = -r; k <= r; ++k) norm += exp(-A(k * k) * inv);
+  A acc = 0;
+  for (int i = -r; i <= r; ++i) {
+    const T* row = x + mirror_once(h + i, H) * a.x_strides[hd];
+    A racc = 0;
+    for (int j = -r; j <= r; ++j) racc += exp(-A(j * j) * inv) * Io<T>::load(row + mirror_once(w + j, W) * a.x_strides[wd]);
+    acc += exp(-A(i * i) * inv) * racc;
+  }
+  return acc / (norm * norm);
+}
+
+template <typename T>
+MF_HD void blur_direct_thread(const MollifyArgs& a, const BlurGeom& g, int64_t first, int64_t stride) {
+  using A = typename Io<T>::acc;
+  const int hd = a.ndim - 2, wd = a.ndim - 1;
+  const int64_t groups = (a.numel + 3) >> 2, HW = static_cast<int64_t>(g.H) * g.W;
+  const T* x = static_cast<const T*>(a.x);
+  T* out = static_cast<T*>(a.out);
+  T* noise = static_cast<T*>(a.noise);
+  for (int64_t gi = first; gi < groups; gi += stride) {
+    float z[4];
+    normals4(a.seed, a.offset + static_cast<uint64_t>(gi), z);
+    for (int k = 0; k < 4; ++k) {
+      const int64_t i = 4 * gi + k;
+      if (i >= a.numel) break;
+      const int64_t p = i / HW, rem = i - p * HW;
+      const int h = static_cast<int>(rem / g.W), w = static_cast<int>(rem - static_cast<int64_t>(h) * g.W);
+      const int64_t n = p / g.planes_per_sample;
+      const A s = param<A>(a.blur_p, a.blur_sigma, n);
+      const int r = s == A(0) ? 0 : (a.radius_p ? a.radius_p[n] : a.radius);
+      int64_t px, po, pn;
+      unravel_offsets(a, hd, p, px, po, pn);
+      const A b = blur_direct_at<T>(a, x + px, h, w, g.H, g.W, s, r);
+      const A al = param<A>(a.alpha_p, a.alpha, n), sg = param<A>(a.sigma_p, a.sigma, n);
+      Io<T>::store(out + po + h * a.out_strides[hd] + w * a.out_strides[wd], al * b + sg * static_cast<A>(z[k]));
+      if (noise) Io<T>::store(noise + pn + h * a.noise_strides[hd] + w * a.noise_strides[wd], static_cast<A>(z[k]));
+    }
+  }
+}
+
+// ============================== launch plan (host) ==============================
+
+enum class KernelKind { kNoise, kBlurTiled, kBlurDirect };
+
+// Which kernel, which template instance and which grid: one decision for the GPU launcher and
+// the host driver, so the emulation runs exactly the decomposition the GPU runs.
+struct LaunchPlan {
+  KernelKind kind;
+  bool vec = false, per_sample = false;  // noise
+  int kr = -1;                           // tiled blur: template radius, -1 for the runtime instance
+  BlurGeom geom{};
+  int64_t smem_bytes = 0;
+  int64_t grid_x = 1, grid_y = 1, grid_z = 1;
+};
+
+inline bool contiguous_aligned(const MollifyArgs& a, size_t elem) {
+  if (a.ndim != 1 || a.x_strides[0] != 1 || a.out_strides[0] != 1) return false;
+  if (a.noise && a.noise_strides[0] != 1) return false;
+  return aligned16(a.x, 4 * elem) && aligned16(a.out, 4 * elem) && (!a.noise || aligned16(a.noise, 4 * elem));
+}
+
+template <typename T>
+inline LaunchPlan plan_launch(const MollifyArgs& a) {
+  using A = typename Io<T>::acc;
+  LaunchPlan p;
+  if (!a.has_blur) {
+    p.kind = KernelKind::kNoise;
+    p.vec = contiguous_aligned(a, sizeof(T));
+    p.per_sample = a.sigma_p != nullptr || a.alpha_p != nullptr;
+    const int64_t groups = (a.numel + 3) / 4;
+    p.grid_x = std::min<int64_t>((groups + kThreads - 1) / kThreads, kMaxNoiseBlocks);
+    return p;
+  }
+  if (a.ndim < 3) throw std::invalid_argument("mollify (cuda backend): blur needs x with at least 3 dims [N, ..., H, W]");
+  const int64_t H = a.sizes[a.ndim - 2], W = a.sizes[a.ndim - 1];
+  const int64_t R = a.max_radius;
+  if (R >= std::min(H, W))
+    throw std::invalid_argument(
+        "mollify (cuda backend): blur radius " + std::to_string(R) + " must be < min(H, W) = " +
+        std::to_string(std::min(H, W)) + " (the CUDA blur mirrors the border once); use a smaller blur_sigma or "
+        "blur_radius, or backend='cpu' / 'torch', which mirror repeatedly");
+  if ((H + kTileH - 1) / kTileH > kMaxGridYZ || W > (int64_t(1) << 30) || H > (int64_t(1) << 30))
+    throw std::invalid_argument("mollify (cuda backend): H or W too large for the blur grid (H <= 2,096,000)");
+  p.kr = (a.radius_p == nullptr && R <= kMaxTemplatedRadius) ? static_cast<int>(R) : -1;
+  p.geom = make_blur_geom<A>(a, static_cast<int>(R));
+  if (a.batch <= 0 || p.geom.planes % a.batch != 0)
+    throw std::invalid_argument("mollify (cuda backend): the blur's planes must split evenly into x.shape[0] samples");
+  p.smem_bytes = blur_smem_elems<A>(static_cast<int>(R)) * static_cast<int64_t>(sizeof(A));
+  if (p.smem_bytes > kTiledSmemLimit) {
+    p.kind = KernelKind::kBlurDirect;
+    const int64_t groups = (a.numel + 3) / 4;
+    p.grid_x = std::min<int64_t>((groups + kThreads - 1) / kThreads, kMaxNoiseBlocks);
+    p.smem_bytes = 0;
+    return p;
+  }
+  p.kind = KernelKind::kBlurTiled;
+  p.grid_x = (W + kTileW - 1) / kTileW;
+  p.grid_y = (H + kTileH - 1) / kTileH;
+  p.grid_z = std::min<int64_t>(p.geom.planes, kMaxGridYZ);
+  return p;
+}
+
+// Calls f(std::integral_constant<int, KR>) for the plan's template radius (KR = -1: runtime).
+template <int KR>
+struct RadiusTag {
+  static constexpr int value = KR;
+};
+
+template <typename F>
+inline void with_radius(int kr, F&& f) {
+  switch (kr) {
+    case 0: f(RadiusTag<0>{}); break;
+    case 1: f(RadiusTag<1>{}); break;
+    case 2: f(RadiusTag<2>{}); break;
+    case 3: f(RadiusTag<3>{}); break;
+    case 4: f(RadiusTag<4>{}); break;
+    case 5: f(RadiusTag<5>{}); break;
+    case 6: f(RadiusTag<6>{}); break;
+    case 7: f(RadiusTag<7>{}); break;
+    case 8: f(RadiusTag<8>{}); break;
+    default: f(RadiusTag<-1>{}); break;
+  }
+}
+
+}  // namespace mollify_fast
