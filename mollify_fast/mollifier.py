@@ -1,23 +1,48 @@
 """``Mollifier``: the one line in a training loop (``x = mol(x, step)``)."""
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 
 from . import schedules
-from .generator import Generator, _mix64
+from .backends import NAMES as BACKEND_NAMES
+from .generator import Generator
 from .mollify import mollify
 
 MODES = ("noise", "blur", "noise+blur")
+_STATE_KEYS = ("mollify_steps", "schedule", "schedule_kwargs", "mode", "blur_sigma_max", "generator")
+
+Step = Union[int, torch.Tensor]
 
 
-def _dist_rank() -> int:
-    d = torch.distributed
-    if d.is_available() and d.is_initialized():
-        return d.get_rank()
-    return 0
+def _int_like(name: str, v: Any) -> int:
+    """A Python int, numpy integer or 0-d integer tensor as an int (bools and floats refused)."""
+    if torch.is_tensor(v):
+        if v.dtype.is_floating_point or v.is_complex() or v.dtype == torch.bool:
+            raise TypeError(f"Mollifier: {name} must be an integer, got a {v.dtype} tensor")
+        if v.dim() != 0:
+            raise ValueError(f"Mollifier: {name} must be one number (a 0-d tensor), got shape {tuple(v.shape)}")
+        return int(v)
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"Mollifier: {name} must be an integer, got {type(v).__name__}")
+    return int(v)
+
+
+def _full_kwargs(fn: Callable, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """The schedule's keyword arguments with its defaults filled in (``tau=0.7`` written out or
+    left to the default is the same schedule)."""
+    try:
+        sig = inspect.signature(fn)
+        bound = sig.bind_partial(0.5, **kwargs)
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    bound.apply_defaults()
+    first = next(iter(sig.parameters))
+    return {k: v for k, v in bound.arguments.items() if k != first}
 
 
 class Mollifier:
@@ -30,7 +55,9 @@ class Mollifier:
     * ``"blur"``: ``x_t = B_s(x)`` with ``s = blur_sigma_max * sqrt(gamma)``;
     * ``"noise+blur"``: ``x_t = sqrt(1 - gamma) * B_s(x) + sqrt(gamma) * eps``, in one pass.
 
-    For ``step >= mollify_steps`` it returns ``x`` itself: no copy, no kernel.
+    For ``step >= mollify_steps`` it returns ``x`` itself: no copy, no kernel. ``x`` is a batch,
+    dim 0 the samples; the blur modes need images ``[N, ..., H, W]`` and refuse a 2-D
+    ``[N, D]`` (tabular) batch, whose rows a blur would mix.
 
     Args:
         mollify_steps: length of the annealing window (> 0).
@@ -38,13 +65,33 @@ class Mollifier:
             ``u -> gamma``; ``schedule_kwargs`` go to it.
         mode: ``"noise"``, ``"blur"`` or ``"noise+blur"``.
         blur_sigma_max: blur sigma at step 0 (pixels); required by the blur modes.
-        generator: a :class:`Generator`. Default: a stream seeded from PyTorch's default CPU
-            generator when first used, with the ``torch.distributed`` rank folded into the
-            seed, so ranks draw different noise while following the same schedule.
-        backend: passed to :func:`mollify`.
+        generator: a :class:`Generator`. Default: ``Generator(None)``, whose seed is drawn
+            from PyTorch's default CPU generator at the first draw (``torch.manual_seed``
+            makes it reproducible). The Mollifier takes the generator over: under
+            ``torch.distributed``, rank ``r != 0`` draws with the rank folded into the key
+            (read at the first draw), so ranks draw different noise while following the same
+            schedule; rank 0 draws the generator's own stream.
+        backend: passed to :func:`mollify` (checked here, against ``backends.NAMES``).
 
-    ``state_dict()`` / ``load_state_dict()`` carry the stream, so a run resumed at step k
-    draws exactly the noise the uninterrupted run draws from step k.
+    ``step`` is an integer: a Python int, a numpy integer or a 0-d integer tensor.
+
+    Checkpoints: ``state_dict()`` holds the settings and the stream's *unfolded* seed and
+    offset; ``load_state_dict()`` refuses a checkpoint made with other settings (schedule,
+    its parameters, ``mollify_steps``, ``mode``, ``blur_sigma_max``), and a resumed run draws
+    exactly the noise the uninterrupted run draws from the same step. Every rank may load
+    rank 0's checkpoint: each folds its own rank in again, so ranks still differ (and if
+    every rank started from the same ``torch.manual_seed``, each resumes its own stream
+    exactly). ``state_dict()`` of a Mollifier that has not drawn yet saves the seed as None
+    and draws nothing from PyTorch's RNG. ``copy.deepcopy`` is a checkpoint too.
+
+    ``torch.compile``: inside a compiled step (``fullgraph=True`` works), pass the step as a
+    0-d integer tensor, ``mol(x, torch.tensor(step))``: the schedule is then computed in the
+    graph from the tensor (float64), so a new step is new data, not a new graph: one
+    compile for the whole run. A Python int step works too, at the cost of one recompile
+    (PyTorch specialises the first graph on the number and makes it dynamic at the second
+    value). In a compiled graph the step's value is not checked and the steps
+    past the window run the op with ``sigma = 0`` (the same values as ``x``) instead of
+    returning ``x`` itself.
     """
 
     def __init__(
@@ -57,18 +104,23 @@ class Mollifier:
         backend: str = "auto",
         **schedule_kwargs: Any,
     ):
-        if isinstance(mollify_steps, bool) or not isinstance(mollify_steps, int):
+        if isinstance(mollify_steps, bool) or not isinstance(mollify_steps, numbers.Integral):
             raise TypeError(f"Mollifier: mollify_steps must be an int, got {type(mollify_steps).__name__}")
+        mollify_steps = int(mollify_steps)
         if mollify_steps <= 0:
             raise ValueError(f"Mollifier: mollify_steps must be > 0, got {mollify_steps}")
         if mode not in MODES:
             raise ValueError(f"Mollifier: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if mode != "noise":
-            if blur_sigma_max is None or not (math.isfinite(blur_sigma_max) and blur_sigma_max > 0):
+            ok = isinstance(blur_sigma_max, numbers.Real) and not isinstance(blur_sigma_max, bool)
+            if not (ok and math.isfinite(blur_sigma_max) and blur_sigma_max > 0):
                 raise ValueError(
                     f"Mollifier: mode {mode!r} needs blur_sigma_max > 0 (the blur sigma at step 0), "
                     f"got {blur_sigma_max}"
                 )
+            blur_sigma_max = float(blur_sigma_max)
+        if not isinstance(backend, str) or backend not in BACKEND_NAMES:
+            raise ValueError(f"Mollifier: unknown backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
         if generator is not None and not isinstance(generator, Generator):
             raise TypeError(f"Mollifier: generator must be a mollify_fast.Generator, got {type(generator).__name__}")
         self.schedule_name = schedule if isinstance(schedule, str) else getattr(schedule, "__name__", "custom")
@@ -79,42 +131,61 @@ class Mollifier:
         self.mode = mode
         self.blur_sigma_max = blur_sigma_max
         self.backend = backend
-        self.generator = generator
+        self.generator = generator if generator is not None else Generator(None)
+        self.generator._fold_rank()
 
-    def _stream(self) -> Generator:
-        if self.generator is None:
-            base = int(torch.randint(0, 1 << 62, (), dtype=torch.int64))
-            rank = _dist_rank()
-            seed = _mix64(base ^ _mix64(rank)) if rank else base
-            self.generator = Generator(seed)
-        return self.generator
+    @staticmethod
+    def _check_step(step: Step) -> int:
+        step = _int_like("step", step)
+        if step < 0:
+            raise ValueError(f"Mollifier: step must be >= 0, got {step}")
+        return step
 
-    def gamma(self, step: int) -> float:
+    def gamma(self, step: Step) -> float:
         """The noise variance at ``step`` (0 from ``mollify_steps`` on)."""
-        self._check_step(step)
+        step = self._check_step(step)
         if step >= self.mollify_steps:
             return 0.0
         return float(self._gamma(step / self.mollify_steps, **self.schedule_kwargs))
 
-    @staticmethod
-    def _check_step(step: int) -> None:
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise TypeError(f"Mollifier: step must be an int, got {type(step).__name__}")
-        if step < 0:
-            raise ValueError(f"Mollifier: step must be >= 0, got {step}")
+    def _check_batch(self, x: torch.Tensor) -> None:
+        if self.mode != "noise" and torch.is_tensor(x) and x.dim() < 3:
+            raise ValueError(
+                f"Mollifier: mode {self.mode!r} blurs the last two dims of image batches "
+                f"[N, ..., H, W], but x has shape {tuple(x.shape)}: a 2-D [N, D] batch is tabular "
+                f"data, whose samples a blur would mix; use mode='noise' (for a single image, "
+                f"pass x[None])"
+            )
 
-    def __call__(self, x: torch.Tensor, step: int) -> torch.Tensor:
-        g = self.gamma(step)
-        if step >= self.mollify_steps:
-            return x
-        gen = self._stream()
-        sigma = math.sqrt(g)
+    def _apply(self, x: torch.Tensor, sigma):
+        """One mollify call for noise scale ``sigma`` (a float or a 0-d tensor)."""
         if self.mode == "noise":
-            return mollify(x, sigma, generator=gen, backend=self.backend)
+            return mollify(x, sigma, generator=self.generator, backend=self.backend)
         blur = self.blur_sigma_max * sigma
         if self.mode == "blur":
-            return mollify(x, 0.0, blur_sigma=blur, generator=gen, backend=self.backend)
-        return mollify(x, sigma, blur_sigma=blur, generator=gen, backend=self.backend)
+            return mollify(x, 0.0, blur_sigma=blur, generator=self.generator, backend=self.backend)
+        return mollify(x, sigma, blur_sigma=blur, generator=self.generator, backend=self.backend)
+
+    def _apply_traced(self, x: torch.Tensor, step: torch.Tensor):
+        # Under torch.compile: no Python branch on the step's value (it would be a graph break
+        # or a guard per step); the schedule from the tensor, 0 past the window.
+        if step.dtype.is_floating_point or step.dtype == torch.bool or step.dim() != 0:
+            raise TypeError(f"Mollifier: step must be a 0-d integer tensor, got {step.dtype} of shape {tuple(step.shape)}")
+        u = step.to(torch.float64) / self.mollify_steps
+        g = torch.as_tensor(self._gamma(u, **self.schedule_kwargs), dtype=torch.float64)
+        return self._apply(x, torch.where(u < 1, g, torch.zeros_like(g)).sqrt())
+
+    def __call__(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            self._check_batch(x)
+            # A Python int becomes dynamic after one recompile; as a tensor it keeps the
+            # schedule's float arithmetic out of the compiler's symbolic guards.
+            return self._apply_traced(x, step if torch.is_tensor(step) else torch.tensor(step))
+        step = self._check_step(step)
+        if step >= self.mollify_steps:
+            return x
+        self._check_batch(x)
+        return self._apply(x, math.sqrt(self._gamma(step / self.mollify_steps, **self.schedule_kwargs)))
 
     def state_dict(self) -> Dict[str, Any]:
         return {
@@ -123,21 +194,37 @@ class Mollifier:
             "schedule_kwargs": dict(self.schedule_kwargs),
             "mode": self.mode,
             "blur_sigma_max": self.blur_sigma_max,
-            "generator": self._stream().state_dict(),
+            "generator": self.generator.state_dict(),  # unfolded seed: any rank can load it
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if not isinstance(state, dict) or "generator" not in state:
-            raise ValueError("Mollifier.load_state_dict: state must come from Mollifier.state_dict()")
-        for key in ("mollify_steps", "mode", "blur_sigma_max"):
-            if key in state and state[key] != getattr(self, key):
+        """Resume from ``state_dict()``; refuses a checkpoint made with other settings."""
+        if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
+            missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+            raise ValueError(
+                f"Mollifier.load_state_dict: state must come from Mollifier.state_dict(); missing {missing}"
+            )
+        for key in ("mollify_steps", "schedule", "mode", "blur_sigma_max"):
+            here = self.schedule_name if key == "schedule" else getattr(self, key)
+            if state[key] != here:
                 raise ValueError(
-                    f"Mollifier.load_state_dict: {key} is {getattr(self, key)!r} here but "
-                    f"{state[key]!r} in the checkpoint"
+                    f"Mollifier.load_state_dict: the checkpoint was made with {key}={state[key]!r} but "
+                    f"this Mollifier has {key}={here!r}; construct it with the checkpoint's settings "
+                    f"(resuming with other ones would silently follow another schedule)"
                 )
-        if self.generator is None:
-            self.generator = Generator(0)
-        self.generator.load_state_dict(state["generator"])
+        saved = _full_kwargs(self._gamma, dict(state["schedule_kwargs"]))
+        here = _full_kwargs(self._gamma, self.schedule_kwargs)
+        for k in sorted(set(saved) | set(here)):
+            if saved.get(k) != here.get(k):
+                raise ValueError(
+                    f"Mollifier.load_state_dict: the checkpoint's schedule {self.schedule_name!r} has "
+                    f"{k}={saved.get(k)!r} but this Mollifier has {k}={here.get(k)!r}; construct it "
+                    f"with the checkpoint's schedule parameters"
+                )
+        gen = state["generator"]
+        if not isinstance(gen, dict) or set(gen) != {"seed", "offset"}:
+            raise ValueError(f"Mollifier.load_state_dict: bad generator state {gen!r}")
+        self.generator.load_state_dict(gen)  # keeps the rank folding: each rank folds its own
 
     def __repr__(self) -> str:
         return (

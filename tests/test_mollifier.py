@@ -1,8 +1,10 @@
 """CONTRACT section 5: the training-loop helper."""
+import copy
 import math
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -84,6 +86,131 @@ def test_load_state_dict_refuses_other_config():
 
 
 @pytest.mark.parametrize(
+    "saved,here,word",
+    [
+        (dict(schedule="sigmoid"), dict(schedule="cosine"), "schedule"),
+        (dict(schedule="sigmoid", tau=0.5), dict(schedule="sigmoid"), "tau"),
+        (dict(schedule="sigmoid", end=3.0), dict(schedule="sigmoid", end=4.0), "end"),
+        (dict(schedule="linear", clip_min=1e-3), dict(schedule="linear"), "clip_min"),
+        (dict(mode="noise"), dict(mode="noise+blur", blur_sigma_max=1.0), "mode"),
+        (dict(mode="blur", blur_sigma_max=2.0), dict(mode="blur", blur_sigma_max=1.0), "blur_sigma_max"),
+    ],
+)
+def test_load_state_dict_refuses_another_schedule(saved, here, word):
+    ckpt = mf.Mollifier(10, generator=mf.Generator(1), **saved).state_dict()
+    mol = mf.Mollifier(10, generator=mf.Generator(5), **here)
+    with pytest.raises(ValueError, match=word):
+        mol.load_state_dict(ckpt)
+    assert mol.generator.state_dict() == {"seed": 5, "offset": 0}, "a refused load changed the stream"
+
+
+def test_load_state_dict_accepts_the_same_schedule_spelled_differently():
+    # tau=0.7 is sigmoid's default: writing it out is the same schedule.
+    ckpt = mf.Mollifier(10, generator=mf.Generator(1), schedule="sigmoid").state_dict()
+    mol = mf.Mollifier(10, schedule="sigmoid", tau=0.7, end=3)
+    mol.load_state_dict(ckpt)
+    assert mol.generator.state_dict() == {"seed": 1, "offset": 0}
+
+
+def test_state_dict_of_a_fresh_mollifier_leaves_torch_rng_alone():
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    mol = mf.Mollifier(10, backend="reference")
+    ckpt = mol.state_dict()
+    assert torch.equal(torch.get_rng_state(), before), "state_dict() drew from PyTorch's RNG"
+    # The unseeded stream round-trips: both draw their seed at first use, reproducibly.
+    other = mf.Mollifier(10, backend="reference")
+    other.load_state_dict(ckpt)
+    x = torch.zeros(2, 8)
+    torch.manual_seed(2)
+    a = mol(x, 1)
+    torch.manual_seed(2)
+    assert torch.equal(other(x, 1), a)
+
+
+def test_deepcopy_of_a_used_mollifier_keeps_advancing():
+    x = torch.zeros(2, 8)  # 4 counter groups per call
+    mol = mf.Mollifier(10, generator=mf.Generator(3), backend="reference")
+    mol(x, 0)
+    c = copy.deepcopy(mol)
+    got = [c(x, s) for s in (1, 2)]
+    assert c.state_dict()["generator"] == {"seed": 3, "offset": 12}
+    assert mol.state_dict()["generator"] == {"seed": 3, "offset": 4}
+    for s, a in zip((1, 2), got):  # the copy continues the original's stream
+        assert torch.equal(mol(x, s), a)
+
+
+def test_unknown_backend_refused_at_construction():
+    with pytest.raises(ValueError, match="backend.*cpux"):
+        mf.Mollifier(10, backend="cpux")
+    with pytest.raises(ValueError, match="backend"):
+        mf.Mollifier(10, backend=None)
+
+
+@pytest.mark.parametrize("mode", ["blur", "noise+blur"])
+def test_blur_modes_refuse_tabular_batches(mode):
+    g = mf.Generator(4)
+    mol = mf.Mollifier(10, mode=mode, blur_sigma_max=1.0, generator=g, backend="reference")
+    with pytest.raises(ValueError, match=r"(?s)tabular.*mode=.noise"):
+        mol(torch.randn(16, 5), 0)
+    assert g.offset == 0, "the refused call advanced the stream"
+    assert mol(torch.randn(16, 5), 10).shape == (16, 5)  # after the window nothing runs anyway
+
+
+@pytest.mark.parametrize(
+    "step", [np.int64(3), np.int32(3), np.uint8(3), torch.tensor(3), torch.tensor(3, dtype=torch.int32)]
+)
+def test_integer_like_steps(step):
+    x = torch.randn(2, 3, 4, 4)
+    want = mf.Mollifier(8, generator=mf.Generator(6), backend="reference")(x, 3)
+    mol = mf.Mollifier(8, generator=mf.Generator(6), backend="reference")
+    assert torch.equal(mol(x, step), want)
+    assert mol.gamma(step) == mol.gamma(3)
+    assert mol(x, type(step)(8) if isinstance(step, np.integer) else torch.tensor(8)) is x
+
+
+@pytest.mark.parametrize(
+    "step,exc", [(2.5, TypeError), (3.0, TypeError), (True, TypeError), (torch.tensor(2.0), TypeError),
+                 (torch.tensor([1, 2]), ValueError), (np.int64(-1), ValueError), (torch.tensor(-1), ValueError)]
+)
+def test_bad_steps_refused(step, exc):
+    g = mf.Generator(1)
+    with pytest.raises(exc, match="step"):
+        mf.Mollifier(10, generator=g)(torch.zeros(2, 4), step)
+    assert g.offset == 0
+
+
+@pytest.mark.parametrize("mode,step_type,compiles", [("noise", "tensor", 1), ("noise+blur", "tensor", 1),
+                                                     ("noise", "int", 2)])
+def test_compiled_step_does_not_recompile_per_step(mode, step_type, compiles):
+    # A training step compiled with fullgraph=True: with the step as a 0-d tensor the
+    # schedule is computed from it in the graph, so a new step is new data, not a new graph.
+    # A Python int is a constant in the first graph; PyTorch makes it dynamic at the second
+    # value, which is one recompile (the old code recompiled at every step).
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    kw = dict(mode=mode, blur_sigma_max=1.5) if mode != "noise" else {}
+    x = torch.randn(2, 3, 6, 6)
+    eager = mf.Mollifier(6, generator=mf.Generator(8), backend="reference", **kw)
+    mol = mf.Mollifier(6, generator=mf.Generator(8), backend="reference", **kw)
+    counter = CompileCounterWithBackend("aot_eager")
+
+    @torch.compile(backend=counter, fullgraph=True)
+    def train_step(x, step):
+        return mol(x, step) * 2
+
+    for step in range(5):
+        got = train_step(x, torch.tensor(step) if step_type == "tensor" else step)
+        want = eager(x, step) * 2
+        # The graph computes the schedule with torch's float64 functions, eager with math's:
+        # sigma may differ in its last float64 bit, which can move a float32 output by 1 ulp.
+        assert (got - want).abs().max() <= 2 * 2.0**-23 * (1 + want.abs().max()), step
+    assert counter.frame_count == compiles, f"{counter.frame_count} compiles for 5 steps"
+    assert mol.generator.offset == eager.generator.offset
+
+
+@pytest.mark.parametrize(
     "kwargs,exc,word",
     [
         (dict(mollify_steps=0), ValueError, "mollify_steps"),
@@ -125,8 +252,20 @@ def _rank_main(rank, world, port, path):
         gs = [torch.zeros_like(gamma) for _ in range(world)]
         torch.distributed.all_gather(ys, y)
         torch.distributed.all_gather(gs, gamma)
+        # The usual DDP resume: rank 0 saves, every rank loads rank 0's checkpoint.
+        ckpt = [mol.state_dict()]
+        torch.distributed.broadcast_object_list(ckpt, src=0)
+        uninterrupted = mol(x, 3)
+        resumed = mf.Mollifier(10, backend="reference")
+        resumed.load_state_dict(ckpt[0])
+        r = resumed(x, 3)
+        rs = [torch.zeros_like(r) for _ in range(world)]
+        torch.distributed.all_gather(rs, r)
+        same = torch.tensor([torch.equal(r, uninterrupted)])
+        sames = [torch.zeros_like(same) for _ in range(world)]
+        torch.distributed.all_gather(sames, same)
         if rank == 0:
-            torch.save({"y": ys, "gamma": gs}, path)
+            torch.save({"y": ys, "gamma": gs, "resumed": rs, "same": sames}, path)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -139,3 +278,7 @@ def test_distributed_ranks_draw_different_streams(tmp_path):
     assert torch.equal(res["gamma"][0], res["gamma"][1]), "the schedule differs across ranks"
     for y in res["y"]:
         assert y.std() > 0.5  # real noise of variance gamma(0.2) ~ 0.6
+    assert not torch.equal(res["resumed"][0], res["resumed"][1]), "after the resume both ranks draw the same noise"
+    # Every rank started from the same torch seed, so rank 0's checkpoint is every rank's:
+    # each rank's resumed run draws exactly what its uninterrupted run draws.
+    assert all(bool(s) for s in res["same"]), res["same"]
