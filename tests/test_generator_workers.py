@@ -77,3 +77,21 @@ def test_generator_sent_to_a_spawned_process(tmp_path):
     want = torch.stack([NoiseDataset(ref, 4)[i] for i in range(4)])
     assert torch.equal(torch.cat([first[None], after]), want), "the parent's stream changed"
     _assert_unique(want, child)
+
+
+def test_workers_of_different_ranks_draw_different_streams(monkeypatch):
+    # DDP with DataLoader workers: every rank runs the same script with the same torch seed,
+    # so the workers' seeds agree across ranks. A Mollifier's stream folds the rank in, and a
+    # worker must fold the rank of the process that forked it (it has no process group of its
+    # own). The rank is simulated by replacing the one function that reads it.
+    from mollify_fast import generator as mgen
+
+    outs = []
+    for rank in (0, 1):
+        monkeypatch.setattr(mgen, "_dist_rank", lambda: rank)
+        g = mf.Generator(5)
+        mf.Mollifier(10, generator=g)  # the Mollifier takes the stream over: rank-folded
+        loader = DataLoader(NoiseDataset(g, ITEMS), batch_size=2, num_workers=2, multiprocessing_context="fork")
+        torch.manual_seed(0)
+        outs.append(torch.cat(list(loader)))
+    _assert_unique(*outs)
