@@ -215,20 +215,24 @@ class Generator:
             raise ValueError(f"Generator: {name} must be in [0, 2**64), got {v}")
         return v
 
-    def _write(self, base: int, offset: int, flags: int) -> None:
-        """Set the stream: this process's, key derived at the next draw."""
-        new = torch.tensor([0, to_signed64(offset), 0, _PID, to_signed64(base), flags, -1], dtype=torch.int64)
-        with _lock:
-            self._state.copy_(new)
-
     def manual_seed(self, seed: Optional[int], offset: int = 0) -> "Generator":
-        """Restart at ``(seed, offset)``; ``seed=None``: drawn from PyTorch's at the next draw."""
+        """Restart at ``(seed, offset)``; ``seed=None``: drawn from PyTorch's at the next draw.
+
+        The stream becomes this process's; its key is derived at the next draw. A
+        Mollifier's stream stays rank-folded.
+        """
         offset = self._check("offset", offset)
-        keep = int(self._state[FLAGS]) & _FOLD_RANK  # a Mollifier's stream stays rank-folded
-        if seed is None:
-            self._write(0, offset, keep | _PENDING)
+        pending = seed is None
+        base = 0 if pending else self._check("seed", seed)
+        new = torch.tensor([0, to_signed64(offset), 0, _PID, to_signed64(base), _PENDING if pending else 0, -1],
+                           dtype=torch.int64)
+        # Tensor ops, not int(): a Generator made inside a compiled function stays traceable.
+        new[FLAGS] |= self._state[FLAGS] & _FOLD_RANK
+        if torch.compiler.is_compiling():  # the compiler cannot enter a lock; it runs one thread
+            self._state.copy_(new)
         else:
-            self._write(self._check("seed", seed), offset, keep)
+            with _lock:
+                self._state.copy_(new)
         return self
 
     @property
