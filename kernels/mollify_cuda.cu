@@ -29,8 +29,10 @@ __global__ void __launch_bounds__(kThreads) mollify_noise_kernel(const MollifyAr
 
 // One 32 x 32 tile per block (x: tile column, y: tile row), planes blockIdx.z, + gridDim.z, ...
 // Four phases separated by barriers (the host driver runs them in the same order).
+// At least 3 blocks (768 threads) per SM: <= 80 registers, no spills (4 blocks spilled 56-96 B). Each block waits at 4 barriers per
+// tile, so it takes several resident blocks to keep the SM's loads in flight.
 template <typename T, int KR>
-__global__ void __launch_bounds__(kThreads) mollify_blur_kernel(const MollifyArgs a, const BlurGeom g) {
+__global__ void __launch_bounds__(kThreads, 3) mollify_blur_kernel(const MollifyArgs a, const BlurGeom g) {
   using A = typename Io<T>::acc;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* smem = reinterpret_cast<A*>(smem_raw);

@@ -190,9 +190,18 @@ template <typename T>
 MF_HD void blur_phase_setup(const MollifyArgs& a, const BlurGeom& g, int64_t plane, typename Io<T>::acc* smem) {
   using A = typename Io<T>::acc;
   BlurTile<A>& t = *reinterpret_cast<BlurTile<A>*>(smem);
-  unravel_offsets(a, a.ndim - 2, plane, t.ox, t.oo, t.on);
+  // The plane dims of contiguous NCHW coalesce into one: no 64-bit division then. Thread 0
+  // runs this while the block waits at the barrier, once per 1024 outputs.
+  if (a.ndim == 3) {
+    t.ox = plane * a.x_strides[0];
+    t.oo = plane * a.out_strides[0];
+    t.on = plane * a.noise_strides[0];
+  } else {
+    unravel_offsets(a, a.ndim - 2, plane, t.ox, t.oo, t.on);
+  }
   t.base = plane * g.H * static_cast<int64_t>(g.W);
-  const int64_t n = plane / g.planes_per_sample;
+  const bool per_sample = a.alpha_p || a.sigma_p || a.blur_p || a.radius_p;
+  const int64_t n = per_sample ? plane / g.planes_per_sample : 0;
   t.al = param<A>(a.alpha_p, a.alpha, n);
   t.sg = param<A>(a.sigma_p, a.sigma, n);
   t.s = param<A>(a.blur_p, a.blur_sigma, n);
@@ -204,7 +213,7 @@ MF_HD void blur_phase_setup(const MollifyArgs& a, const BlurGeom& g, int64_t pla
 // a plane fits (plan_launch checks), which saves the 64-bit multiplies.
 // MODELED (sm_90, float32, r = 3): ~10 instructions per loaded element, against ~44 for a
 // flat loop with a division and 64-bit offsets per element.
-template <typename T, typename Off>
+template <typename T, typename Off, int KR>
 MF_HD void load_tile_rows(const T* __restrict__ x, int64_t sh64, int64_t sw64, const BlurGeom& g, int R, int stride,
                           int cols_valid, int rows_valid, int h0, int w0, typename Io<T>::acc* in, int tid) {
   const int cols = kTileW + 2 * R;
@@ -214,8 +223,27 @@ MF_HD void load_tile_rows(const T* __restrict__ x, int64_t sh64, int64_t sw64, c
   if (row0 >= row_step || col >= cols_valid) return;
   const Off sh = static_cast<Off>(sh64);
   const T* __restrict__ xc = x + static_cast<Off>(mirror_once(w0 - R + col, g.W)) * static_cast<Off>(sw64);
-  for (int row = row0; row < rows_valid; row += row_step)
-    in[row * stride + col] = Io<T>::load(xc + static_cast<Off>(mirror_once(h0 - R + row, g.H)) * sh);
+  if constexpr (KR >= 0) {
+    // Fixed trip count, unrolled: all of a thread's loads are in flight at once (a loop of
+    // dependent iterations kept one load in flight and left the blur latency-bound: 5x
+    // x.clone() on an H100 at 256x3x256x256).
+    constexpr int kCols = kTileW + 2 * (KR > 0 ? KR : 0), kStep = kThreads / kCols;
+    constexpr int kIters = (kTileH + 2 * (KR > 0 ? KR : 0) + kStep - 1) / kStep;
+    typename Io<T>::acc v[kIters];
+    MF_UNROLL
+    for (int i = 0; i < kIters; ++i) {
+      const int row = row0 + i * kStep;
+      if (row < rows_valid) v[i] = Io<T>::load(xc + static_cast<Off>(mirror_once(h0 - R + row, g.H)) * sh);
+    }
+    MF_UNROLL
+    for (int i = 0; i < kIters; ++i) {
+      const int row = row0 + i * kStep;
+      if (row < rows_valid) in[row * stride + col] = v[i];
+    }
+  } else {
+    for (int row = row0; row < rows_valid; row += row_step)
+      in[row * stride + col] = Io<T>::load(xc + static_cast<Off>(mirror_once(h0 - R + row, g.H)) * sh);
+  }
 }
 
 // Phase 1: the tile's input rows h0 - R .. h0 + th + R - 1 and columns w0 - R .. w0 + tw + R - 1
@@ -237,10 +265,10 @@ MF_HD void blur_phase_load(const MollifyArgs& a, const BlurGeom& g, int tile_x, 
   const int rows_valid = imin(kTileH, g.H - h0) + 2 * R, cols_valid = imin(kTileW, g.W - w0) + 2 * R;
   const int hd = a.ndim - 2, wd = a.ndim - 1;
   if (g.off32)
-    load_tile_rows<T, int32_t>(static_cast<const T*>(a.x) + t.ox, a.x_strides[hd], a.x_strides[wd], g, R, stride,
+    load_tile_rows<T, int32_t, KR>(static_cast<const T*>(a.x) + t.ox, a.x_strides[hd], a.x_strides[wd], g, R, stride,
                                cols_valid, rows_valid, h0, w0, in, tid);
   else
-    load_tile_rows<T, int64_t>(static_cast<const T*>(a.x) + t.ox, a.x_strides[hd], a.x_strides[wd], g, R, stride,
+    load_tile_rows<T, int64_t, KR>(static_cast<const T*>(a.x) + t.ox, a.x_strides[hd], a.x_strides[wd], g, R, stride,
                                cols_valid, rows_valid, h0, w0, in, tid);
 }
 
