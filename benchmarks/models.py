@@ -311,3 +311,137 @@ def build_image_model(name: str) -> Tuple[nn.Module, callable]:
     if name == "iwae":
         return ConvVAE(), lambda m, x: -m.iwae(x, k=4).mean()
     raise ValueError(f"unknown model {name!r}")
+
+
+# ---------------------------------------------------------------- tabular flows
+# The paper's UCI experiments (its authors' uci/flows.py follows ikostrikov/pytorch-flows):
+# MAF = 5 x (MADE, batch norm, reverse), RealNVP = 5 x (coupling, batch norm), Glow = 5 x
+# (batch norm, LU 1x1, coupling). Here actnorm (per-dimension affine, data-initialised) stands in
+# for batch norm: it is an exact bijection, so log p(x) of one row never depends on the batch.
+class ActNorm1d(nn.Module):
+    """y = (x + loc) * exp(logs) per dimension; log|det| = sum(logs). Initialised on the first
+    batch to zero mean and unit variance (Kingma & Dhariwal, 2018)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(d))
+        self.logs = nn.Parameter(torch.zeros(d))
+        self.register_buffer("initialised", torch.tensor(False))
+
+    def forward(self, x):
+        if not bool(self.initialised):
+            with torch.no_grad():
+                self.loc.copy_(-x.mean(0))
+                self.logs.copy_(-torch.log(x.std(0) + 1e-6))
+                self.initialised.fill_(True)
+        return (x + self.loc) * torch.exp(self.logs), self.logs.sum().expand(x.shape[0])
+
+
+class Reverse(nn.Module):
+    """Reverses the order of the dimensions (log|det| = 0), so successive MADEs alternate."""
+
+    def forward(self, x):
+        return x.flip(1), x.new_zeros(x.shape[0])
+
+
+class LUInvertibleLinear(nn.Module):
+    """y = x W^T with W = P L U (Glow's invertible 1x1 convolution on a vector);
+    log|det W| = sum(log|diag U|)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.conv = InvConv1x1(d)
+
+    def forward(self, x):
+        y, logdet = self.conv(x[:, :, None, None])
+        return y[:, :, 0, 0], logdet
+
+
+class _MaskedLinear(nn.Linear):
+    def __init__(self, d_in, d_out, mask: torch.Tensor):
+        super().__init__(d_in, d_out)
+        self.register_buffer("mask", mask.to(torch.get_default_dtype()))
+
+    def forward(self, x):
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+def _soft_clamp(a: torch.Tensor, bound: float = 3.0) -> torch.Tensor:
+    # Log-scales bounded to +-3 per layer (e^15 over 5 layers): without it an unlucky early
+    # step on a near-degenerate table (breast cancer: two columns at |corr| 0.998) sends
+    # exp(-a) to inf and the run to NaN.
+    return bound * torch.tanh(a / bound)
+
+
+class MADE(nn.Module):
+    """Masked autoencoder (Germain et al., 2015) as a MAF layer (Papamakarios et al., 2017):
+    u_i = (x_i - m_i(x_<i)) * exp(-a_i(x_<i)), log|det du/dx| = -sum_i a_i."""
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        deg_in = torch.arange(1, d + 1)
+        deg_h = torch.arange(hidden) % max(1, d - 1) + 1
+        m1 = (deg_h[:, None] >= deg_in[None]).float()
+        m2 = (deg_h[:, None] >= deg_h[None]).float()
+        m3 = (deg_in[:, None] > deg_h[None]).float().repeat(2, 1)
+        self.net = nn.Sequential(_MaskedLinear(d, hidden, m1), nn.ReLU(), _MaskedLinear(hidden, hidden, m2),
+                                 nn.ReLU(), _MaskedLinear(hidden, 2 * d, m3))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x):
+        m, a = self.net(x).chunk(2, 1)
+        a = _soft_clamp(a)
+        return (x - m) * torch.exp(-a), -a.sum(1)
+
+
+class Coupling1d(nn.Module):
+    """RealNVP affine coupling on vectors with an alternating binary mask b:
+    y = b*x + (1-b)*(x*exp(s(b*x)) + t(b*x)), s = tanh-bounded; log|det| = sum((1-b)*s)."""
+
+    def __init__(self, d: int, hidden: int, parity: int):
+        super().__init__()
+        self.register_buffer("mask", (torch.arange(d) % 2 == parity).to(torch.get_default_dtype()))
+        self.net = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 2 * d))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x):
+        b = self.mask
+        s, t = self.net(x * b).chunk(2, 1)
+        s = _soft_clamp(s) * (1 - b)
+        return x * b + (1 - b) * (x * torch.exp(s) + t), s.sum(1)
+
+
+class TabularFlow(nn.Module):
+    """A flow on [N, D] rows: ``kind`` "maf", "realnvp" or "glow" (the paper's three UCI
+    flows), ``blocks`` blocks; ``forward`` gives log p(x) per row in nats (N(0, I) base)."""
+
+    KINDS = ("maf", "realnvp", "glow")
+
+    def __init__(self, d: int, kind: str = "maf", blocks: int = 5, hidden: int = 128):
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"TabularFlow: kind must be one of {self.KINDS}, got {kind!r}")
+        layers: List[nn.Module] = []
+        for i in range(blocks):
+            if kind == "maf":
+                layers += [MADE(d, hidden), ActNorm1d(d), Reverse()]
+            elif kind == "realnvp":
+                layers += [Coupling1d(d, hidden, i % 2), ActNorm1d(d)]
+            else:
+                layers += [ActNorm1d(d), LUInvertibleLinear(d), Coupling1d(d, hidden, i % 2)]
+        self.layers = nn.ModuleList(layers)
+
+    def encode(self, x: torch.Tensor):
+        """x [N, D] -> (z [N, D], log|det dz/dx| [N])."""
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, ld = layer(x)
+            logdet = logdet + ld
+        return x, logdet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z, logdet = self.encode(x)
+        return std_normal_logp(z) + logdet

@@ -1,5 +1,7 @@
-"""The demo's and training benchmark's models are real likelihood models: checked here so
-that their numbers mean what they say (log-determinants against autograd Jacobians)."""
+"""The demo's and training benchmark's models and measures are what they claim: checked here so
+that their numbers mean what they say (log-determinants against autograd Jacobians, the
+Fréchet distance against closed forms and scipy's sqrtm, the tabular pipeline's
+standardisation against statistics computed by hand)."""
 import math
 import os
 import sys
@@ -8,7 +10,11 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.models import Glow, MLPVAE, RealNVP2D, RealNVPImage, squeeze  # noqa: E402
+from benchmarks.demo_digits import (DigitsClassifier, digits_split, feature_distance,  # noqa: E402
+                                    frechet_distance, gaussian_stats, load_or_train_classifier,
+                                    train_classifier)
+from benchmarks.demo_tabular import split_standardise  # noqa: E402
+from benchmarks.models import Glow, MLPVAE, RealNVP2D, RealNVPImage, TabularFlow, squeeze  # noqa: E402
 
 
 def _perturb(model, scale=0.3):
@@ -96,3 +102,136 @@ def test_iwae_bound_is_tighter_than_elbo_on_average():
         elbo = m.elbo(x).mean()
         iw = m.iwae(x, k=64).mean()
     assert iw >= elbo
+
+
+# ---------------------------------------------------------------- tabular flows
+@pytest.mark.parametrize("kind", TabularFlow.KINDS)
+def test_tabular_flow_log_likelihood_matches_change_of_variables(kind):
+    """log p(x) = log N(f(x); 0, I) + log|det df/dx| with the Jacobian from autograd, per row:
+    catches a wrong MADE mask (the Jacobian would not be triangular) or a missing log-det term."""
+    torch.manual_seed(0)
+    d = 5
+    model = TabularFlow(d, kind, blocks=3, hidden=16).double()
+    model(torch.randn(64, d, dtype=torch.float64) * 2 + 1)  # actnorm's data-dependent init
+    _perturb(model, 0.2)  # the zero-initialised output layers would make every flow affine
+    x = torch.randn(4, d, dtype=torch.float64)
+    got = model(x)
+    for i in range(x.shape[0]):
+        jac = torch.autograd.functional.jacobian(lambda v: model.encode(v[None])[0][0], x[i])
+        z = model.encode(x[i:i + 1])[0][0]
+        want = (-0.5 * (z * z + math.log(2 * math.pi))).sum() + torch.linalg.slogdet(jac)[1]
+        assert torch.allclose(got[i], want, rtol=1e-10, atol=1e-10), (kind, i, got[i].item(), want.item())
+
+
+def test_maf_layer_is_autoregressive():
+    """Output i of a MAF block depends on inputs <= i only (so its Jacobian is triangular and
+    the sum of -a_i is its log-determinant)."""
+    torch.manual_seed(1)
+    made = TabularFlow(6, "maf", blocks=1, hidden=32).double().layers[0]
+    _perturb(made, 0.5)
+    jac = torch.autograd.functional.jacobian(lambda v: made(v[None])[0][0], torch.randn(6, dtype=torch.float64))
+    assert torch.count_nonzero(jac.triu(1)) == 0, jac
+    assert torch.count_nonzero(jac.diagonal()) == 6
+
+
+def test_standardisation_uses_training_statistics_only():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1]) + 7
+    train, test, stats = split_standardise(x, test_frac=0.2, seed=3)
+    assert train.shape == (40, 3) and test.shape == (10, 3)
+    raw_train = train.double() * stats["std"] + stats["mean"]
+    raw_test = test.double() * stats["std"] + stats["mean"]
+    # The statistics are those of the training rows, computed here by hand.
+    n = raw_train.shape[0]
+    mean = raw_train.sum(0) / n
+    assert torch.allclose(stats["mean"], mean, atol=1e-12)
+    assert torch.allclose(stats["std"], ((raw_train - mean) ** 2).sum(0).div(n).sqrt(), atol=1e-12)
+    # Making the test rows wild (the rows that came back as test, found by value) changes
+    # neither the training output nor the statistics.
+    is_test = (x[:, None, :] - raw_test[None]).abs().amax(-1).min(1).values < 1e-5
+    assert int(is_test.sum()) == 10
+    x2 = x.clone()
+    x2[is_test] = 1e6
+    train2, test2, stats2 = split_standardise(x2, test_frac=0.2, seed=3)
+    assert torch.equal(train2, train) and torch.equal(stats2["mean"], stats["mean"])
+    assert (test2 > 1e3).all()
+
+
+# ---------------------------------------------------------------- Fréchet distance
+def _spd(d, g):
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return a @ a.T + 0.1 * torch.eye(d, dtype=torch.float64)
+
+
+def test_frechet_distance_closed_forms():
+    g = torch.Generator().manual_seed(0)
+    # Commuting (diagonal) covariances: |mu1 - mu2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2.
+    mu1, mu2 = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    a, b = torch.rand(6, generator=g, dtype=torch.float64) + 0.1, torch.rand(6, generator=g, dtype=torch.float64) * 3
+    want = ((mu1 - mu2) ** 2).sum() + ((a.sqrt() - b.sqrt()) ** 2).sum()
+    got = frechet_distance(mu1, torch.diag(a), mu2, torch.diag(b))
+    assert abs(got - want.item()) < 1e-12 * (1 + want.item()), (got, want.item())
+    # Same Gaussian: 0; a shift only: |d|^2.
+    c = _spd(5, g)
+    m = torch.randn(5, generator=g, dtype=torch.float64)
+    assert abs(frechet_distance(m, c, m, c)) < 1e-9 * c.trace().item()
+    assert abs(frechet_distance(m, c, m + 2, c) - 20) < 1e-9 * c.trace().item()
+
+
+def test_frechet_distance_matches_scipy_sqrtm_for_non_commuting_covariances():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    g = torch.Generator().manual_seed(1)
+    c1, c2 = _spd(7, g), _spd(7, g)
+    mu1, mu2 = torch.randn(7, generator=g, dtype=torch.float64), torch.randn(7, generator=g, dtype=torch.float64)
+    covmean = scipy_linalg.sqrtm((c1 @ c2).numpy()).real
+    want = ((mu1 - mu2) ** 2).sum().item() + c1.trace().item() + c2.trace().item() - 2 * float(covmean.trace())
+    got = frechet_distance(mu1, c1, mu2, c2)
+    assert abs(got - want) < 1e-8 * (c1.trace() + c2.trace()).item(), (got, want)
+    assert abs(frechet_distance(mu2, c2, mu1, c1) - got) < 1e-8 * (c1.trace() + c2.trace()).item()
+
+
+def test_gaussian_stats_recover_a_known_gaussian():
+    g = torch.Generator().manual_seed(2)
+    c = _spd(3, g)
+    x = torch.randn(200_000, 3, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(c).T + 1.5
+    mu, cov = gaussian_stats(x)
+    # Standard errors: sd/sqrt(n) for the mean, ~sqrt(2/n)*scale for the covariance; 6 of them.
+    assert torch.allclose(mu, torch.full((3,), 1.5, dtype=torch.float64), atol=6 * c.diagonal().max().sqrt() / 447)
+    assert torch.allclose(cov, c, atol=6 * (2 / 200_000) ** 0.5 * c.diagonal().max())
+
+
+# ---------------------------------------------------------------- digits feature extractor
+def test_digits_classifier_shapes_and_image_or_row_input():
+    torch.manual_seed(0)
+    clf = DigitsClassifier().eval()
+    x = torch.rand(7, 64)
+    with torch.no_grad():
+        f_rows, f_imgs = clf.features(x), clf.features(x.view(7, 1, 8, 8))
+        assert f_rows.shape == (7, DigitsClassifier.FEATURES) and clf(x).shape == (7, 10)
+        assert torch.equal(f_rows, f_imgs)
+    # The distance of a set to itself is 0 (up to the eigen-decomposition's rounding).
+    assert abs(feature_distance(clf, x.repeat(20, 1) + 0.01 * torch.randn(140, 64), x.repeat(20, 1))) < 1.0
+
+
+@pytest.fixture
+def one_thread():
+    # ~50 tiny steps: a second intra-op thread only spins, and on a busy 2-core machine that
+    # made this test 10x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_digits_classifier_learns_and_is_cached(tmp_path, one_thread):
+    tx, ty, ex, ey = digits_split()
+    assert tx.shape == (1500, 64) and ex.shape == (297, 64) and 0 <= tx.min() and tx.max() <= 1
+    clf = train_classifier(tx, ty, epochs=2)
+    with torch.no_grad():
+        acc = (clf(ex).argmax(1) == ey).float().mean().item()
+    assert acc > 0.7, acc  # chance is 0.1
+    torch.save(clf.state_dict(), tmp_path / "digits_classifier.pt")
+    loaded, acc2 = load_or_train_classifier(str(tmp_path), tx, ty, ex, ey)
+    assert acc2 == acc  # the cached weights, not a retrained model
+    # Real digits are far closer to held-out digits than noise is.
+    assert feature_distance(clf, tx[:300], ex) < 0.2 * feature_distance(clf, torch.rand(300, 64), ex)
