@@ -1,0 +1,146 @@
+"""Differential fuzzing against the reference (issue 15): shapes up to 9 dims, permuted and
+sliced memory, every dtype, every parameter form ([N], [N, 1, ..., 1], 0-d tensors, numpy and
+Python numbers), blur radii below and beyond the image (the kernels' unfused slow path), and
+streams anywhere in 64 bits.
+
+* ``cpu`` (and ``triton`` under the interpreter, few examples): out and noise equal the
+  reference to the contract's float32 tolerance.
+* ``torch`` draws other numbers: out equals ``alpha * B(x) + sigma * eps`` from its returned
+  ``eps`` and the reference's blur, to the rounding of out and eps.
+
+Example counts and deadlines are bounded so the file runs in well under a minute.
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mollify_fast as mf
+from mollify_fast import reference as R
+
+from conftest import EPS, assert_parity, assert_within, backend_or_skip
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+SLOW = dict(deadline=10_000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _param(draw, values, n, ndim):
+    """One parameter in a random accepted form; returns (form for mollify, [N] float64 values)."""
+    form = draw(st.sampled_from(["float", "np32", "0d", "N", "N11"] if len(set(values)) == 1 else ["N", "N11"]))
+    v = torch.tensor(values, dtype=torch.float64)
+    if form == "float":
+        return float(values[0]), v
+    if form == "np32":
+        return np.float32(values[0]), v.float().double()
+    if form == "0d":
+        return torch.tensor(values[0]), v.float().double()
+    t = torch.tensor(values, dtype=draw(st.sampled_from([torch.float32, torch.float64])))
+    if form == "N11":
+        t = t.reshape(n, *([1] * draw(st.integers(0, ndim - 1))))
+    return t, t.double().reshape(-1)
+
+
+@st.composite
+def cases(draw, max_numel=400, max_dims=9, dtypes=DTYPES):
+    ndim = draw(st.integers(1, max_dims))
+    shape = [draw(st.integers(1, 4 if ndim <= 4 else 2)) for _ in range(ndim)]
+    if ndim >= 3 and draw(st.booleans()):  # room for a real image in the last two dims
+        shape[-2], shape[-1] = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    while int(np.prod(shape)) > max_numel:
+        shape[int(np.argmax(shape))] -= 1
+    n = shape[0]
+    dtype = draw(st.sampled_from(dtypes))
+    perm = draw(st.permutations(range(ndim)))
+    step = draw(st.integers(1, 2))
+    same = draw(st.booleans())
+    unit = st.floats(0.0, 1.0, width=32)
+    sig_vals = [draw(unit)] * n if same else [draw(unit) for _ in range(n)]
+    sigma = _param(draw, sig_vals, n, ndim)
+    alpha = None
+    if draw(st.booleans()):
+        alpha = _param(draw, [draw(st.floats(-3, 3, width=32))] * n if same else
+                       [draw(st.floats(-3, 3, width=32)) for _ in range(n)], n, ndim)
+    blur = radius = None
+    if ndim >= 3 and draw(st.booleans()):
+        bs = st.floats(0.0, 3.0, width=32)
+        blur = _param(draw, [draw(bs)] * n if same else [draw(bs) for _ in range(n)], n, ndim)
+        if draw(st.booleans()):
+            radius = draw(st.integers(0, 12))  # often beyond the image: the folded slow path
+    seed = draw(st.integers(0, 2**64 - 1))
+    offset = draw(st.integers(0, 2**64 - 1))
+    return shape, dtype, perm, step, sigma, alpha, blur, radius, seed, offset
+
+
+def _strided(shape, dtype, perm, step):
+    """A tensor of logical shape ``shape`` whose memory order is ``perm`` (and every
+    ``step``-th element of the innermost memory dim)."""
+    mem = [shape[p] for p in perm]
+    mem[-1] *= step
+    buf = torch.randn(mem).to(dtype)
+    if step > 1:
+        buf = buf[..., ::step]
+    inv = sorted(range(len(perm)), key=lambda i: perm[i])
+    x = buf.permute(*inv)
+    assert list(x.shape) == list(shape)
+    return x
+
+
+def _run(backend, case):
+    shape, dtype, perm, step, sigma, alpha, blur, radius, seed, offset = case
+    x = _strided(shape, dtype, perm, step)
+    kw = dict(alpha=None if alpha is None else alpha[0], blur_sigma=None if blur is None else blur[0],
+              blur_radius=radius, return_noise=True)
+    g = mf.Generator(seed, offset)
+    out, noise = mf.mollify(x, sigma[0], generator=g, backend=backend, **kw)
+    assert g.offset == (offset + -(-x.numel() // 4)) % 2**64
+    assert out.shape == x.shape and out.dtype == dtype
+    return x, out, noise, kw
+
+
+def _compare_with_reference(backend, case):
+    x, out, noise, kw = _run(backend, case)
+    shape, dtype, perm, step, sigma, alpha, blur, radius, seed, offset = case
+    want, want_noise = mf.mollify(x, sigma[0], generator=mf.Generator(seed, offset), backend="reference", **kw)
+    assert_parity(noise, want_noise, f"{backend} noise")
+    assert_parity(out, want, f"{backend} out")
+
+
+@settings(max_examples=80, **SLOW)
+@given(cases())
+def test_cpu_equals_reference_fuzz(case):
+    backend_or_skip("cpu")
+    _compare_with_reference("cpu", case)
+
+
+@settings(max_examples=6, **SLOW)
+@given(cases(max_numel=120, max_dims=5, dtypes=[torch.float32, torch.bfloat16, torch.float16]))
+def test_triton_equals_reference_fuzz(case):
+    backend_or_skip("triton")
+    if not INTERPRET:
+        pytest.skip("CPU tensors run on the triton backend only under TRITON_INTERPRET=1")
+    _compare_with_reference("triton", case)
+
+
+@settings(max_examples=60, **SLOW)
+@given(cases())
+def test_torch_is_affine_in_its_noise_fuzz(case):
+    x, out, noise, kw = _run("torch", case)
+    shape, dtype, perm, step, sigma, alpha, blur, radius, seed, offset = case
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    bshape = (-1,) + (1,) * (x.dim() - 1)
+    s = sigma[1].to(acc).double().reshape(bshape)
+    a = (torch.sqrt(1 - s * s) if alpha is None else alpha[1].to(acc).double().reshape(bshape))
+    if blur is not None:
+        bx = R.blur(x, blur[1].to(acc), radius).double()
+    else:
+        bx = x.double()
+    want = a * bx + s * noise.double()
+    u = EPS[dtype]
+    # rounding of out and of the returned eps to x.dtype, plus float32 arithmetic (a conv's
+    # summation order against the reference's tap order)
+    bound = u * out.double().abs() + u * s.abs() * noise.double().abs() + 16 * EPS[acc] * (1 + want.abs())
+    assert_within(out, want, bound, "torch: out vs alpha * B(x) + sigma * eps")
