@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: venv install test bench bench-training demo info clean
+.PHONY: venv install test test-triton-min sass bench bench-sweep bench-training demo info clean
 
 venv: $(STAMP)
 $(STAMP): requirements-dev.txt
@@ -22,15 +22,25 @@ $(INSTALLED): $(STAMP) $(wildcard csrc/* kernels/*) CMakeLists.txt setup.py pypr
 	MOLLIFY_FAST_REQUIRE_EXT=$${MOLLIFY_FAST_REQUIRE_EXT:-1} $(PY) -m pip install --no-build-isolation -e .
 	touch $@
 
+# The suite (interpreted Triton, host-run CUDA kernels, the sm_90 SASS budgets), then the Triton
+# tests again under the lowest supported Triton (installed into .triton-min/ on first use).
 test: install
 	$(PY) -m mollify_fast info
 	$(PY) -m pytest -ra tests
+	$(MAKE) test-triton-min
+
+test-triton-min: install
+	PYTHON=$(PY) bash tests/triton_min_version.sh
+
+# The static sm_90 report (no GPU needed): benchmarks/results/sass_sm90.{csv,md}, all MODELED.
+sass: install
+	$(PY) -m benchmarks.sass_report
 
 info: install
 	$(PY) -m mollify_fast info
 
 clean:
-	rm -rf build *.egg-info mollify_fast/_C*.so mollify_fast/_build_status.json .pytest_cache $(INSTALLED)
+	rm -rf build .triton-min *.egg-info mollify_fast/_C*.so mollify_fast/_build_status.json .pytest_cache $(INSTALLED)
 
 # Extra arguments: make bench BENCH_ARGS=--quick BENCH_OUT=/tmp/b ; make demo DEMO_ARGS="--scale 0.1"
 BENCH_OUT ?= benchmarks/results
@@ -45,6 +55,10 @@ bench: install
 # The main job: vanilla vs mollified RealNVP (2-D problems) and VAE (8x8 digits), 3 seeds.
 demo: install
 	$(PY) -m benchmarks.demo $(DEMO_ARGS)
+
+# Size sweep 2^8..2^26 elements (per-call overhead and small batches), CSV + plot.
+bench-sweep: install
+	$(PY) -m benchmarks.bench_mollify_sweep --out $(BENCH_OUT) --plot $(BENCH_ARGS)
 
 bench-training: install
 	$(PY) -m benchmarks.bench_training
