@@ -6,12 +6,18 @@ Path from the call to a kernel::
       -> torch.ops.mollify_fast.mollify       functional: allocates out (and noise)
          torch.ops.mollify_fast.mollify_out   writes a given out (out=x for in-place)
          (plain eager tensors skip the op dispatch and call _run directly: same code)
-        -> _run                               value checks, stream, backend choice
+        -> _run                               value checks, backend choice, stream
           -> backends.mollify_<name>(...)     launcher -> kernel
+          (or _run_unfused: a blur radius >= min(H, W), or more than 8 dims that do not
+           merge on cpu/cuda: folded blur into a temporary, then the backend's noise kernel)
 
 The custom ops have fake (meta) implementations, so a step that calls ``mollify`` compiles
 under ``torch.compile(fullgraph=True)``; the op stays opaque to the compiler, which is the
 point: it is already one fused pass.
+
+Under the compiler, Python numbers enter the graph as 0-d tensors (a ``float`` argument of a
+custom op is specialised: one recompile per value), and every value check runs inside the op,
+with real values, before the stream is taken.
 """
 from __future__ import annotations
 
