@@ -253,3 +253,24 @@ def test_float64_input_keeps_large_parameters():
     x = torch.randn(2, 3, dtype=torch.float64)
     out = mf.mollify(x, 0.0, alpha=1e39, backend="reference")
     assert torch.equal(out, x * 1e39)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "torch", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unfused_path_in_place_and_low_precision(backend, dtype):
+    """The slow path (radius beyond the image) writes out=x exactly like out-of-place, rounds
+    once to bfloat16, and returns the noise in x's dtype."""
+    _runnable(backend)
+    x = torch.rand(2, 3, 4, 6).to(dtype)
+    want, want_noise = mf.mollify(x, 0.4, blur_sigma=2.0, blur_radius=9, generator=mf.Generator(8),
+                                  return_noise=True, backend=backend)
+    assert want.dtype == dtype and want_noise.dtype == dtype
+    y = x.clone()
+    r, noise = mf.mollify(y, 0.4, blur_sigma=2.0, blur_radius=9, generator=mf.Generator(8), out=y,
+                          return_noise=True, backend=backend)
+    assert r is y and torch.equal(y, want) and torch.equal(noise, want_noise)
+    if backend != "torch":
+        ref, ref_noise = mf.mollify(x, 0.4, blur_sigma=2.0, blur_radius=9, generator=mf.Generator(8),
+                                    return_noise=True, backend="reference")
+        assert_parity(want_noise, ref_noise, "noise")
+        assert_parity(want, ref, "out")
