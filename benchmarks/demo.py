@@ -131,16 +131,18 @@ def tabular_section(args, device, summary, out) -> List[str]:
     lines = [f"### Density estimation: flows on tables ({epochs} epochs of batch 100, Adam lr 1e-4, "
              f"{args.seeds} seeds)", "",
              "Test log-likelihood, nats per row, higher is better; the final model after the whole budget. "
-             "Δ = mollified − vanilla. A full-covariance Gaussian fitted to the training rows is the baseline.",
-             "", "| dataset (train/test rows x dims) | flow | vanilla | mollified | Δ |",
-             "| --- | --- | ---: | ---: | ---: |"]
+             "Δ = mollified − vanilla. A full-covariance Gaussian fitted to the training rows is the baseline. "
+             "The mean over test rows is the paper's measure; the median row shows how much of it a few "
+             "test rows outside an overfitted model's support decide.",
+             "", "| dataset (train/test rows x dims) | flow | vanilla | mollified | Δ | median row: vanilla | "
+             "mollified |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for ds, r in res.items():
         label = f"{ds} ({r['rows_train']}/{r['rows_test']} x {r['dims']})"
-        lines.append(f"| {label} | Gaussian baseline | {r['gaussian_test_ll']:.2f} | | |")
+        lines.append(f"| {label} | Gaussian baseline | {r['gaussian_test_ll']:.2f} | | | | |")
         for kind, s in r["flows"].items():
             d = s["mollified"]["test_ll"]["mean"] - s["vanilla"]["test_ll"]["mean"]
             lines.append(f"| {label} | {kind} | {pm(s['vanilla']['test_ll'])} | {pm(s['mollified']['test_ll'])} "
-                         f"| {d:+.2f} |")
+                         f"| {d:+.2f} | {pm(s['vanilla']['test_ll_median'])} | {pm(s['mollified']['test_ll_median'])} |")
     return lines
 
 

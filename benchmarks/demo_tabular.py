@@ -101,7 +101,7 @@ def run_flow(train: torch.Tensor, test: torch.Tensor, kind: str, mollified: bool
     with torch.no_grad():
         ll = model(te)
         train_ll = model(tx).mean().item()
-    return {"test_ll": ll.mean().item(), "train_ll": train_ll, "skipped_steps": skipped,
+    return {"test_ll": ll.mean().item(), "test_ll_median": ll.median().item(), "train_ll": train_ll, "skipped_steps": skipped,
             "t_wall": time.perf_counter() - t0, "t_cpu": time.process_time() - c0}
 
 
