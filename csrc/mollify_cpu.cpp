@@ -126,6 +126,8 @@ void blur_kernel(const MollifyArgs& a) {
       const int64_t p = item / bands, h0 = (item % bands) * kBand, h1 = std::min(H, h0 + kBand);
       const int64_t n = p / planes_per_sample;
       // This sample's taps, exp(-k^2 / (2 s^2)) normalised; computed once when they are shared.
+      // Written exp(-(k/s)^2 / 2): 2 s^2 underflows to 0 for s ~ 1e-30 (0/0 = NaN at k = 0),
+      // while k/s overflows harmlessly to inf (weight 0) and k = 0 stays exp(0) = 1.
       if (n != cached_n && (cached_n < 0 || a.blur_p || a.radius_p)) {
         cached_n = n;
         const A s = param<A>(a.blur_p, a.blur_sigma, n);
@@ -136,8 +138,8 @@ void blur_kernel(const MollifyArgs& a) {
         } else {
           A sum = 0;
           for (int64_t k = -r; k <= r; ++k) {
-            const A kk = static_cast<A>(k);
-            weights[k + r] = static_cast<A>(exp(-(kk * kk) / (A(2) * s * s)));
+            const A ks = static_cast<A>(k) / s;
+            weights[k + r] = static_cast<A>(exp(A(-0.5) * ks * ks));
             sum += weights[k + r];
           }
           for (int64_t k = 0; k <= 2 * r; ++k) weights[k] /= sum;

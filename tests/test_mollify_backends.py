@@ -123,8 +123,9 @@ def test_blur_explicit_radius_and_2d(backend):
     _setup(backend)
     compare(backend, torch.rand(3, 2, 8, 7), 0.3, blur_sigma=1.5, blur_radius=1)
     compare(backend, torch.rand(3, 2, 8, 7), 0.3, blur_sigma=0.5, blur_radius=9)
-    # 2-D input: one plane, per-row sigma (dim 0 is the batch for sigma and alpha)
-    compare(backend, torch.rand(6, 11), torch.linspace(0, 1, 6), blur_sigma=1.2)
+    # Per-sample sigma over single-channel planes (a 2-D input is refused for the blur: dim 0 is
+    # always the batch, so a lone image is passed as x[None]).
+    compare(backend, torch.rand(6, 1, 11, 5), torch.linspace(0, 1, 6), blur_sigma=1.2)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -18,7 +18,7 @@ def cases(draw):
     shape = [draw(st.integers(1, 9)) for _ in range(ndim)]
     dtype = draw(st.sampled_from(DTYPES))
     n = shape[0]
-    blur = ndim >= 2 and draw(st.booleans())
+    blur = ndim >= 3 and draw(st.booleans())
     perm = draw(st.permutations(range(ndim)))
     step = draw(st.integers(1, 2))
     per_sample = draw(st.booleans())

@@ -124,11 +124,7 @@ def test_radius_limit_is_reported_and_nothing_advances():
 
 
 @pytest.mark.parametrize("backend", [
-    "torch", "reference", "triton",
-    # csrc/mollify_cpu.cpp computes exp(-k^2 / (2 s^2)) in float: 2 s^2 underflows to 0 and
-    # the centre tap is 0/0. Owned by the C++ helper (exp(-0.5 * (k/s)^2) fixes it); strict,
-    # so this fails as soon as the kernel is fixed and the mark can go.
-    pytest.param("cpu", marks=pytest.mark.xfail(strict=True, reason="cpu kernel: 2 s^2 underflows (csrc)")),
+    "torch", "reference", "triton", "cpu",
 ])
 def test_tiny_blur_sigma_is_identity(backend):
     """Before: 2 s^2 underflowed to 0 in float32 and the centre tap was 0/0 = NaN."""

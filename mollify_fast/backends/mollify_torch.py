@@ -26,7 +26,7 @@ import torch
 
 from .._blur import blur
 from .._validate import Params, compute_dtype, same_view
-from ..generator import _mix64
+from ..generator import torch_generator
 
 
 def availability() -> Tuple[bool, str]:
@@ -35,20 +35,6 @@ def availability() -> Tuple[bool, str]:
 
 def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
     return True, ""
-
-
-_generators: dict = {}
-
-
-def _generator(device: torch.device, stream) -> Optional[torch.Generator]:
-    if stream is None:
-        return None  # PyTorch's default generator for the device
-    g = _generators.get(device)
-    if g is None:
-        g = _generators[device] = torch.Generator(device=device)
-    seed, offset = stream
-    g.manual_seed(_mix64(seed ^ _mix64(offset)))
-    return g
 
 
 def _bcast(v, x: torch.Tensor):
@@ -68,7 +54,7 @@ def _axpy(t: torch.Tensor, a, src: torch.Tensor, out: torch.Tensor) -> torch.Ten
 def mollify_torch(
     x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream
 ) -> None:
-    gen = _generator(x.device, stream)
+    gen = torch_generator(x.device, stream)  # one per device per thread: threads reproduce
     acc = compute_dtype(x.dtype)
     a = _bcast(p.alpha, x)
     s = _bcast(p.sigma, x)
