@@ -40,6 +40,7 @@ if ROOT not in sys.path:
 import mollify_fast as mf  # noqa: E402
 
 SIGMA = 0.6
+_COMPILE = True  # --no-compile turns the torch.compile provider off
 ALPHA = math.sqrt(1 - SIGMA**2)
 FIELDS = ["run_id", "timestamp", "device", "cpu", "threads", "torch", "triton", "torchvision", "mollify_fast",
           "kernel", "provider", "dtype", "shape", "blur_sigma", "metric", "unit", "p50", "p20", "p80", "n"]
@@ -109,6 +110,8 @@ def providers(x: torch.Tensor, op: str, blur_sigma: Optional[float], dev: str, c
         eager = lambda: ALPHA * x + SIGMA * torch.randn_like(x)  # noqa: E731
         out["eager"] = eager
         try:
+            if not _COMPILE:
+                return out
             compiled = torch.compile(lambda t: ALPHA * t + SIGMA * torch.randn_like(t))
             t0 = time.perf_counter()
             compiled(x)
@@ -166,6 +169,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=None, help="seconds of timing per case (default 3 CPU, 1 GPU)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     ap.add_argument("--tag", default="", help="free text stored with the run (e.g. the machine)")
+    ap.add_argument("--shapes", default=None, help="comma-separated shapes to run, e.g. 256x3x256x256,64x3x256x256")
+    ap.add_argument("--dtypes", default=None, help="comma-separated dtypes, e.g. float32,bfloat16")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider (its compile time)")
     args = ap.parse_args(argv)
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():
@@ -182,6 +188,13 @@ def main(argv=None) -> int:
     ops = [("noise", None), ("blur+noise", 1.0), ("blur+noise", 2.0)]
     if args.quick:
         shapes, dtypes = shapes[:1], dtypes[:1]
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.dtypes:
+        dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    if args.no_compile:
+        global _COMPILE
+        _COMPILE = False
     budget = args.budget if args.budget is not None else (0.5 if args.quick else (3.0 if dev == "cpu" else 1.0))
     min_rounds = 5 if args.quick else 15
 

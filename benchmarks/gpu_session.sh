@@ -5,6 +5,9 @@
 #
 #     bash benchmarks/gpu_session.sh [OUT_DIR] [BENCH_BUDGET_S]
 #
+# Environment: BENCH_ARGS (extra benchmark flags, e.g. "--shapes 256x3x256x256 --no-compile"),
+# GPU_TEST_ARGS (extra pytest flags), MOLLIFY_FAST_CUDA_ARCHS (default 90).
+#
 # Everything it prints and writes (test report, benchmark CSV + raw JSON) goes to OUT_DIR
 # (default benchmarks/results/gpu_session): commit the CSV under benchmarks/results/ to record
 # the measured numbers.
@@ -23,4 +26,4 @@ MOLLIFY_FAST_REQUIRE_EXT=1 MOLLIFY_FAST_CUDA=on MOLLIFY_FAST_CUDA_ARCHS=${MOLLIF
 $py -m mollify_fast info | tee "$out/info.txt"
 $py -m pytest -q -ra -p no:cacheprovider tests/test_mollify_gpu.py ${GPU_TEST_ARGS:-} --junitxml="$out/gpu_tests.xml" \
   2>&1 | tee "$out/gpu_tests.txt"
-$py -m benchmarks.bench_mollify --device cuda --budget "$budget" --out "$out" 2>&1 | tee "$out/bench.txt"
+$py -m benchmarks.bench_mollify --device cuda --budget "$budget" --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.txt"
