@@ -2,7 +2,7 @@
 // per-thread and per-block functions on CPU memory, over the grid plan_launch gives the GPU.
 //
 //   noise, direct blur: every block, every thread, each running its grid-stride loop;
-//   tiled blur:         every block (x, y, z) and plane z, z + grid_z, ...: phase 0 on thread 0,
+//   tiled blur:         every block b and its tiles b, b + grid_x, ...: phase 0 on thread 0,
 //                       then phase 1 for all 256 threads, then phase 2, then phase 3, so every
 //                       thread finishes a phase before any starts the next, as __syncthreads()
 //                       guarantees on the GPU; the shared memory is a host array.
@@ -33,21 +33,24 @@ void emulate_blur_tiled(const MollifyArgs& a, const LaunchPlan& p) {
   // Zeroed once: lanes of a partial quad read (and then drop) tile slots no phase wrote.
   std::vector<A> smem(static_cast<size_t>(p.smem_bytes / sizeof(A)) + 1, A(0));
   const BlurGeom& g = p.geom;
-  for (int64_t bz = 0; bz < p.grid_z; ++bz)
-    for (int64_t by = 0; by < p.grid_y; ++by)
-      for (int64_t bx = 0; bx < p.grid_x; ++bx)
-        for (int64_t plane = bz; plane < g.planes; plane += p.grid_z) {
-          const int tx = static_cast<int>(bx), ty = static_cast<int>(by);
-          blur_phase_setup<T>(a, g, plane, smem.data());
-          for (int t = 0; t < kThreads; ++t) blur_phase_load<T, KR>(a, g, tx, ty, smem.data(), t);
-          for (int t = 0; t < kThreads; ++t) blur_phase_width<T, KR>(g, tx, ty, smem.data(), t);
-          for (int t = 0; t < kThreads; ++t) blur_phase_store<T, KR>(a, g, tx, ty, smem.data(), t);
-        }
+  const BlurTile<A>& tile = *reinterpret_cast<const BlurTile<A>*>(smem.data());
+  for (int64_t b = 0; b < p.grid_x; ++b)
+    for (int64_t k = b; k < g.tiles; k += p.grid_x) {  // block b's tiles, as the kernel's loop
+      blur_phase_setup<T>(a, g, k, smem.data());
+      const int tx = tile.tx, ty = tile.ty;
+      for (int t = 0; t < kThreads; ++t) blur_phase_load<T, KR>(a, g, tx, ty, smem.data(), t);
+      for (int t = 0; t < kThreads; ++t) blur_phase_width<T, KR>(g, tx, ty, smem.data(), t);
+      for (int t = 0; t < kThreads; ++t) blur_phase_store<T, KR>(a, g, tx, ty, smem.data(), t);
+    }
 }
+
+// The emulated tiled blur's grid cap: 5 blocks, so any input with more than 5 tiles runs
+// several tiles per block (unevenly when the count is not a multiple of 5), the GPU's loop.
+constexpr int64_t kEmulatedBlurBlocks = 5;
 
 template <typename T>
 void emulate(const MollifyArgs& a) {
-  const LaunchPlan p = plan_launch<T>(a);
+  const LaunchPlan p = plan_launch<T>(a, kEmulatedBlurBlocks);
   switch (p.kind) {
     case KernelKind::kNoise:
       if (p.vec) {

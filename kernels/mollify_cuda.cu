@@ -27,25 +27,35 @@ __global__ void __launch_bounds__(kThreads) mollify_noise_kernel(const MollifyAr
                                     static_cast<int64_t>(gridDim.x) * blockDim.x);
 }
 
-// One 32 x 32 tile per block (x: tile column, y: tile row), planes blockIdx.z, + gridDim.z, ...
-// Four phases separated by barriers (the host driver runs them in the same order).
-// At least 3 blocks (768 threads) per SM: <= 80 registers, no spills (4 blocks spilled 56-96 B). Each block waits at 4 barriers per
-// tile, so it takes several resident blocks to keep the SM's loads in flight.
+// Blocks take 32 x 32 tiles blockIdx.x, + gridDim.x, ... (a grid of a few waves of resident
+// blocks, so the per-block start-up is paid a few times per SM, not once per tile). Four phases
+// per tile separated by barriers (the host driver runs them in the same order).
+// At least 3 blocks (768 threads) per SM: <= 80 registers. Each block waits at 4 barriers per
+// tile, so it takes several resident blocks to keep the SM's loads in flight. float64 and radii
+// 7, 8 spill at 80 registers (4-16 B, MODELED sm_90): 2 blocks (128 registers) for those.
 template <typename T, int KR>
-__global__ void __launch_bounds__(kThreads, 3) mollify_blur_kernel(const MollifyArgs a, const BlurGeom g) {
+constexpr int blur_min_blocks() {
+  return (sizeof(typename Io<T>::acc) == 8 || KR >= 7) ? 2 : 3;
+}
+
+template <typename T, int KR>
+__global__ void __launch_bounds__(kThreads, blur_min_blocks<T, KR>()) mollify_blur_kernel(const MollifyArgs a,
+                                                                                         const BlurGeom g) {
   using A = typename Io<T>::acc;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* smem = reinterpret_cast<A*>(smem_raw);
-  const int tid = threadIdx.x, tx = blockIdx.x, ty = blockIdx.y;
-  for (int64_t plane = blockIdx.z; plane < g.planes; plane += gridDim.z) {
-    if (tid == 0) blur_phase_setup<T>(a, g, plane, smem);
+  const BlurTile<A>& t = *reinterpret_cast<const BlurTile<A>*>(smem);
+  const int tid = threadIdx.x;
+  for (int64_t tile = blockIdx.x; tile < g.tiles; tile += gridDim.x) {
+    if (tid == 0) blur_phase_setup<T>(a, g, tile, smem);
     __syncthreads();
+    const int tx = t.tx, ty = t.ty;
     blur_phase_load<T, KR>(a, g, tx, ty, smem, tid);
     __syncthreads();
     blur_phase_width<T, KR>(g, tx, ty, smem, tid);
     __syncthreads();
     blur_phase_store<T, KR>(a, g, tx, ty, smem, tid);
-    __syncthreads();  // the next plane overwrites the shared arrays
+    __syncthreads();  // the next tile overwrites the shared arrays
   }
 }
 
@@ -64,9 +74,13 @@ void launch_noise(const MollifyArgs& a, const LaunchPlan& p, cudaStream_t stream
   mollify_noise_kernel<T, kVec, kPerSample><<<static_cast<unsigned>(p.grid_x), kThreads, 0, stream>>>(a);
 }
 
+// Resident blur blocks per SM (the kernel's launch bounds) times waves: 8 waves keep the tail
+// of the last wave short while a block still runs several tiles on large inputs.
+constexpr int64_t kBlurBlocksPerSM = 3 * 8;
+
 template <typename T>
-void launch(const MollifyArgs& a, cudaStream_t stream) {
-  const LaunchPlan p = plan_launch<T>(a);
+void launch(const MollifyArgs& a, int sms, cudaStream_t stream) {
+  const LaunchPlan p = plan_launch<T>(a, kBlurBlocksPerSM * sms);
   switch (p.kind) {
     case KernelKind::kNoise:
       if (p.vec) {
@@ -84,8 +98,7 @@ void launch(const MollifyArgs& a, cudaStream_t stream) {
         if (p.smem_bytes > 48 * 1024)
           check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.smem_bytes)),
                 "allowing the blur kernel its shared memory");
-        const dim3 grid(static_cast<unsigned>(p.grid_x), static_cast<unsigned>(p.grid_y), static_cast<unsigned>(p.grid_z));
-        kernel<<<grid, kThreads, static_cast<size_t>(p.smem_bytes), stream>>>(a, p.geom);
+        kernel<<<static_cast<unsigned>(p.grid_x), kThreads, static_cast<size_t>(p.smem_bytes), stream>>>(a, p.geom);
       });
       check(cudaGetLastError(), "launching the blur + noise kernel");
       break;
@@ -105,11 +118,13 @@ void mollify_cuda(const MollifyArgs& a, uintptr_t stream_handle, int device) {
   if (previous != device) check(cudaSetDevice(device), "cudaSetDevice");
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   try {
+    int sms = 0;
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "reading the SM count");
     switch (a.dtype) {
-      case kFloat16: launch<Half>(a, stream); break;
-      case kBFloat16: launch<BF16>(a, stream); break;
-      case kFloat32: launch<float>(a, stream); break;
-      case kFloat64: launch<double>(a, stream); break;
+      case kFloat16: launch<Half>(a, sms, stream); break;
+      case kBFloat16: launch<BF16>(a, sms, stream); break;
+      case kFloat32: launch<float>(a, sms, stream); break;
+      case kFloat64: launch<double>(a, sms, stream); break;
       default: throw std::invalid_argument("mollify_cuda: unsupported dtype code");
     }
   } catch (...) {

@@ -60,13 +60,41 @@ constexpr int kMaxTemplatedRadius = 8;  // ceil(3 sigma) for sigma <= 2.67
 constexpr int64_t kTiledSmemLimit = 96 * 1024;
 // Grid-stride noise: at most this many blocks (fills any current GPU many times over).
 constexpr int64_t kMaxNoiseBlocks = int64_t(1) << 16;
-// gridDim.y and gridDim.z limit.
-constexpr int64_t kMaxGridYZ = 65535;
 
 template <typename T>
 struct alignas(4 * sizeof(T)) Vec4 {
   T v[4];
 };
+
+// Four consecutive values of a float shared array at a 16-byte aligned address as one
+// LDS.128 / STS.128 (the tile rows, the width-blurred rows and their offsets are multiples of
+// 4 floats); double moves them one by one. nvcc cannot prove the alignment of a runtime
+// offset into dynamic shared memory by itself, and scalar LDS were 10 of 81 instructions per
+// element of the float32 r = 3 blur (MODELED sm_90).
+template <typename A>
+MF_HD void lds4(const A* p, A v[4]) {
+  if constexpr (sizeof(A) == 4) {
+    const Vec4<A> q = *reinterpret_cast<const Vec4<A>*>(p);
+    MF_UNROLL
+    for (int j = 0; j < 4; ++j) v[j] = q.v[j];
+  } else {
+    MF_UNROLL
+    for (int j = 0; j < 4; ++j) v[j] = p[j];
+  }
+}
+
+template <typename A>
+MF_HD void sts4(A* p, const A v[4]) {
+  if constexpr (sizeof(A) == 4) {
+    Vec4<A> q;
+    MF_UNROLL
+    for (int j = 0; j < 4; ++j) q.v[j] = v[j];
+    *reinterpret_cast<Vec4<A>*>(p) = q;
+  } else {
+    MF_UNROLL
+    for (int j = 0; j < 4; ++j) p[j] = v[j];
+  }
+}
 
 MF_HD bool aligned16(const void* p, size_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
 
@@ -135,6 +163,8 @@ MF_HD void noise_thread(const MollifyArgs& a, int64_t first, int64_t stride) {
 // Per-launch geometry of the blur (host-computed; the same for every block).
 struct BlurGeom {
   int64_t planes, planes_per_sample;
+  int64_t tiles;              // planes * tiles_y * tiles_x: tile t is (plane, row, column) in row-major order
+  int32_t tiles_x, tiles_y;   // 32 x 32 tiles per plane row and column
   int32_t H, W;
   int32_t off32;    // 1: offsets within a plane of x and out fit in int32
   int32_t R;        // halo radius: the template radius, or max_radius for the runtime instance
@@ -148,7 +178,9 @@ struct BlurTile {
   int64_t ox, oo, on;  // plane offsets in x, out, noise
   int64_t base;        // logical index of (plane, 0, 0)
   A al, sg, s;         // alpha, sigma, blur sigma of the tile's sample
+  A scale;             // alpha / (sum w)^2 (thread 0 writes it in phase 2, phase 3 reads it)
   int32_t r;           // this sample's radius (0: blur sigma 0, the identity)
+  int32_t tx, ty;      // the tile's column and row in its plane
 };
 
 template <typename A>
@@ -166,6 +198,9 @@ inline BlurGeom make_blur_geom(const MollifyArgs& a, int R) {
   g.W = static_cast<int32_t>(a.sizes[wd]);
   g.planes = a.numel / (a.sizes[hd] * a.sizes[wd]);
   g.planes_per_sample = g.planes / a.batch;
+  g.tiles_x = static_cast<int32_t>((g.W + kTileW - 1) / kTileW);
+  g.tiles_y = static_cast<int32_t>((g.H + kTileH - 1) / kTileH);
+  g.tiles = g.planes * g.tiles_x * g.tiles_y;
   g.R = R;
   // Largest offset within one plane, in x and in out: int32 index math when below 2^31.
   const int64_t ext_x = (g.H - 1) * std::abs(a.x_strides[hd]) + (g.W - 1) * std::abs(a.x_strides[wd]);
@@ -185,11 +220,19 @@ MF_HD int imin(int a, int b) { return a < b ? a : b; }
 
 MF_HD int mirror_once(int i, int n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
 
-// Phase 0 (thread 0 only): the tile's plane offsets, sample and parameters.
+// Phase 0 (thread 0 only): which tile (plane, row, column), its plane offsets, sample and
+// parameters. Every thread reads the tile's coordinates from shared memory after the barrier:
+// nothing per tile is loop-invariant for the compiler to hoist out of the block's tile loop
+// (hoisted row offsets spilled 88 B at 80 registers, MODELED sm_90 float32 r = 3).
 template <typename T>
-MF_HD void blur_phase_setup(const MollifyArgs& a, const BlurGeom& g, int64_t plane, typename Io<T>::acc* smem) {
+MF_HD void blur_phase_setup(const MollifyArgs& a, const BlurGeom& g, int64_t tile, typename Io<T>::acc* smem) {
   using A = typename Io<T>::acc;
   BlurTile<A>& t = *reinterpret_cast<BlurTile<A>*>(smem);
+  const int64_t per_plane = static_cast<int64_t>(g.tiles_x) * g.tiles_y;
+  const int64_t plane = tile / per_plane;
+  const int rem = static_cast<int>(tile - plane * per_plane);
+  t.ty = rem / g.tiles_x;
+  t.tx = rem - t.ty * g.tiles_x;
   // The plane dims of contiguous NCHW coalesce into one: no 64-bit division then. Thread 0
   // runs this while the block waits at the barrier, once per 1024 outputs.
   if (a.ndim == 3) {
@@ -220,7 +263,9 @@ MF_HD void load_tile_rows(const T* __restrict__ x, int64_t sh64, int64_t sw64, c
   const int row_step = kThreads / cols;
   const int col = tid % cols;
   const int row0 = tid / cols;
-  if (row0 >= row_step || col >= cols_valid) return;
+  // Threads past the last whole column set (28 of 256 at r = 3) and columns past a partial
+  // tile load nothing. A predicate, not an early return, so a warp's path is one straight line.
+  const bool active = row0 < row_step && col < cols_valid;
   const Off sh = static_cast<Off>(sh64);
   const T* __restrict__ xc = x + static_cast<Off>(mirror_once(w0 - R + col, g.W)) * static_cast<Off>(sw64);
   if constexpr (KR >= 0) {
@@ -233,14 +278,15 @@ MF_HD void load_tile_rows(const T* __restrict__ x, int64_t sh64, int64_t sw64, c
     MF_UNROLL
     for (int i = 0; i < kIters; ++i) {
       const int row = row0 + i * kStep;
-      if (row < rows_valid) v[i] = Io<T>::load(xc + static_cast<Off>(mirror_once(h0 - R + row, g.H)) * sh);
+      if (active && row < rows_valid) v[i] = Io<T>::load(xc + static_cast<Off>(mirror_once(h0 - R + row, g.H)) * sh);
     }
     MF_UNROLL
     for (int i = 0; i < kIters; ++i) {
       const int row = row0 + i * kStep;
-      if (row < rows_valid) in[row * stride + col] = v[i];
+      if (active && row < rows_valid) in[row * stride + col] = v[i];
     }
   } else {
+    if (!active) return;
     for (int row = row0; row < rows_valid; row += row_step)
       in[row * stride + col] = Io<T>::load(xc + static_cast<Off>(mirror_once(h0 - R + row, g.H)) * sh);
   }
@@ -257,7 +303,15 @@ MF_HD void blur_phase_load(const MollifyArgs& a, const BlurGeom& g, int tile_x, 
   const int stride = KR >= 0 ? ((kTileW + 2 * KR + 3) & ~3) : g.stride;
   A* wts = smem + g.wts_off;
   A* in = smem + g.in_off;
-  if (tid <= 2 * t.r) {
+  if (KR >= 0) {
+    // Templated radius: always 2 KR + 1 taps. A tile of a sample with blur sigma 0 (r = 0)
+    // gets the delta weights (1 at the centre), so the unrolled passes need no branch on r;
+    // taps4 then selects the centre value, exact even next to inf / nan.
+    if (tid <= 2 * R) {
+      const A k = static_cast<A>(tid - R);
+      wts[tid] = t.r == 0 ? A(tid == R ? 1 : 0) : exp(-(k * k) / (A(2) * t.s * t.s));
+    }
+  } else if (tid <= 2 * t.r) {
     const A k = static_cast<A>(tid - t.r);
     wts[tid] = exp(-(k * k) / (A(2) * t.s * t.s));
   }
@@ -275,65 +329,106 @@ MF_HD void blur_phase_load(const MollifyArgs& a, const BlurGeom& g, int tile_x, 
 // The 4 blurred values acc[j] = sum_k w_k src[j + k * kK], k = 0..2r, unnormalised. Width
 // pass: kK = 1 (the 4 + 2r inputs are read once into registers when the radius is the
 // template's); height pass: kK = kTileW (4 consecutive floats, one 16-byte load, per tap row).
+// KR > 0: exactly 2 KR + 1 unrolled taps (r is KR or 0; r = 0 has delta weights and takes the
+// centre value); KR = 0: a copy; KR = -1: runtime radius r.
 template <int KR, int kK, typename A>
 MF_HD void taps4(const A* src, const A* wts, int r, A acc[4]) {
-  if (r == 0) {
+  if constexpr (KR > 0) {
+    constexpr int kTaps = 2 * KR + 1;
     MF_UNROLL
-    for (int j = 0; j < 4; ++j) acc[j] = src[j];
-    return;
-  }
-  MF_UNROLL
-  for (int j = 0; j < 4; ++j) acc[j] = A(0);
-  if (KR > 0 && r == KR) {
-    constexpr int kTaps = 2 * (KR > 0 ? KR : 0) + 1;
-    if (kK == 1) {
-      A win[kTaps + 3];  // the quad's 4 + 2r inputs, read once
+    for (int j = 0; j < 4; ++j) acc[j] = A(0);
+    if constexpr (kK == 1) {
+      A win[(kTaps + 3 + 3) & ~3];  // the quad's 4 + 2r inputs (rounded up to whole LDS.128), read once
       MF_UNROLL
-      for (int m = 0; m < kTaps + 3; ++m) win[m] = src[m];
+      for (int m = 0; m < kTaps + 3; m += 4) lds4(src + m, win + m);
       MF_UNROLL
       for (int k = 0; k < kTaps; ++k) {
         const A wk = wts[k];
         MF_UNROLL
         for (int j = 0; j < 4; ++j) acc[j] += wk * win[j + k];
       }
+      MF_UNROLL
+      for (int j = 0; j < 4; ++j) acc[j] = r == 0 ? win[KR + j] : acc[j];
     } else {
+      A centre[4];
       MF_UNROLL
       for (int k = 0; k < kTaps; ++k) {
         const A wk = wts[k];
+        A v[4];
+        lds4(src + k * kK, v);
         MF_UNROLL
-        for (int j = 0; j < 4; ++j) acc[j] += wk * src[k * kK + j];
+        for (int j = 0; j < 4; ++j) acc[j] += wk * v[j];
+        if (k == KR) {
+          MF_UNROLL
+          for (int j = 0; j < 4; ++j) centre[j] = v[j];
+        }
       }
+      MF_UNROLL
+      for (int j = 0; j < 4; ++j) acc[j] = r == 0 ? centre[j] : acc[j];
     }
-    return;
-  }
-  for (int k = 0; k <= 2 * r; ++k) {  // runtime radius
-    const A wk = wts[k];
+  } else {
+    if (KR == 0 || r == 0) {
+      MF_UNROLL
+      for (int j = 0; j < 4; ++j) acc[j] = src[j];
+      return;
+    }
     MF_UNROLL
-    for (int j = 0; j < 4; ++j) acc[j] += wk * src[k * kK + j];
+    for (int j = 0; j < 4; ++j) acc[j] = A(0);
+    for (int k = 0; k <= 2 * r; ++k) {  // runtime radius
+      const A wk = wts[k];
+      MF_UNROLL
+      for (int j = 0; j < 4; ++j) acc[j] += wk * src[k * kK + j];
+    }
   }
 }
 
-// Phase 2: width pass, rows 0 .. th + 2R - 1 of the tile, 4 consecutive columns per item.
+// Calls item(q) for q = tid, tid + kThreads, ... below items. With a template radius the item
+// count is a constant (kItems), so the loop unrolls into straight-line code (no loop counter,
+// and the SASS report sees every item a thread does); the runtime radius loops.
+template <int kItems, typename F>
+MF_HD void for_items(int tid, int items, F&& item) {
+  if constexpr (kItems > 0) {
+    constexpr int kIters = (kItems + kThreads - 1) / kThreads;
+    MF_UNROLL
+    for (int i = 0; i < kIters; ++i) {
+      const int q = tid + i * kThreads;
+      if (kItems % kThreads == 0 || q < kItems) item(q);
+    }
+  } else {
+    for (int q = tid; q < items; q += kThreads) item(q);
+  }
+}
+
+// Phase 2: width pass, rows 0 .. th + 2R - 1 of the tile, 4 consecutive columns per item;
+// thread 0 also writes the tile's output scale alpha / (sum w)^2.
 template <typename T, int KR>
 MF_HD void blur_phase_width(const BlurGeom& g, int tile_x, int tile_y, typename Io<T>::acc* smem, int tid) {
   using A = typename Io<T>::acc;
-  const BlurTile<A>& t = *reinterpret_cast<const BlurTile<A>*>(smem);
+  BlurTile<A>& t = *reinterpret_cast<BlurTile<A>*>(smem);
   const int R = KR >= 0 ? KR : g.R;
   const int stride = KR >= 0 ? ((kTileW + 2 * KR + 3) & ~3) : g.stride;
   const A* wts = smem + g.wts_off;
   const A* in = smem + g.in_off;
   A* mid = smem + g.mid_off;
   const int r = t.r;
+  if (tid == 0) {
+    // Templated radius: 2 KR + 1 weights (delta weights sum to 1 when r = 0).
+    const int taps = KR >= 0 ? 2 * R + 1 : 2 * r + 1;
+    A norm = 0;
+    for (int k = 0; k < taps; ++k) norm += wts[k];
+    t.scale = r == 0 ? t.al : t.al / (norm * norm);
+  }
   const int rows_valid = imin(kTileH, g.H - tile_y * kTileH) + 2 * R;
   const int tw = imin(kTileW, g.W - tile_x * kTileW);
-  for (int q = tid; q < (kTileH + 2 * R) * kQuadsPerRow; q += kThreads) {
+  // Templated: the tap window starts at column c4 (R = r); runtime: at c4 + R - r.
+  const int shift = KR >= 0 ? 0 : R - r;
+  for_items<(KR >= 0 ? (kTileH + 2 * KR) * kQuadsPerRow : 0)>(tid, (kTileH + 2 * R) * kQuadsPerRow, [&](int q) {
     const int row = q / kQuadsPerRow, c4 = (q % kQuadsPerRow) * 4;
-    if (row >= rows_valid || c4 >= tw) continue;
+    if (row >= rows_valid || c4 >= tw) return;
     A acc[4];
-    taps4<KR, 1>(in + row * stride + c4 + (R - r), wts, r, acc);  // tap k of column c4 + j: [j + k]
-    MF_UNROLL
-    for (int j = 0; j < 4; ++j) mid[row * kTileW + c4 + j] = acc[j];
-  }
+    taps4<KR, 1>(in + row * stride + c4 + shift, wts, r, acc);  // tap k of column c4 + j: [j + k]
+    sts4(mid + row * kTileW + c4, acc);
+  });
 }
 
 // The normal of logical element i0 + j from the draws of groups i0 / 4 (za) and i0 / 4 + 1
@@ -344,7 +439,7 @@ MF_HD float pick_normal(const float za[4], const float zb[4], int m) {
   return m < 4 ? a : b;
 }
 
-// Phase 3: height pass over the 2r+1 rows, alpha / (sum w)^2 scaling, noise, store.
+// Phase 3: height pass over the 2r+1 rows, the tile's scale, noise, store.
 template <typename T, int KR>
 MF_HD void blur_phase_store(const MollifyArgs& a, const BlurGeom& g, int tile_x, int tile_y,
                             typename Io<T>::acc* smem, int tid) {
@@ -354,19 +449,19 @@ MF_HD void blur_phase_store(const MollifyArgs& a, const BlurGeom& g, int tile_x,
   const A* wts = smem + g.wts_off;
   const A* mid = smem + g.mid_off;
   const int r = t.r;
-  A norm = 0;
-  for (int k = 0; k <= 2 * r; ++k) norm += wts[k];
-  const A scale = r == 0 ? t.al : t.al / (norm * norm);
+  const A scale = t.scale, sg = t.sg;
   const int h0 = tile_y * kTileH, w0 = tile_x * kTileW;
   const int th = imin(kTileH, g.H - h0), tw = imin(kTileW, g.W - w0);
   const int hd = a.ndim - 2, wd = a.ndim - 1;
+  const int64_t osh = a.out_strides[hd], osw = a.out_strides[wd];
   T* __restrict__ out = static_cast<T*>(a.out) + t.oo;
   T* __restrict__ noise = static_cast<T*>(a.noise);
-  for (int q = tid; q < kTileH * kQuadsPerRow; q += kThreads) {
+  const int shift = KR >= 0 ? 0 : R - r;
+  for_items<(KR >= 0 ? kTileH * kQuadsPerRow : 0)>(tid, kTileH * kQuadsPerRow, [&](int q) {
     const int hl = q / kQuadsPerRow, c4 = (q % kQuadsPerRow) * 4;
-    if (hl >= th || c4 >= tw) continue;
+    if (hl >= th || c4 >= tw) return;
     A acc[4];
-    taps4<KR, kTileW>(mid + (hl + R - r) * kTileW + c4, wts, r, acc);
+    taps4<KR, kTileW>(mid + (hl + shift) * kTileW + c4, wts, r, acc);
     const int h = h0 + hl, w = w0 + c4;
     const int64_t i0 = t.base + static_cast<int64_t>(h) * g.W + w;
     const int lane = static_cast<int>(i0 & 3);
@@ -380,21 +475,24 @@ MF_HD void blur_phase_store(const MollifyArgs& a, const BlurGeom& g, int tile_x,
       for (int j = 0; j < 4; ++j) z[j] = pick_normal(za, zb, lane + j);
     }
     const int n = imin(4, tw - c4);
-    T* o = out + h * a.out_strides[hd] + w * a.out_strides[wd];
-    if (n == 4 && a.out_strides[wd] == 1 && aligned16(o, 4 * sizeof(T))) {
+    T* o = out + h * osh + w * osw;
+    if (n == 4 && osw == 1 && aligned16(o, 4 * sizeof(T))) {
       Vec4<T> ov;
       MF_UNROLL
-      for (int j = 0; j < 4; ++j) Io<T>::store(&ov.v[j], scale * acc[j] + t.sg * static_cast<A>(z[j]));
+      for (int j = 0; j < 4; ++j) Io<T>::store(&ov.v[j], scale * acc[j] + sg * static_cast<A>(z[j]));
       *reinterpret_cast<Vec4<T>*>(o) = ov;
     } else {
-      for (int j = 0; j < n; ++j)
-        Io<T>::store(o + j * a.out_strides[wd], scale * acc[j] + t.sg * static_cast<A>(z[j]));
+      MF_UNROLL
+      for (int j = 0; j < 4; ++j)
+        if (j < n) Io<T>::store(o + j * osw, scale * acc[j] + sg * static_cast<A>(z[j]));
     }
     if (noise) {
-      T* nz = noise + t.on + h * a.noise_strides[hd] + w * a.noise_strides[wd];
-      for (int j = 0; j < n; ++j) Io<T>::store(nz + j * a.noise_strides[wd], static_cast<A>(z[j]));
+      const int64_t on = t.on + h * a.noise_strides[hd] + w * a.noise_strides[wd], nsw = a.noise_strides[wd];
+      MF_UNROLL
+      for (int j = 0; j < 4; ++j)
+        if (j < n) Io<T>::store(noise + on + j * nsw, static_cast<A>(z[j]));
     }
-  }
+  });
 }
 
 // ---- direct blur (tiles too large for shared memory): one thread per counter group ----
@@ -460,7 +558,7 @@ struct LaunchPlan {
   int kr = -1;                           // tiled blur: template radius, -1 for the runtime instance
   BlurGeom geom{};
   int64_t smem_bytes = 0;
-  int64_t grid_x = 1, grid_y = 1, grid_z = 1;
+  int64_t grid_x = 1;
 };
 
 inline bool contiguous_aligned(const MollifyArgs& a, size_t elem) {
@@ -469,8 +567,10 @@ inline bool contiguous_aligned(const MollifyArgs& a, size_t elem) {
   return aligned16(a.x, 4 * elem) && aligned16(a.out, 4 * elem) && (!a.noise || aligned16(a.noise, 4 * elem));
 }
 
+// max_blur_blocks: the tiled blur's grid cap (the GPU launcher: a few waves of resident
+// blocks; the host driver: a small number, so its tests run several tiles per block).
 template <typename T>
-inline LaunchPlan plan_launch(const MollifyArgs& a) {
+inline LaunchPlan plan_launch(const MollifyArgs& a, int64_t max_blur_blocks) {
   using A = typename Io<T>::acc;
   LaunchPlan p;
   if (!a.has_blur) {
@@ -489,8 +589,8 @@ inline LaunchPlan plan_launch(const MollifyArgs& a) {
         "mollify (cuda backend): blur radius " + std::to_string(R) + " must be < min(H, W) = " +
         std::to_string(std::min(H, W)) + " (the CUDA blur mirrors the border once); use a smaller blur_sigma or "
         "blur_radius, or backend='cpu' / 'torch', which mirror repeatedly");
-  if ((H + kTileH - 1) / kTileH > kMaxGridYZ || W > (int64_t(1) << 30) || H > (int64_t(1) << 30))
-    throw std::invalid_argument("mollify (cuda backend): H or W too large for the blur grid (H <= 2,096,000)");
+  if (W > (int64_t(1) << 30) || H > (int64_t(1) << 30))
+    throw std::invalid_argument("mollify (cuda backend): H and W must be below 2**30 for the blur");
   p.kr = (a.radius_p == nullptr && R <= kMaxTemplatedRadius) ? static_cast<int>(R) : -1;
   p.geom = make_blur_geom<A>(a, static_cast<int>(R));
   if (a.batch <= 0 || p.geom.planes % a.batch != 0)
@@ -504,9 +604,7 @@ inline LaunchPlan plan_launch(const MollifyArgs& a) {
     return p;
   }
   p.kind = KernelKind::kBlurTiled;
-  p.grid_x = (W + kTileW - 1) / kTileW;
-  p.grid_y = (H + kTileH - 1) / kTileH;
-  p.grid_z = std::min<int64_t>(p.geom.planes, kMaxGridYZ);
+  p.grid_x = std::max<int64_t>(1, std::min(p.geom.tiles, max_blur_blocks));
   return p;
 }
 

@@ -189,3 +189,33 @@ def test_availability_reports_emulation():
 def test_auto_never_picks_emulation_for_cpu_tensors():
     mf.mollify(torch.randn(4, 8), 0.5)
     assert mf.last_backend() != "cuda"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 70, 100), (1, 1, 33, 129)])
+def test_blur_several_tiles_per_block(dtype, shape):
+    """The host driver caps the grid at 5 blocks (the GPU at a few waves of resident blocks), so
+    each block runs tiles b, b + 5, ...: 72 tiles (3 x 4 per plane, 6 planes) and 10 tiles
+    (2 x 5, one plane) split unevenly, tiles of one block in different planes, rows and columns,
+    partial last tile row and column."""
+    x = torch.rand(shape).to(dtype)
+    compare(x, 0.3, blur_sigma=1.0)
+    compare(x, torch.linspace(0.2, 0.8, shape[0]), blur_sigma=torch.linspace(0.5, 2.0, shape[0]))
+
+
+def test_blur_zero_sigma_sample_in_templated_kernel_keeps_inf():
+    """A sample with blur sigma 0 inside a templated-radius launch (explicit scalar radius) gets
+    delta weights and the centre value selected: the identity even next to inf / nan (a 0 * inf
+    tap would make nan)."""
+    x = torch.rand(2, 2, 20, 24)
+    x[0, :, 5, 7] = float("inf")
+    x[0, :, 9, 3] = float("nan")
+    sigma = torch.tensor([0.0, 0.0])
+    g = mf.Generator(3)
+    got = mf.mollify(x, sigma, alpha=1.0, blur_sigma=torch.tensor([0.0, 1.0]), blur_radius=3, generator=g,
+                     backend="cuda")
+    want = mf.mollify(x, sigma, alpha=1.0, blur_sigma=torch.tensor([0.0, 1.0]), blur_radius=3,
+                      generator=mf.Generator(3), backend="reference")
+    torch.testing.assert_close(got[0], x[0], rtol=0, atol=0, equal_nan=True,
+                               msg="blur sigma 0 is the identity, inf and nan included")
+    assert_parity(got[1], want[1], "blurred sample")
