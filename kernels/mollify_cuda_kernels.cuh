@@ -218,6 +218,15 @@ inline BlurGeom make_blur_geom(const MollifyArgs& a, int R) {
 // Mirror without repeating the edge, one reflection: valid for -n < i < 2n - 1.
 MF_HD int imin(int a, int b) { return a < b ? a : b; }
 
+// One unnormalised Gaussian tap exp(-k^2 / (2 s^2)), written exp(-(k/s)^2 / 2): 2 s^2
+// underflows to 0 for s ~ 1e-30 (the centre tap became 0/0 = NaN), while k/s overflows
+// harmlessly to inf (weight 0) and the centre stays exp(0) = 1, so a tiny sigma is the identity.
+template <typename A>
+MF_HD A gauss_tap(A k, A s) {
+  const A ks = k / s;
+  return exp(A(-0.5) * ks * ks);
+}
+
 MF_HD int mirror_once(int i, int n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
 
 // Phase 0 (thread 0 only): which tile (plane, row, column), its plane offsets, sample and
@@ -309,11 +318,11 @@ MF_HD void blur_phase_load(const MollifyArgs& a, const BlurGeom& g, int tile_x, 
     // taps4 then selects the centre value, exact even next to inf / nan.
     if (tid <= 2 * R) {
       const A k = static_cast<A>(tid - R);
-      wts[tid] = t.r == 0 ? A(tid == R ? 1 : 0) : exp(-(k * k) / (A(2) * t.s * t.s));
+      wts[tid] = t.r == 0 ? A(tid == R ? 1 : 0) : gauss_tap(k, t.s);
     }
   } else if (tid <= 2 * t.r) {
     const A k = static_cast<A>(tid - t.r);
-    wts[tid] = exp(-(k * k) / (A(2) * t.s * t.s));
+    wts[tid] = gauss_tap(k, t.s);
   }
   const int h0 = tile_y * kTileH, w0 = tile_x * kTileW;
   const int rows_valid = imin(kTileH, g.H - h0) + 2 * R, cols_valid = imin(kTileW, g.W - w0) + 2 * R;
@@ -504,15 +513,14 @@ MF_HD typename Io<T>::acc blur_direct_at(const MollifyArgs& a, const T* x, int h
   using A = typename Io<T>::acc;
   const int hd = a.ndim - 2, wd = a.ndim - 1;
   if (r == 0) return Io<T>::load(x + h * a.x_strides[hd] + w * a.x_strides[wd]);
-  const A inv = A(1) / (A(2) * s * s);
   A norm = 0;
-  for (int k = -r; k <= r; ++k) norm += exp(-A(k * k) * inv);
+  for (int k = -r; k <= r; ++k) norm += gauss_tap(A(k), s);
   A acc = 0;
   for (int i = -r; i <= r; ++i) {
     const T* row = x + mirror_once(h + i, H) * a.x_strides[hd];
     A racc = 0;
-    for (int j = -r; j <= r; ++j) racc += exp(-A(j * j) * inv) * Io<T>::load(row + mirror_once(w + j, W) * a.x_strides[wd]);
-    acc += exp(-A(i * i) * inv) * racc;
+    for (int j = -r; j <= r; ++j) racc += gauss_tap(A(j), s) * Io<T>::load(row + mirror_once(w + j, W) * a.x_strides[wd]);
+    acc += gauss_tap(A(i), s) * racc;
   }
   return acc / (norm * norm);
 }

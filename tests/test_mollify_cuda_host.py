@@ -219,3 +219,17 @@ def test_blur_zero_sigma_sample_in_templated_kernel_keeps_inf():
     torch.testing.assert_close(got[0], x[0], rtol=0, atol=0, equal_nan=True,
                                msg="blur sigma 0 is the identity, inf and nan included")
     assert_parity(got[1], want[1], "blurred sample")
+
+
+@pytest.mark.parametrize("blur_radius", [None, 3, 12])
+def test_tiny_blur_sigma_is_identity(blur_radius):
+    """blur_sigma 1e-30 beside a normal one: 2 s^2 underflowed to 0 in float32 and the centre tap
+    was 0/0 = NaN in the tiled (templated and runtime radius) and direct kernels. Radius 12 on a
+    40x44 plane takes the runtime-radius tiled kernel; None and 3 the templated one."""
+    x = torch.rand(3, 2, 40, 44)
+    bs = torch.tensor([1e-30, 1.0, 1e-30])
+    got = mf.mollify(x, 0.0, alpha=1.0, blur_sigma=bs, blur_radius=blur_radius, backend="cuda")
+    assert torch.isfinite(got).all()
+    assert torch.equal(got[0], x[0]) and torch.equal(got[2], x[2])
+    want = mf.mollify(x, 0.0, alpha=1.0, blur_sigma=bs, blur_radius=blur_radius, backend="reference")
+    assert_parity(got[1], want[1], "sample with blur_sigma 1")
