@@ -260,7 +260,8 @@ def summarize(case: Case, res: A.Result, bw: float) -> Dict[str, object]:
 
 
 def write_outputs(rows, extra, out_dir: str, vers: Dict[str, str], bw: Dict[str, float], ref: str,
-                  calib: List[Dict[str, object]], runtime_s: float) -> Tuple[str, str]:
+                  calib: List[Dict[str, object]], runtime_s: float,
+                  measured: str = "benchmarks/results/h100_baseline/mollify_nvidia_h100_80gb_hbm3.csv") -> Tuple[str, str]:
     os.makedirs(out_dir, exist_ok=True)
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
     csv_path = os.path.join(out_dir, "sass_sm90.csv")
@@ -357,11 +358,13 @@ def write_outputs(rows, extra, out_dir: str, vers: Dict[str, str], bw: Dict[str,
               "inductors emit `tl.randn`, one Philox call per element). Both equivalents are compiled above "
               "(benchmarks/sass/reference_kernels.py).\n")
     if calib:
-        md.append("## Calibration: MODELED vs measured on the H100 (benchmarks/results/h100_baseline)\n")
+        md.append(f"## Calibration: MODELED vs measured on the H100 ({measured})\n")
+        which = ("the pre-redesign kernels of commit d838c8a (so it calibrates the model only when the analysed "
+                 "ref has those kernels: `--ref 98e0bfe`)" if "h100_baseline" in measured else
+                 "the analysed kernels (the same commit's code, measured with `benchmarks/gpu_session.sh`)")
         md.append("Modeled time = numel / MODELED rate (no launch latency, no tail effects). Measured = p50 of the "
-                  "project's H100 run (torch 2.11, Triton 3.6) of the same kernels (commit d838c8a; the Triton "
-                  "kernels are unchanged in the analysed ref). Small shapes are dominated by launch and Python "
-                  "overhead, which the model leaves out; the largest shape shows the model's quality.\n")
+                  f"project's H100 run (torch 2.11, Triton 3.6) of {which}. Small shapes are dominated by launch "
+                  "and Python overhead, which the model leaves out; the largest shape shows the model's quality.\n")
         md.append("| provider | case | dtype | shape | MODELED ms | measured p50 ms | measured / MODELED |")
         md.append("|---|---|---|---|---|---|---|")
         for c in calib:
@@ -412,6 +415,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=["triton", "cuda"], default=None)
     ap.add_argument("--json", default=None, help="also write the per-kernel summary as JSON here (for tests)")
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--measured", default=None,
+                    help="a bench_mollify CSV measured on an H100 with the analysed kernels, for the calibration "
+                         "table (default: the pre-redesign run in benchmarks/results/h100_baseline)")
     args = ap.parse_args(argv)
     t0 = time.time()
     src = ROOT
@@ -441,9 +447,11 @@ def main(argv=None) -> int:
         except Exception as e:
             errors.append(f"baselines: {type(e).__name__}: {e}")
             log(f"FAILED baselines: {e}")
-    calib = calibration(rows, M.default_baseline_csv(ROOT), bw["bytes_per_s"])
+    measured = args.measured or M.default_baseline_csv(ROOT)
+    calib = calibration(rows, measured, bw["bytes_per_s"])
     ref = args.ref or "working tree"
-    csv_path, md_path = write_outputs(rows, extra, args.out, vers, bw, ref, calib, time.time() - t0)
+    csv_path, md_path = write_outputs(rows, extra, args.out, vers, bw, ref, calib, time.time() - t0,
+                                      os.path.relpath(measured, ROOT))
     if args.json:
         summary = []
         for case, res in rows:
