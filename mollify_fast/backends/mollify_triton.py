@@ -34,6 +34,7 @@ larger radii are routed elsewhere before this backend is called, and :func:`_pla
 from __future__ import annotations
 
 import functools
+import operator
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -54,6 +55,7 @@ NUM_WARPS = 4
 THREADS = 32 * NUM_WARPS
 BLUR_TILE_H = 16  # output rows per unit: (16 + 2R) / 16 source rows blurred per output row
 FUSED_MAX_RADIUS = 8  # beyond, the unrolled ring of 2R+1 rows costs too many registers
+FUSED_CAP_MAX_RADIUS = 3  # fused blur radii whose register cap was checked spill-free (_fused_options)
 INT32_MAX = 2**31 - 1
 
 
@@ -513,6 +515,18 @@ class Launch:
     elements: int  # logical output elements this launch writes
 
 
+def _fused_options(R: int) -> dict:
+    """Launch options of the fused blur: ``maxnreg`` caps ptxas' register budget where that
+    costs no spill. Uncapped, ptxas hoists loads of later rows and took 94 registers at R = 3
+    (5 blocks of 128 threads per SM); the ring of ``4 (2R + 1)`` width-blurred values plus ~52
+    others fits ``4 (2R + 1) + 52`` (R = 3: 80 registers, 6 blocks, 0 spills, instructions per
+    element unchanged; 72 spilled 76 bytes). Beyond R = 3 the cap no longer buys a block (R = 6
+    needs > 128: 128 spilled 72 bytes), so larger radii stay uncapped."""
+    if R <= FUSED_CAP_MAX_RADIUS:
+        return {"num_warps": NUM_WARPS, "maxnreg": 4 * (2 * R + 1) + 52}
+    return {"num_warps": NUM_WARPS}
+
+
 def _halves(v: int) -> Tuple[int, int]:
     """A 64-bit unsigned value as (low, high) int32 values (bits reinterpreted as signed)."""
     v = to_unsigned64(v)
@@ -579,7 +593,7 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
         grid = (-(-units // s) * cb,)
         args = (x, out, noise_p, *head, H, W, units, strips, cb, pps, P1, P2, *xs, *os_, *ns)
         consts = dict(R=R, TILE_H=tile_h, S=s, BW=bw, **common)
-        return [Launch(_mollify_blur_kernel, grid, args, consts, opts, numel)], []
+        return [Launch(_mollify_blur_kernel, grid, args, consts, _fused_options(R), numel)], []
     # Two passes through a float32 scratch in x's logical order (contiguous).
     bw, s, _, _, units, cb = _blur_tiles(H, W, planes, False)
     grid = (-(-units // s) * cb,)
@@ -605,9 +619,120 @@ def _plan(x, out, noise, p: Params, stream) -> List[Launch]:
     return _plan_full(x, out, noise, p, stream)[0]
 
 
-def _launch(launches: List[Launch]) -> None:
+# Per-call host cost. ``kernel[grid](...)`` goes through Triton's JIT dispatcher on every call:
+# bind ~45 arguments, derive their specialisation, build and look up the cache key, then launch.
+# On an H100 host (Triton 3.6) a 256x3x32x32 call took 90-220 us against 21 us for x.clone().
+# After the first call of a specialisation the dispatcher only ever finds the same compiled
+# kernel again, so it is kept here, keyed by everything Triton specialises on, and later calls
+# launch it exactly as ``JITFunction.run`` does after binding (Triton 3.6, 3.7 and 3.8 have the
+# same code there). Anything unexpected on that path turns it off for the process.
+_COMPILED = {}  # (kernel, device, constexprs, options, argument specialisation) -> CompiledKernel
+_FAST = {"on": True, "error": None}  # "error": why the fast path was turned off, for diagnosis
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_layout(kernel) -> Optional[Tuple[frozenset, tuple]]:
+    """``(positions of do_not_specialize arguments, constexpr names in order)`` of a kernel whose
+    constexpr parameters all follow its runtime ones (ours do), else None (no fast path)."""
+    params = kernel.params
+    runtime = [p for p in params if not p.is_constexpr]
+    if any(p.is_constexpr for p in params[:len(runtime)]):
+        return None
+    return (frozenset(i for i, p in enumerate(runtime) if p.do_not_specialize),
+            tuple(p.name for p in params[len(runtime):]))
+
+
+def _getter(idx):
+    # operator.itemgetter that always returns a tuple (one C call instead of a Python loop).
+    idx = tuple(idx)
+    if len(idx) >= 2:
+        return operator.itemgetter(*idx)
+    return (lambda a: (a[idx[0]],)) if idx else (lambda a: ())
+
+
+def _int_kind(v: int) -> int:
+    # Triton types a non-specialised int by its range only: i32, i64 or u64.
+    return 0 if -2**31 <= v < 2**31 else (1 if -2**63 <= v < 2**63 else 2)
+
+
+@functools.lru_cache(maxsize=256)
+def _arg_roles(kernel, types: tuple):
+    """Getters for the arguments of a kernel called with these argument types: tensors, ints
+    Triton specialises (value 1, multiple of 16, width), do_not_specialize ints (width only),
+    and the constexpr values in signature order. None when the fast path does not apply."""
+    layout = _kernel_layout(kernel)
+    if layout is None:
+        return None
+    dns, const = layout
+    tensors = [i for i, t in enumerate(types) if issubclass(t, torch.Tensor)]
+    ints = [i for i, t in enumerate(types) if i not in dns and not issubclass(t, (torch.Tensor, float))]
+    return _getter(tensors), _getter(ints), _getter(sorted(dns)), _getter(const)
+
+
+def _spec_key(L: Launch, device, types: tuple, roles) -> tuple:
+    """Everything Triton's binder specialises a launch on, as a hashable key: tensor dtypes and
+    16-byte alignment, int values (a superset of Triton's value-1 / multiple-of-16 / width
+    properties; ours come from shapes and strides), only the width of do_not_specialize ints
+    (the stream), floats by type alone; plus the constexprs, options and device."""
+    tensors, ints, dns, _ = roles
+    a = L.args
+    return (L.kernel, device, types, tuple(L.constexprs.items()), tuple(L.options.items()), ints(a),
+            tuple([(t.dtype, t.data_ptr() % 16 == 0) for t in tensors(a)]), tuple(map(_int_kind, dns(a))))
+
+
+def _jit_launch(L: Launch):
+    """Triton's own dispatcher (binds, specialises, compiles on first use, launches); returns
+    the ``CompiledKernel`` it launched."""
+    return L.kernel[L.grid](*L.args, **L.constexprs, **L.options)
+
+
+def _current_stream():
+    # What JITFunction.run launches on: the current device's current (torch) stream.
+    from triton.runtime.driver import driver
+
+    return driver.active.get_current_stream(driver.active.get_current_device())
+
+
+def _compiled_launch(ck, L: Launch, tail: tuple) -> None:
+    """``JITFunction.run`` after binding (Triton 3.6-3.8): canonical grid, launch metadata for
+    the launch hooks, then the compiled launcher with every parameter (constexprs included) in
+    signature order."""
+    from triton import knobs
+
+    stream = _current_stream()
+    grid = L.grid
+    g1 = grid[1] if len(grid) > 1 else 1
+    g2 = grid[2] if len(grid) > 2 else 1
+    args = L.args + tail
+    meta = ck.launch_metadata(grid, stream, *args)
+    ck.run(grid[0], g1, g2, stream, ck.function, ck.packed_metadata, meta,
+           knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *args)
+
+
+def _launch(launches: List[Launch], device=None) -> None:
+    """Run the launches in order: through the kept ``CompiledKernel`` when this specialisation
+    already ran on ``device`` (see ``_COMPILED``), else through Triton's dispatcher. The
+    interpreter (TRITON_INTERPRET=1) always takes the dispatcher."""
+    fast = _FAST["on"] and not _interpret()
     for L in launches:
-        L.kernel[L.grid](*L.args, **L.constexprs, **L.options)
+        types = tuple(map(type, L.args)) if fast else None
+        roles = _arg_roles(L.kernel, types) if fast else None
+        if roles is None:
+            _jit_launch(L)
+            continue
+        key = _spec_key(L, device, types, roles)
+        ck = _COMPILED.get(key)
+        if ck is not None:
+            try:
+                _compiled_launch(ck, L, roles[3](L.constexprs))
+                continue
+            except Exception as e:  # noqa: BLE001 - any surprise: Triton's own path from now on
+                _FAST["on"], _FAST["error"] = False, f"{type(e).__name__}: {e}"
+                fast = False
+                _COMPILED.clear()
+        ck = _jit_launch(L)
+        if fast and ck is not None:
+            _COMPILED[key] = ck
 
 
 def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
@@ -615,8 +740,8 @@ def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Ten
     if x.is_cuda and x.device.index != torch.cuda.current_device():
         # Triton launches on the current device's current stream: make that x's device.
         with torch.cuda.device(x.device):
-            _launch(launches)
+            _launch(launches, x.device.index)
     else:
-        _launch(launches)
+        _launch(launches, x.device.index)
     for dst, src in copies:
         dst.copy_(src)
