@@ -98,6 +98,48 @@ MF_HD void sts4(A* p, const A v[4]) {
 
 MF_HD bool aligned16(const void* p, size_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
 
+// Marks v as used here on the GPU (an empty asm that reads and may rewrite it; nothing on the
+// host): the work that produced it runs on every path, and nvcc cannot sink it into the branch
+// of a select that uses it on one side only. Where that branch is rare (a sample with blur sigma
+// 0; the 28 of 256 threads that load no tile column at r = 3) this keeps one straight path,
+// which is the path the GPU runs for every other tile and the one the sm_90 report counts (its
+// rule "fewest instructions among paths that store the same bytes" otherwise counted the rare
+// branch: the width pass taken as the blur sigma 0 copy, the tile loads skipped).
+MF_HD void keep(float& v) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("" : "+f"(v));
+#endif
+}
+MF_HD void keep(double& v) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("" : "+d"(v));
+#endif
+}
+template <typename P>
+MF_HD void keep(P*& p) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("" : "+l"(p));
+#endif
+}
+
+// A global-memory element as the compute type: ld.global through __ldca (a plain cached load)
+// on the GPU, Io<T>::load on the host. For a pointer that went through keep() nvcc no longer
+// knows the address space and would emit a generic LD.
+template <typename T>
+MF_HD typename Io<T>::acc load_global(const T* p) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == 2) {
+    T v;
+    v.bits = __ldca(reinterpret_cast<const unsigned short*>(p));
+    return Io<T>::load(&v);
+  } else {
+    return __ldca(p);
+  }
+#else
+  return Io<T>::load(p);
+#endif
+}
+
 // ============================== noise ==============================
 
 // One thread's work in the grid-stride loop over counter groups: groups first, first +
@@ -215,6 +257,18 @@ inline BlurGeom make_blur_geom(const MollifyArgs& a, int R) {
   return g;
 }
 
+// |i|: one IABS on the GPU (written as PTX abs.s32: nvcc turned abs(i0 + c) into a compare and a
+// predicated subtract, 2 instructions, on every loaded row).
+MF_HD int iabs(int i) {
+#if defined(__CUDA_ARCH__)
+  int r;
+  asm("abs.s32 %0, %1;" : "=r"(r) : "r"(i));
+  return r;
+#else
+  return i < 0 ? -i : i;
+#endif
+}
+
 // Mirror without repeating the edge, one reflection: valid for -n < i < 2n - 1.
 MF_HD int imin(int a, int b) { return a < b ? a : b; }
 
@@ -227,8 +281,24 @@ MF_HD A gauss_tap(A k, A s) {
   return exp(A(-0.5) * ks * ks);
 }
 
-MF_HD int mirror_once(int i, int n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
+// Branch-free: min(|i|, 2(n-1) - |i|) is i inside the plane, -i above it and 2(n-1) - i below
+// (IABS, IADD3, VIMNMX on sm_90: the compare-and-select form compiled to ~14 instructions with
+// predicate juggling per loaded row, 28 of 138 instructions per element of the bfloat16 r = 3
+// blur, MODELED sm_90).
+MF_HD int mirror_once(int i, int n) {
+  const int m = abs(i);
+  return imin(m, 2 * (n - 1) - m);
+}
 
+// mirror_once clamped into [0, n), for i >= -(n - 1), given lim = 2 (n - 1) - i0 and c = i - i0:
+// relu(min(|i|, 2 (n - 1) - i)) (for i < 0, -i <= 2 (n - 1) - i, so the min is |i| as in
+// mirror_once). Rows and columns of a partial tile past its halo (i >= 2n - 1) then load pixel 0
+// (never used) instead of needing a predicate. With i0 and lim per thread and c a constant it
+// is IABS + VIADDMNMX.RELU (sm_90), against 5 instructions for relu(mirror_once(i)).
+MF_HD int mirror_clamped(int i0, int lim, int c) {
+  const int m = imin(iabs(i0 + c), lim - c);
+  return m < 0 ? 0 : m;
+}
 // Phase 0 (thread 0 only): which tile (plane, row, column), its plane offsets, sample and
 // parameters. Every thread reads the tile's coordinates from shared memory after the barrier:
 // nothing per tile is loop-invariant for the compiler to hoist out of the block's tile loop
@@ -263,39 +333,52 @@ MF_HD void blur_phase_setup(const MollifyArgs& a, const BlurGeom& g, int64_t til
 // Phase 1's loads: a thread keeps one column of the tile (its mirrored index and offset are
 // computed once) and walks rows kThreads / cols apart. Off: int32_t when every offset inside
 // a plane fits (plan_launch checks), which saves the 64-bit multiplies.
-// MODELED (sm_90, float32, r = 3): ~10 instructions per loaded element, against ~44 for a
-// flat loop with a division and 64-bit offsets per element.
 template <typename T, typename Off, int KR>
 MF_HD void load_tile_rows(const T* __restrict__ x, int64_t sh64, int64_t sw64, const BlurGeom& g, int R, int stride,
                           int cols_valid, int rows_valid, int h0, int w0, typename Io<T>::acc* in, int tid) {
-  const int cols = kTileW + 2 * R;
-  const int row_step = kThreads / cols;
-  const int col = tid % cols;
-  const int row0 = tid / cols;
-  // Threads past the last whole column set (28 of 256 at r = 3) and columns past a partial
-  // tile load nothing. A predicate, not an early return, so a warp's path is one straight line.
-  const bool active = row0 < row_step && col < cols_valid;
-  const Off sh = static_cast<Off>(sh64);
-  const T* __restrict__ xc = x + static_cast<Off>(mirror_once(w0 - R + col, g.W)) * static_cast<Off>(sw64);
+  const Off sh = static_cast<Off>(sh64), sw = static_cast<Off>(sw64);
   if constexpr (KR >= 0) {
     // Fixed trip count, unrolled: all of a thread's loads are in flight at once (a loop of
     // dependent iterations kept one load in flight and left the blur latency-bound: 5x
-    // x.clone() on an H100 at 256x3x256x256).
-    constexpr int kCols = kTileW + 2 * (KR > 0 ? KR : 0), kStep = kThreads / kCols;
-    constexpr int kIters = (kTileH + 2 * (KR > 0 ? KR : 0) + kStep - 1) / kStep;
+    // x.clone() on an H100 at 256x3x256x256). Every row and column index is mirrored and
+    // clamped into the plane, so a partial tile loads whole rows too (the extra slots are never
+    // read for a stored output) and no load needs a bounds predicate: per loaded element a
+    // mirror (4), an address (2), the load, a conversion and the shared store, ~9 instructions
+    // against ~28 with per-row bounds and compare-and-select mirrors (MODELED sm_90, bfloat16
+    // r = 3). Only threads past the last whole column set (28 of 256 at r = 3), and rows past
+    // the halo in the last iteration, load nothing.
+    constexpr int kCols = kTileW + 2 * KR, kRows = kTileH + 2 * KR, kStep = kThreads / kCols;
+    constexpr int kIters = (kRows + kStep - 1) / kStep;
+    const int col = tid % kCols, row0 = tid / kCols;
+    const bool active = tid < kStep * kCols;
+    // x is the plane's first element; every offset is one IMAD from the column's: Off(int32)
+    // offsets then address as one IMAD.WIDE (a 64-bit pointer plus offset took 5 per load).
+    const int left = w0 - KR + col, top = h0 - KR + row0;
+    const Off coff = static_cast<Off>(mirror_clamped(left, 2 * (g.W - 1) - left, 0)) * sw;
+    const int lim = 2 * (g.H - 1) - top;
+    const T* xp = x;
+    keep(xp);  // the plane's pointer once, not its offset re-added per load (reassociated: 4 per load)
     typename Io<T>::acc v[kIters];
+    // The loads need no predicate (every address is inside the plane); the shared stores do.
     MF_UNROLL
     for (int i = 0; i < kIters; ++i) {
-      const int row = row0 + i * kStep;
-      if (active && row < rows_valid) v[i] = Io<T>::load(xc + static_cast<Off>(mirror_once(h0 - R + row, g.H)) * sh);
+      v[i] = load_global(xp + (static_cast<Off>(mirror_clamped(top, lim, i * kStep)) * sh + coff));
+      keep(v[i]);
     }
     MF_UNROLL
     for (int i = 0; i < kIters; ++i) {
-      const int row = row0 + i * kStep;
-      if (active && row < rows_valid) in[row * stride + col] = v[i];
+      // Rows below (kIters - 1) * kStep are inside the tile for every active thread.
+      const bool ok = active && (i < kIters - 1 || row0 + i * kStep < kRows);
+      if (ok) in[(row0 + i * kStep) * stride + col] = v[i];
     }
   } else {
-    if (!active) return;
+    const int cols = kTileW + 2 * R;
+    const int row_step = kThreads / cols;
+    const int col = tid % cols;
+    const int row0 = tid / cols;
+    // Threads past the last whole column set and columns past a partial tile load nothing.
+    if (row0 >= row_step || col >= cols_valid) return;
+    const T* __restrict__ xc = x + static_cast<Off>(mirror_once(w0 - R + col, g.W)) * sw;
     for (int row = row0; row < rows_valid; row += row_step)
       in[row * stride + col] = Io<T>::load(xc + static_cast<Off>(mirror_once(h0 - R + row, g.H)) * sh);
   }
@@ -357,7 +440,10 @@ MF_HD void taps4(const A* src, const A* wts, int r, A acc[4]) {
         for (int j = 0; j < 4; ++j) acc[j] += wk * win[j + k];
       }
       MF_UNROLL
-      for (int j = 0; j < 4; ++j) acc[j] = r == 0 ? win[KR + j] : acc[j];
+      for (int j = 0; j < 4; ++j) {
+        keep(acc[j]);
+        acc[j] = r == 0 ? win[KR + j] : acc[j];
+      }
     } else {
       A centre[4];
       MF_UNROLL
@@ -373,7 +459,10 @@ MF_HD void taps4(const A* src, const A* wts, int r, A acc[4]) {
         }
       }
       MF_UNROLL
-      for (int j = 0; j < 4; ++j) acc[j] = r == 0 ? centre[j] : acc[j];
+      for (int j = 0; j < 4; ++j) {
+        keep(acc[j]);
+        acc[j] = r == 0 ? centre[j] : acc[j];
+      }
     }
   } else {
     if (KR == 0 || r == 0) {
@@ -401,15 +490,17 @@ MF_HD void for_items(int tid, int items, F&& item) {
     MF_UNROLL
     for (int i = 0; i < kIters; ++i) {
       const int q = tid + i * kThreads;
-      if (kItems % kThreads == 0 || q < kItems) item(q);
+      if ((i + 1) * kThreads <= kItems || q < kItems) item(q);  // constant true but in the last iteration
     }
   } else {
     for (int q = tid; q < items; q += kThreads) item(q);
   }
 }
 
-// Phase 2: width pass, rows 0 .. th + 2R - 1 of the tile, 4 consecutive columns per item;
-// thread 0 also writes the tile's output scale alpha / (sum w)^2.
+// Phase 2: width pass, 4 consecutive columns per item; thread 0 also writes the tile's output
+// scale alpha / (sum w)^2. Templated radius: every row and column of the tile, whole or partial
+// (the slots past a partial tile hold clamped pixels or stale values and feed only outputs
+// that are not stored): no bounds branch. Runtime radius: rows 0 .. th + 2R - 1, columns < tw.
 template <typename T, int KR>
 MF_HD void blur_phase_width(const BlurGeom& g, int tile_x, int tile_y, typename Io<T>::acc* smem, int tid) {
   using A = typename Io<T>::acc;
@@ -433,7 +524,7 @@ MF_HD void blur_phase_width(const BlurGeom& g, int tile_x, int tile_y, typename 
   const int shift = KR >= 0 ? 0 : R - r;
   for_items<(KR >= 0 ? (kTileH + 2 * KR) * kQuadsPerRow : 0)>(tid, (kTileH + 2 * R) * kQuadsPerRow, [&](int q) {
     const int row = q / kQuadsPerRow, c4 = (q % kQuadsPerRow) * 4;
-    if (row >= rows_valid || c4 >= tw) return;
+    if (KR < 0 && (row >= rows_valid || c4 >= tw)) return;
     A acc[4];
     taps4<KR, 1>(in + row * stride + c4 + shift, wts, r, acc);  // tap k of column c4 + j: [j + k]
     sts4(mid + row * kTileW + c4, acc);

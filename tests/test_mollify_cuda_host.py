@@ -233,3 +233,35 @@ def test_tiny_blur_sigma_is_identity(blur_radius):
     assert torch.equal(got[0], x[0]) and torch.equal(got[2], x[2])
     want = mf.mollify(x, 0.0, alpha=1.0, blur_sigma=bs, blur_radius=blur_radius, backend="reference")
     assert_parity(got[1], want[1], "sample with blur_sigma 1")
+
+
+# 100 x 130 planes: 4 x 5 tiles of 32 x 32, the last tile row 4 rows high and the last tile column
+# 2 columns wide. At r = 3 and 8 the 2 x 3 inner tiles read no mirrored row or column, the others
+# mirror at one or two borders; the partial tiles load their missing rows and columns as clamped
+# pixels (never stored). Layouts: channels_last and strided take the scalar stores, misaligned the
+# scalar stores of a contiguous view.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "misaligned"])
+@pytest.mark.parametrize("radius", [3, 8])
+def test_blur_interior_and_border_tiles(dtype, layout, radius):
+    x = _layout(torch.rand(2, 3, 100, 130).to(dtype), layout)
+    compare(x, 0.4, blur_sigma=radius / 3, blur_radius=radius)
+
+
+@pytest.mark.parametrize("radius", [3, 8])
+def test_blur_per_sample_radius_across_interior_tiles(radius):
+    """Per-sample blur sigma (radii 0, radius / 2, radius): the runtime-radius kernel on planes with
+    inner tiles; an explicit scalar radius with per-sample sigma (one sample 0): the templated one."""
+    x = torch.rand(3, 2, 100, 130)
+    bs = torch.tensor([0.0, radius / 6, radius / 3])
+    compare(x, torch.tensor([0.1, 0.5, 0.9]), blur_sigma=bs)
+    compare(x, 0.3, blur_sigma=bs, blur_radius=radius)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,radius", [((2, 2, 5, 37), 3), ((2, 1, 41, 9), 8), ((1, 3, 9, 9), 8),
+                                          ((2, 1, 2, 70), 1)])
+def test_blur_planes_much_smaller_than_the_tile_halo(dtype, shape, radius):
+    """Tile rows or columns past 2n - 1 (H = 5 at r = 3: rows up to 37): the clamped mirror keeps
+    every load inside the plane; r = n - 1 is the largest radius the tiled kernel takes."""
+    compare(torch.rand(shape).to(dtype), 0.5, blur_sigma=radius / 3, blur_radius=radius)
