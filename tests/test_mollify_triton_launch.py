@@ -183,3 +183,56 @@ def test_kernel_layout_matches_the_signature():
         want = _layout_from_signature(k.fn, dont)
         assert (frozenset(dns), tuple(const)) == want, name
         assert len(dns) == 4, f"{name}: the four stream halves are not specialised"
+
+
+KEY_SCRIPT = r"""
+import json, torch
+from triton.backends.compiler import GPUTarget
+from triton.compiler import make_backend
+from triton.runtime.jit import create_function_from_signature
+from mollify_fast._validate import Params
+from mollify_fast.backends import mollify_triton as M
+
+backend = make_backend(GPUTarget("cuda", 90, 32))
+base = torch.randn(2 * 3 * 8 * 12 + 8)
+xs = {
+    "contiguous": torch.randn(2, 3, 8, 12),
+    "bfloat16": torch.randn(2, 3, 8, 12).to(torch.bfloat16),
+    "misaligned": base[1:1 + 2 * 3 * 8 * 12].view(2, 3, 8, 12),
+    "aligned view": base[4:4 + 2 * 3 * 8 * 12].view(2, 3, 8, 12),
+    "channels_last": torch.randn(2, 3, 8, 12).contiguous(memory_format=torch.channels_last),
+    "other shape": torch.randn(2, 3, 16, 12),
+    "one sample": torch.randn(1, 3, 8, 12),
+}
+streams = [(0, 0), (1, 1), (2**63 + 5, 2**32 + 16), (2**64 - 1, 2**40)]
+by_key = {}
+for name, x in xs.items():
+    for blur in (None, 1.0):
+        for ps in (False, True):
+            sig = torch.full((x.shape[0],), 0.5) if ps else 0.5
+            for st in streams:
+                p = Params(sig, 0.8, blur, 2 if blur else 0, 2 if blur else 0)
+                for L in M._plan(x, torch.empty_like(x), None, p, st):
+                    types = tuple(map(type, L.args))
+                    key = M._spec_key(L, 0, types, M._arg_roles(L.kernel, types))
+                    binder = create_function_from_signature(L.kernel.signature, L.kernel.params, backend)
+                    _, spec, opts = binder(*L.args, **L.constexprs, **L.options)
+                    by_key.setdefault(key, set()).add(repr(spec) + repr(opts))
+print(json.dumps({"keys": len(by_key), "worst": max(len(v) for v in by_key.values())}))
+"""
+
+
+def test_equal_keys_mean_equal_triton_specialisation():
+    """Launches that share a key share Triton's own specialisation (its binder, sm_90 target):
+    the kept kernel is never launched for arguments Triton would have compiled differently
+    (alignment, dtype, layout, shape, per-sample pointers), whatever the stream."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="0", CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "-c", KEY_SCRIPT], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["worst"] == 1, f"a key covers {got['worst']} different Triton specialisations"
+    assert 14 <= got["keys"] <= 7 * 2 * 2, got  # at most one key per input/flag combination: none per stream
