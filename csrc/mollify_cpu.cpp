@@ -11,12 +11,9 @@
 #include <string.h>
 
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 #include <vector>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -37,9 +34,19 @@ namespace {
 constexpr int64_t kSegment = 4096;
 // Output rows per blur work item.
 constexpr int64_t kBand = 16;
-// Below this many elements one thread does it all: waking the OpenMP team costs more
-// (a 16-element call took ~15 us with the team, ~1 us without, on the 2-core dev machine).
-constexpr int64_t kParallelMin = 1 << 15;
+// Elements per thread below which another thread does not pay: waking an OpenMP worker costs
+// ~5-15 us on the 2-core dev VM (a 16-element call took ~15 us with the team, ~1 us without),
+// the time one thread needs for a few thousand noise elements. See threads_for(); tests lower
+// it (set_parallel_grain) to run small inputs on several threads.
+std::atomic<int64_t> g_per_thread{int64_t(1) << 14};
+
+// Threads for a call with `numel` elements and `max_threads` allowed: one per g_per_thread
+// elements, at least 1, at most max_threads. Work items depend only on their index, so the
+// result is the same for any count.
+inline int threads_for(int64_t numel, int max_threads) {
+  const int64_t t = numel / std::max<int64_t>(1, g_per_thread.load(std::memory_order_relaxed));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, max_threads)));
+}
 
 // Normals of logical elements [i0, i0 + len) into buf (needs len + 8 floats); returns the
 // pointer to element i0's normal.
@@ -51,7 +58,7 @@ inline float* draw(const MollifyArgs& a, int64_t i0, int64_t len, float* buf) {
 
 // ---- noise: out = alpha * x + sigma * eps over segments of the coalesced last dim ----
 template <typename T>
-void noise_kernel(const MollifyArgs& a) {
+void noise_kernel(const MollifyArgs& a, int nthreads) {
   using A = typename Io<T>::acc;
   const int last = a.ndim - 1;
   const int64_t W = a.sizes[last];
@@ -61,7 +68,7 @@ void noise_kernel(const MollifyArgs& a) {
   T* out = static_cast<T*>(a.out);
   T* noise = static_cast<T*>(a.noise);
   const int64_t sx = a.x_strides[last], so = a.out_strides[last], sn = a.noise_strides[last];
-#pragma omp parallel if (a.numel >= kParallelMin)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
     std::vector<float> buf(kSegment + 8);
 #pragma omp for schedule(static)
@@ -100,7 +107,7 @@ void noise_kernel(const MollifyArgs& a) {
 
 // ---- blur + noise: per (plane, band of kBand rows), separable, mirrored borders ----
 template <typename T>
-void blur_kernel(const MollifyArgs& a) {
+void blur_kernel(const MollifyArgs& a, int nthreads) {
   using A = typename Io<T>::acc;
   const int hd = a.ndim - 2, wd = a.ndim - 1;
   const int64_t H = a.sizes[hd], W = a.sizes[wd];
@@ -114,7 +121,7 @@ void blur_kernel(const MollifyArgs& a) {
   const int64_t soh = a.out_strides[hd], sow = a.out_strides[wd];
   const int64_t snh = a.noise_strides[hd], snw = a.noise_strides[wd];
   const int64_t R = a.max_radius;
-#pragma omp parallel if (a.numel >= kParallelMin)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
     std::vector<A> weights(2 * R + 1), padded(W + 2 * R), res(W);
     std::vector<A> rows((kBand + 2 * R) * W);
@@ -208,11 +215,11 @@ void blur_kernel(const MollifyArgs& a) {
 }
 
 template <typename T>
-void run(const MollifyArgs& a) {
+void run(const MollifyArgs& a, int nthreads) {
   if (a.has_blur)
-    blur_kernel<T>(a);
+    blur_kernel<T>(a, nthreads);
   else
-    noise_kernel<T>(a);
+    noise_kernel<T>(a, nthreads);
 }
 
 // Ask for transparent huge pages on the 2 MB-aligned interior of a large output buffer before
@@ -238,6 +245,12 @@ int64_t element_size(int32_t dtype) { return dtype == kFloat64 ? 8 : dtype == kF
 
 }  // namespace
 
+int64_t set_parallel_grain(int64_t elements_per_thread) {
+  return g_per_thread.exchange(std::max<int64_t>(1, elements_per_thread));
+}
+
+int threads_for_call(int64_t numel, int max_threads) { return threads_for(numel, std::max(1, max_threads)); }
+
 void mollify_cpu(const MollifyArgs& a, int num_threads) {
   if (a.numel == 0) return;
   // [data_ptr, data_ptr + numel * size) lies inside any non-overlapping tensor's allocation
@@ -245,20 +258,14 @@ void mollify_cpu(const MollifyArgs& a, int num_threads) {
   advise_huge_pages(a.out, a.numel * element_size(a.dtype));
   if (a.noise) advise_huge_pages(a.noise, a.numel * element_size(a.dtype));
   if (a.ndim < 1 || a.ndim > kMaxDims) throw std::invalid_argument("mollify_cpu: ndim out of range");
-#ifdef _OPENMP
-  const int saved = omp_get_max_threads();
-  if (num_threads > 0) omp_set_num_threads(num_threads);
-#endif
+  const int nthreads = threads_for(a.numel, num_threads > 0 ? num_threads : 1);
   switch (a.dtype) {
-    case kFloat16: run<Half>(a); break;
-    case kBFloat16: run<BF16>(a); break;
-    case kFloat32: run<float>(a); break;
-    case kFloat64: run<double>(a); break;
+    case kFloat16: run<Half>(a, nthreads); break;
+    case kBFloat16: run<BF16>(a, nthreads); break;
+    case kFloat32: run<float>(a, nthreads); break;
+    case kFloat64: run<double>(a, nthreads); break;
     default: throw std::invalid_argument("mollify_cpu: unsupported dtype code");
   }
-#ifdef _OPENMP
-  if (num_threads > 0) omp_set_num_threads(saved);
-#endif
 }
 
 }  // namespace mollify_fast

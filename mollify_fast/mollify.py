@@ -15,12 +15,23 @@ The custom ops have fake (meta) implementations, so a step that calls ``mollify`
 under ``torch.compile(fullgraph=True)``; the op stays opaque to the compiler, which is the
 point: it is already one fused pass.
 
+Fast path (``_fast``): an eager noise-only call with Python-number or 0-d-tensor parameters
+and no ``out`` looks up a launch plan cached per (shape, strides, dtype, device, alpha given,
+return_noise, backend). The plan holds the resolved backend and, for ``cpu``/``cuda``, the
+kernel's layout arguments already packed (``_C.Plan``); a call then checks its numbers in one
+comparison each, allocates, takes the stream and makes one extension call. Whatever the fast
+path does not handle, or any value it would refuse, goes down the general path, which checks
+and raises exactly as before: the fast path itself never raises and changes nothing before it
+decides. Measured on the 2-core dev VM (256 float32 elements, cpu backend): ~10 us per call
+through the general path, ~3.5 us through the plan.
+
 Under the compiler, Python numbers enter the graph as 0-d tensors (a ``float`` argument of a
 custom op is specialised: one recompile per value), and every value check runs inside the op,
 with real values, before the stream is taken.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Optional, Tuple, Union
 
@@ -28,7 +39,8 @@ import torch
 
 from . import backends
 from ._blur import blur as blur_planes
-from ._validate import Params, check_out_memory, check_static, compute_dtype, resolve_params, same_view
+from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, Params, check_out_memory, check_static, compute_dtype,
+                        resolve_params, same_view)
 from .generator import Generator, draw_default_seed, take_stream
 
 Number = Union[int, float]  # also numpy floating scalars and 0-d ndarrays
@@ -194,6 +206,94 @@ def _mollify_out_fake(out, x, noise, sigma, sigma_t, alpha, alpha_t, vp, blur, b
     return None
 
 
+# ---- fast path: cached launch plans for repeated eager noise-only calls ----
+
+_MAX_PLANS = 256  # layouts kept; a loop over more distinct shapes than this starts over
+_plans: dict = {}
+_MISSING = object()
+_is_compiling = torch.compiler.is_compiling
+_dispatch_depth = torch._C._len_torch_dispatch_stack
+_function_mode = torch._C._is_torch_function_mode_enabled
+_FLOAT64_MAX = 1.7976931348623157e308
+
+
+def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
+    """Build and cache the plan for ``key``: ``(name, run, numel, limit)``, or None when this
+    layout always takes the general path (not a float dtype, empty, more dims than the kernels
+    take, a backend unavailable or not planned for x). Writes nothing but the cache."""
+    plan = None
+    if (x.dtype in FLOAT_DTYPES and x.dim() >= 1 and x.numel() > 0 and x.device.type in ("cpu", "cuda")
+            and backend in backends.NAMES):
+        try:
+            name, _ = backends.resolve(backend, x, _PLAN_PARAMS)
+            run = backends.noise_plan(name, x, torch.empty_like(x), torch.empty_like(x) if return_noise else None)
+        except (backends.BackendUnavailableError, ValueError):
+            run = None  # the general path raises the error at each call
+        if run is not None:
+            # Largest finite parameter: float32 compute unless x is float64 (CONTRACT section 7).
+            plan = (name, run, x.numel(), _FLOAT64_MAX if x.dtype == torch.float64 else FLOAT32_MAX)
+    if len(_plans) >= _MAX_PLANS:
+        _plans.clear()
+    _plans[key] = plan
+    return plan
+
+
+_PLAN_PARAMS = Params(sigma=0.5, alpha=0.5, blur=None, radius=0, max_radius=0)
+
+
+def _scalar(v, x: torch.Tensor):
+    """A Python float/int parameter as is; a 0-d real tensor on the CPU or x's device as its
+    value; anything else None (the general path takes it)."""
+    tv = type(v)
+    if tv is float or tv is int:
+        return v
+    if (tv is torch.Tensor and v.dim() == 0 and v.layout is torch.strided and not v.is_complex()
+            and v.dtype is not torch.bool and (v.is_cpu or v.device == x.device)):
+        return v.item()
+    return None
+
+
+def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_noise: bool, backend: str):
+    """The plan path (module docstring); None means "take the general path" (nothing done)."""
+    global _last_backend
+    if x.requires_grad:
+        return None
+    vp = alpha is None
+    key = (x.shape, x.stride(), x.dtype, x.device, vp, return_noise, backend)
+    try:
+        plan = _plans.get(key, _MISSING)
+    except TypeError:  # an unhashable backend: the general path names the problem
+        return None
+    if plan is _MISSING:
+        plan = _new_plan(key, x, return_noise, backend)
+    if plan is None:
+        return None
+    name, run, numel, limit = plan
+    s = _scalar(sigma, x)
+    if s is None:
+        return None
+    if vp:
+        # One chained comparison per number: False for NaN, +-inf and out-of-range values alike.
+        if not 0.0 <= s <= 1.0:
+            return None
+        a = math.sqrt(1.0 - s * s)
+    else:
+        a = _scalar(alpha, x)
+        if a is None or not (0.0 <= s <= limit and -limit <= a <= limit):
+            return None
+    out = torch.empty_like(x)
+    noise = torch.empty_like(x) if return_noise else None
+    if generator is not None:
+        stream = take_stream(generator._state, numel)
+    elif name == "torch":
+        stream = None
+    else:
+        stream = (draw_default_seed(x.device), 0)
+    _last_backend = name
+    run(x, out, noise, float(s), float(a), stream)
+    return (out, noise) if return_noise else out
+
+
 def _plain_eager(x: torch.Tensor) -> bool:
     """True for a plain tensor in eager mode: no compiler, no fake tensor, no mode on the stack."""
     return (
@@ -257,6 +357,12 @@ def mollify(
     backend but ``torch`` draws ``eps`` from the same Philox stream, so for one generator
     state they agree to float32 rounding on CPU and GPU alike.
     """
+    if (blur_sigma is None and blur_radius is None and out is None and type(x) is torch.Tensor
+            and (generator is None or type(generator) is Generator) and (return_noise is False or return_noise is True)
+            and not _is_compiling() and _dispatch_depth() == 0 and not _function_mode()):
+        res = _fast(x, sigma, alpha, generator, return_noise, backend)
+        if res is not None:
+            return res
     s, a, b = check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend,
                            backends.NAMES)
     vp = a is None

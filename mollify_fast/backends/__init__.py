@@ -4,7 +4,9 @@ Each backend module ``mollify_<name>.py`` exposes
 
 * ``availability() -> (bool, reason)``: can it run at all in this process (built? GPU?);
 * ``supports(x, params) -> (bool, reason)``: can it run on this tensor (device, dtype);
-* ``mollify_<name>(x, out, noise, params, stream)``: write ``out`` (and ``noise``).
+* ``mollify_<name>(x, out, noise, params, stream)``: write ``out`` (and ``noise``);
+* optionally ``noise_plan(x, out, noise)``: a faster launcher for repeated noise-only calls with
+  scalar parameters on x's layout, ``run(x, out, noise, sigma, alpha, stream)``, or None.
 
 ``stream`` is ``(seed, offset)``, or None for "draw from PyTorch's default generator". Nothing
 heavy (Triton, the compiled extension, CUDA) is imported until a backend is first asked for.
@@ -15,7 +17,7 @@ import functools
 import importlib
 import json
 import os
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -73,3 +75,25 @@ def resolve(name: str, x: torch.Tensor, params) -> Tuple[str, Callable]:
         if cand in BACKENDS and availability(cand)[0] and _module(cand).supports(x, params)[0]:
             return cand, launcher(cand)
     return "torch", launcher("torch")
+
+
+def noise_plan(name: str, x: torch.Tensor, out: torch.Tensor, noise) -> Optional[Callable]:
+    """``run(x, out, noise, sigma, alpha, stream)`` for noise-only calls with float parameters on
+    x's layout, device and dtype, through backend ``name`` (already resolved for x); None where
+    the backend has no such launcher for x (then every call takes the general path).
+
+    The backend's own ``plan`` when it has one; else its launcher with a :class:`Params` built
+    per call (pure-PyTorch and Triton launchers take any layout as it comes)."""
+    mod = _module(name)
+    if hasattr(mod, "noise_plan"):
+        return mod.noise_plan(x, out, noise)
+    if name == "reference" or (name in ("cuda", "triton") and x.device.type == "cpu"):
+        return None  # the reference is a test oracle; CPU runs of GPU code read the environment per call
+    from .._validate import Params
+
+    launch = launcher(name)
+
+    def run(x, out, noise, sigma, alpha, stream):
+        launch(x, out, noise, Params(sigma, alpha, None, 0, 0), stream)
+
+    return run

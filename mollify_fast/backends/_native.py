@@ -118,3 +118,14 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
         int(seed),
         int(offset),
     )
+
+
+_PLAN_PARAMS = Params(sigma=0.0, alpha=0.0, blur=None, radius=0, max_radius=0)
+
+
+def make_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
+    """``_C.Plan`` for the noise op on this layout: everything but the data pointers, the scalar
+    parameters and the stream, which each call passes (``_C.mollify_cpu_plan`` and
+    ``_C.mollify_cuda_plan``). Raises like :func:`kernel_args` (more than ``MAX_DIMS`` dims)."""
+    ext, _ = extension()
+    return ext.Plan(*kernel_args(x, out, noise, _PLAN_PARAMS, (0, 0)))

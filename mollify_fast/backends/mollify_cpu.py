@@ -3,7 +3,8 @@
 One pass per call: the Philox normals of a segment are drawn into a thread-local buffer
 (vectorised, csrc/normals_cpu.cpp), then x is read once and out written once. The blur is
 separable over bands of rows with mirrored halos. Work items depend only on their index, so
-results are identical for any thread count (``torch.get_num_threads()`` is used).
+results are identical for any thread count: up to ``torch.get_num_threads()``, one thread per
+16,384 elements (``_C.threads_for``), since waking a thread costs about as much as that work.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._validate import Params
-from ._native import extension, kernel_args
+from ._native import extension, kernel_args, make_plan
 
 
 def availability() -> Tuple[bool, str]:
@@ -31,3 +32,18 @@ def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
 def mollify_cpu(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
     ext, _ = extension()
     ext.mollify_cpu(*kernel_args(x, out, noise, p, stream), torch.get_num_threads())
+
+
+def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
+    """A launcher for repeated noise-only calls on x's layout (see ``mollify._fast``):
+    ``run(x, out, noise, sigma, alpha, (seed, offset))`` with Python-float parameters that the
+    caller has checked. Same kernel and arguments as :func:`mollify_cpu`; the layout part of
+    them is built once, here, into a ``_C.Plan``."""
+    ext, _ = extension()
+    cplan, launch, threads = make_plan(x, out, noise), ext.mollify_cpu_plan, torch.get_num_threads
+
+    def run(x, out, noise, sigma, alpha, stream):
+        launch(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma, alpha,
+               stream[0], stream[1], threads())
+
+    return run

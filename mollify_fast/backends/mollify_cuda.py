@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._validate import Params
-from ._native import extension, kernel_args
+from ._native import extension, kernel_args, make_plan
 
 EMULATE_ENV = "MOLLIFY_FAST_CUDA_EMULATE"
 SYNC_ENV = "MOLLIFY_FAST_CUDA_SYNC"
@@ -78,3 +78,26 @@ def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tenso
     ext.mollify_cuda(*kernel_args(x, out, noise, p, stream), cuda_stream.cuda_stream, dev)
     if os.environ.get(SYNC_ENV, "").strip() == "1":
         cuda_stream.synchronize()  # a fault in the kernel raises here, at the call
+
+
+def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
+    """A launcher for repeated noise-only calls on a CUDA x's layout (see ``mollify._fast``), or
+    None (CPU tensors: the host emulation reads its environment variable at each call).
+    ``run(x, out, noise, sigma, alpha, (seed, offset))`` launches on PyTorch's current stream
+    for x's device, read at each call through ``torch._C._cuda_getCurrentRawStream`` (what
+    Inductor's launchers use; ``torch.cuda.current_stream()`` builds a Stream object, ~2 us)."""
+    if x.device.type != "cuda":
+        return None
+    ext, _ = extension()
+    cplan, launch = make_plan(x, out, noise), ext.mollify_cuda_plan
+    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    raw_stream = torch._C._cuda_getCurrentRawStream
+
+    def run(x, out, noise, sigma, alpha, stream):
+        s = raw_stream(dev)
+        launch(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma, alpha,
+               stream[0], stream[1], s, dev)
+        if os.environ.get(SYNC_ENV, "").strip() == "1":
+            torch.cuda.current_stream(dev).synchronize()  # a fault in the kernel raises here, at the call
+
+    return run
