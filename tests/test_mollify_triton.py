@@ -235,3 +235,24 @@ def test_kernels_use_only_names_this_triton_has():
     names = set(re.findall(r"\btl\.([A-Za-z_]\w*)", src))
     missing = sorted(n for n in names if not hasattr(tl, n))
     assert not missing, f"triton {triton.__version__} has no tl.{', tl.'.join(missing)}"
+
+
+@pytest.mark.parametrize("case", ["plain", "channels_last", "per-sample", "noise returned", "odd width", "radius 6",
+                                  "bfloat16"])
+def test_fused_blur_register_cap_only_where_checked(case):
+    """ptxas' register cap (maxnreg) is applied only to the fused-blur variants checked
+    spill-free at sm_90 (float32 R = 3, contiguous rows, scalar parameters, no returned noise):
+    a cap elsewhere would spill (per-sample, channels_last and odd widths spilled 88-248 B)."""
+    from mollify_fast.backends import mollify_triton as M
+
+    x = torch.empty(2, 3, 16, 17 if case == "odd width" else 16)
+    if case == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if case == "bfloat16":
+        x = x.to(torch.bfloat16)
+    r = 6 if case == "radius 6" else 3
+    sig = torch.full((2,), 0.5) if case == "per-sample" else 0.5
+    noise = torch.empty_like(x) if case == "noise returned" else None
+    (L,) = M._plan(x, torch.empty_like(x), noise, _params(sigma=sig, blur=1.0, radius=r), (1, 2))
+    assert L.kernel is M._mollify_blur_kernel
+    assert ("maxnreg" in L.options) == (case == "plain"), L.options

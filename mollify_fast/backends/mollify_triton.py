@@ -55,7 +55,10 @@ NUM_WARPS = 4
 THREADS = 32 * NUM_WARPS
 BLUR_TILE_H = 16  # output rows per unit: (16 + 2R) / 16 source rows blurred per output row
 FUSED_MAX_RADIUS = 8  # beyond, the unrolled ring of 2R+1 rows costs too many registers
-FUSED_CAP_MAX_RADIUS = 3  # fused blur radii whose register cap was checked spill-free (_fused_options)
+# Register caps of the fused blur, (R, element bytes) -> maxnreg, each checked spill-free at
+# sm_90 (see _fused_options). Not capped: float32 R = 2 (72 spilled 48 B), bfloat16 R = 3 (80
+# spilled 12 B; uncapped 87), R >= 4 (R = 6 float32 uncapped 144: a cap of 128 spilled 72 B).
+FUSED_MAXNREG = {(1, 4): 64, (1, 2): 64, (2, 2): 72, (3, 4): 80}
 INT32_MAX = 2**31 - 1
 
 
@@ -515,16 +518,16 @@ class Launch:
     elements: int  # logical output elements this launch writes
 
 
-def _fused_options(R: int) -> dict:
-    """Launch options of the fused blur: ``maxnreg`` caps ptxas' register budget where that
-    costs no spill. Uncapped, ptxas hoists loads of later rows and took 94 registers at R = 3
-    (5 blocks of 128 threads per SM); the ring of ``4 (2R + 1)`` width-blurred values plus ~52
-    others fits ``4 (2R + 1) + 52`` (R = 3: 80 registers, 6 blocks, 0 spills, instructions per
-    element unchanged; 72 spilled 76 bytes). Beyond R = 3 the cap no longer buys a block (R = 6
-    needs > 128: 128 spilled 72 bytes), so larger radii stay uncapped."""
-    if R <= FUSED_CAP_MAX_RADIUS:
-        return {"num_warps": NUM_WARPS, "maxnreg": 4 * (2 * R + 1) + 52}
-    return {"num_warps": NUM_WARPS}
+def _fused_options(R: int, itemsize: int, plain: bool) -> dict:
+    """Launch options of the fused blur: ``maxnreg`` caps ptxas' register budget where that was
+    checked to cost no spill (sm_90 SASS, Triton 3.8, MODELED effect). Uncapped, ptxas hoists
+    loads of later rows: float32 R = 3 took 94 registers (5 blocks of 128 threads per SM), capped
+    80 (6 blocks) with no spill and 82.5 instead of 82.2 instructions per element. Only
+    ``plain`` launches (W % 4 == 0, unit stride along W, scalar parameters, no returned noise)
+    are capped: at 80 the per-sample, channels_last and odd-width R = 3 variants spilled
+    88-248 bytes."""
+    cap = FUSED_MAXNREG.get((R, itemsize)) if plain else None
+    return {"num_warps": NUM_WARPS} if cap is None else {"num_warps": NUM_WARPS, "maxnreg": cap}
 
 
 def _halves(v: int) -> Tuple[int, int]:
@@ -593,7 +596,9 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
         grid = (-(-units // s) * cb,)
         args = (x, out, noise_p, *head, H, W, units, strips, cb, pps, P1, P2, *xs, *os_, *ns)
         consts = dict(R=R, TILE_H=tile_h, S=s, BW=bw, **common)
-        return [Launch(_mollify_blur_kernel, grid, args, consts, _fused_options(R), numel)], []
+        plain = W % 4 == 0 and noise is None and not (sig_t or al_t or bl_t or rad_t) and xs[4] == os_[4] == 1
+        return [Launch(_mollify_blur_kernel, grid, args, consts, _fused_options(R, x.element_size(), plain),
+                       numel)], []
     # Two passes through a float32 scratch in x's logical order (contiguous).
     bw, s, _, _, units, cb = _blur_tiles(H, W, planes, False)
     grid = (-(-units // s) * cb,)
