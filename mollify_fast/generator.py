@@ -45,6 +45,10 @@ _lock = threading.Lock()
 _rank_at_fork = 0  # the forking process's rank, for a child that inherits a rank-folded stream
 
 
+_TOP_BIT = 1 << 63
+_WRAP = 1 << 64
+
+
 def to_signed64(v: int) -> int:
     """The int64 with the same 64 bits as the unsigned ``v`` (how streams travel in tensors)."""
     v &= MASK64
@@ -157,12 +161,16 @@ def take_stream(state: torch.Tensor, numel: int) -> Tuple[int, int]:
 
     Atomic under threads (one lock); the first call in a process derives the key there.
     """
+    # Inlined to_unsigned64 / groups_for / to_signed64: this runs on every call, and the three
+    # function calls were ~0.4 us of a ~4 us eager call on the dev VM.
     with _lock:
         v = _view(state)
         if v[OWNER] != _PID:
             _derive(v)
-        key, offset = to_unsigned64(v[KEY]), to_unsigned64(v[OFFSET])
-        v[OFFSET] = to_signed64(offset + groups_for(numel))
+        key = int(v[KEY]) & MASK64
+        offset = int(v[OFFSET]) & MASK64
+        nxt = (offset + ((int(numel) + 3) >> 2)) & MASK64
+        v[OFFSET] = nxt - _WRAP if nxt >= _TOP_BIT else nxt
     return key, offset
 
 

@@ -78,7 +78,14 @@ def test_plan_matches_general_path_across_layouts_and_kinds(backend):
     # shares the contiguous one's: pointers are read per call) x 2 alpha kinds x 2 return_noise.
     distinct = {(x.stride(), x.dtype) for _, x in layouts}
     keys = [k for k in _planned_keys() if k[-1] == backend]
-    assert len(distinct) == len(layouts) - 1 and len(keys) == len(distinct) * 4
+    assert len(distinct) == len(layouts) - 1
+    if backend == "torch":
+        # The torch backend plans float32/float64 without returned noise only (its float16/bfloat16
+        # path works through float32 scratch, and returned noise keeps eps: general path).
+        planned = {d for d in distinct if d[1] in (torch.float32, torch.float64)}
+        assert len(keys) == len(planned) * 2
+    else:
+        assert len(keys) == len(distinct) * 4
 
 
 def test_plan_does_not_keep_pointers():

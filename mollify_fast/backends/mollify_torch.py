@@ -85,6 +85,25 @@ def mollify_torch(
         if noise is not None:
             noise.normal_(generator=gen)
             torch.mul(noise, s, out=out)
-        else:
+        elif torch.is_tensor(s):
             out.normal_(generator=gen).mul_(s)
+        else:
+            # normal_(0, s) writes fl(z * s), as normal_() then mul_(s) does (one pass fewer);
+            # below 16 elements PyTorch's scalar normal kernel differs between the two, so the
+            # general path uses the same call as noise_plan's launcher: the same numbers.
+            out.normal_(0.0, s, generator=gen)
         _axpy(out, a, src, out=out)
+
+
+def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
+    """A launcher for repeated noise-only calls with number parameters (mollify's plan cache):
+    ``out = N(0, sigma) + alpha * x`` in two passes, the numbers of the general path above.
+    None for float16/bfloat16 (float32 scratch) and returned noise (the general path keeps eps)."""
+    if x.dtype not in (torch.float32, torch.float64) or noise is not None:
+        return None
+    dev = x.device
+
+    def run(x, out, noise, sigma, alpha, stream):
+        out.normal_(0.0, sigma, generator=torch_generator(dev, stream)).add_(x, alpha=alpha)
+
+    return run
