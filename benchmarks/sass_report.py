@@ -148,8 +148,13 @@ def run_cuda(src_root: str, rows: list, log) -> None:
         if dtype is None:
             continue
         flags_s = ", ".join(f"{k}={v}" for k, v in tmpl.items() if v not in DTYPE_BYTES)
-        contig = any("contig" in k.lower() and v == "1" for k, v in tmpl.items())
-        radius_t = next((int(v) for k, v in tmpl.items() if re.search(r"radius|^R$|kR", k)), None)
+        # Template flags by name: kVec / kContiguous (the 4-wide vector path), kPerSample (one
+        # sigma/alpha per sample), KR (the blur radius; -1 = runtime radius).
+        contig = any(re.search(r"contig|^k?vec$", k, re.I) and v in ("1", "true") for k, v in tmpl.items())
+        per_sample = any(re.search(r"per_?sample", k, re.I) and v in ("1", "true") for k, v in tmpl.items())
+        radius_t = next((int(v) for k, v in tmpl.items() if re.search(r"radius|^k?r$", k, re.I)), None)
+        if radius_t is not None and radius_t < 0:
+            radius_t = None  # the runtime-radius kernel: analysed at every case radius
         blur = "blur" in name.lower()
         x = torch.empty(SHAPE)
         if not contig and not blur:
@@ -164,7 +169,8 @@ def run_cuda(src_root: str, rows: list, log) -> None:
                 out = A.analyze(cubin, sym, spills.get(sym, (0, 0)), {"r": r, "ndims": ndims},
                                 elem_bytes=DTYPE_BYTES[dtype], outputs=outputs, unroll_marker=True,
                                 store_filter=keep, required_vars=("r",) if blur else (), funcs=funcs, res=res)
-                variant = (f"blur r{r}+noise" if blur else "noise") + ("+eps" if outputs == 2 else "")
+                variant = (f"blur r{r}+noise" if blur else "noise") + ("+eps" if outputs == 2 else "") + \
+                    (" per-sample" if per_sample else "")
                 layout = "contiguous (vector path)" if contig else ("any strides" if blur else "strided")
                 case = Case("cuda", f"{name}<{', '.join(targs)}>", variant, dtype, layout, r, outputs,
                             {"template": flags_s, "nvcc_flags": " ".join(flags)})

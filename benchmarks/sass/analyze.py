@@ -119,7 +119,9 @@ def analyze(cubin: str, symbol: str, spills: Tuple[int, int], env: Dict[str, flo
         locs = D.loop_lines(f, lp)
         where = f"{os.path.basename(locs[0][0])}:{locs[0][1]}" if locs else f"{lp.header:#x}"
         texts = [(p, n, source_line(p, n)) for p, n in locs[:6]]
-        if any("gridDim" in t for _, _, t in texts):
+        # A grid-stride loop: `gridDim` in the loop (a __global__ body), or the `g += stride` of a
+        # __host__ __device__ per-thread function that the wrapper hands gridDim.x * blockDim.x.
+        if any("gridDim" in t or re.search(r"\+=\s*stride\b", t) for _, _, t in texts):
             per = it.store_bytes / (elem_bytes * outputs)
             return 1.0, per, f"grid-stride loop ({where}): {per:g} elements per thread-iteration (from its stores)", False
         for p, n, t in texts:

@@ -193,7 +193,7 @@ def demangle_kernel(sym: str) -> Optional[Tuple[str, List[str]]]:
 
 def template_params(source_text: str, kernel: str) -> List[str]:
     """Template parameter names of ``__global__ ... kernel`` in the source (``T``, ``kContiguous``)."""
-    m = re.search(r"template\s*<([^>]*)>\s*__global__\s+(?:__launch_bounds__\([^)]*\)\s*)?void\s+" + re.escape(kernel)
+    m = re.search(r"template\s*<([^>]*)>\s*__global__\s+(?:__launch_bounds__\((?:[^()]|\([^()]*\))*\)\s*)?void\s+(?:__launch_bounds__\((?:[^()]|\([^()]*\))*\)\s*)?" + re.escape(kernel)
                   + r"\b", source_text)
     if not m:
         return []
