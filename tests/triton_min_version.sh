@@ -22,8 +22,8 @@ if [ "$got" != "$min" ]; then
   exit 1
 fi
 export TRITON_INTERPRET=1
-# The Triton tests: this backend's own, the parity tests that run it (-k triton), and the
-# sm_90 compile/SASS checks where present (they compile without a GPU).
-files=(tests/test_mollify_triton.py tests/test_mollify_backends.py)
-for f in tests/test_sass_report.py tests/test_mollify_triton_compile.py; do [ -f "$f" ] && files+=("$f"); done
+# The Triton tests: this backend's own (tests/test_mollify_triton*.py: the launch path too), the
+# parity tests that run it (-k triton), and the sm_90 compile/SASS checks (no GPU needed).
+files=(tests/test_mollify_triton*.py tests/test_mollify_backends.py)
+for f in tests/test_sass_report.py; do [ -f "$f" ] && files+=("$f"); done
 exec "$py" -m pytest -q -p no:cacheprovider "${files[@]}" -k "triton or sass" "$@"
