@@ -141,20 +141,27 @@ def providers(x: torch.Tensor, op: str, blur_sigma: Optional[float], dev: str, c
     return out
 
 
-def run_case(x, op, blur_sigma, dev, budget_s, min_rounds, compile_times) -> Dict[str, List[float]]:
-    provs = providers(x, op, blur_sigma, dev, compile_times)
+def round_robin(provs: Dict[str, Callable], dev: str, budget_s: float, min_rounds: int, max_rounds: int = 200,
+                warmup: int = 2) -> Dict[str, List[float]]:
+    """Seconds per call for every provider, one call each per round (so drift of a shared
+    machine hits all alike), after ``warmup`` calls each (allocator, caches, JIT); rounds until
+    ``budget_s`` is spent, at least ``min_rounds`` and at most ``max_rounds``."""
     timer = Timer(dev)
-    for fn in provs.values():  # warm-up (allocator, caches, JIT)
-        for _ in range(2):
+    for fn in provs.values():
+        for _ in range(warmup):
             fn()
     times: Dict[str, List[float]] = {k: [] for k in provs}
     t_end = time.perf_counter() + budget_s
     rounds = 0
-    while rounds < min_rounds or (time.perf_counter() < t_end and rounds < 200):
+    while rounds < min_rounds or (time.perf_counter() < t_end and rounds < max_rounds):
         for name, fn in provs.items():
             times[name].append(timer(fn))
         rounds += 1
     return times
+
+
+def run_case(x, op, blur_sigma, dev, budget_s, min_rounds, compile_times) -> Dict[str, List[float]]:
+    return round_robin(providers(x, op, blur_sigma, dev, compile_times), dev, budget_s, min_rounds)
 
 
 def pct(v: List[float], q: float) -> float:

@@ -38,7 +38,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mollify_fast as mf  # noqa: E402
-from benchmarks.bench_mollify import Timer, device_name, pct, versions  # noqa: E402
+from benchmarks.bench_mollify import device_name, pct, round_robin, versions  # noqa: E402
 
 SIGMA = 0.5
 ALPHA = math.sqrt(1 - SIGMA**2)
@@ -84,18 +84,7 @@ def providers(x: torch.Tensor, op: str, dev: str) -> Dict[str, Callable]:
 
 
 def time_case(provs: Dict[str, Callable], dev: str, budget_s: float, min_rounds: int) -> Dict[str, List[float]]:
-    timer = Timer(dev)
-    for fn in provs.values():
-        for _ in range(3):
-            fn()
-    times: Dict[str, List[float]] = {k: [] for k in provs}
-    t_end = time.perf_counter() + budget_s
-    rounds = 0
-    while rounds < min_rounds or (time.perf_counter() < t_end and rounds < 2000):
-        for name, fn in provs.items():
-            times[name].append(timer(fn))
-        rounds += 1
-    return times
+    return round_robin(provs, dev, budget_s, min_rounds, max_rounds=2000, warmup=3)
 
 
 def main(argv=None) -> int:
