@@ -112,6 +112,7 @@ def providers(x: torch.Tensor, op: str, blur_sigma: Optional[float], dev: str, c
         try:
             if not _COMPILE:
                 return out
+            torch._dynamo.reset()  # a fresh cache per case: past 8 recompiles Dynamo silently runs eagerly
             compiled = torch.compile(lambda t: ALPHA * t + SIGMA * torch.randn_like(t))
             t0 = time.perf_counter()
             compiled(x)

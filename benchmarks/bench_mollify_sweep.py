@@ -69,6 +69,9 @@ def providers(x: torch.Tensor, op: str, dev: str) -> Dict[str, Callable]:
     if op == "noise":
         out["eager"] = lambda: ALPHA * x + SIGMA * torch.randn_like(x)
         try:
+            # A fresh Dynamo cache per case: one lambda's code object recompiled for every shape
+            # and thread count would hit the recompile limit (8) and then silently run eagerly.
+            torch._dynamo.reset()
             compiled = torch.compile(lambda t: ALPHA * t + SIGMA * torch.randn_like(t), dynamic=False)
             compiled(x)
             out["torch.compile"] = lambda: compiled(x)
