@@ -52,6 +52,28 @@ def device_name(dev: str) -> str:
     return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
 
 
+def device_slug(dev: str) -> str:
+    """``cpu`` or the GPU's name as a file-name part (``nvidia_h100_80gb_hbm3``)."""
+    return "cpu" if dev == "cpu" else "".join(c if c.isalnum() else "_" for c in device_name(dev)).strip("_").lower()
+
+
+def append_csv(path: str, rows: List[dict], fields: List[str]) -> None:
+    """Append ``rows`` to the long-format CSV at ``path`` (header if new), atomically: copy,
+    add, rename, so an interrupted run leaves the old file whole."""
+    new = not os.path.exists(path)
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        if not new:
+            with open(path) as old:
+                f.write(old.read())
+        w = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in fields})
+    os.replace(tmp, path)
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -243,21 +265,9 @@ def main(argv=None) -> int:
                          p50=sec, p20=sec, p80=sec, n=1))
 
     os.makedirs(args.out, exist_ok=True)
-    slug = "cpu" if dev == "cpu" else "".join(c if c.isalnum() else "_" for c in device_name(dev)).strip("_").lower()
+    slug = device_slug(dev)
     csv_path = os.path.join(args.out, f"mollify_{slug}.csv")
-    new = not os.path.exists(csv_path)
-    tmp = csv_path + ".tmp"
-    # Append atomically: copy, add, rename (an interrupted run leaves the old file whole).
-    with open(tmp, "w", newline="") as f:
-        if not new:
-            with open(csv_path) as old:
-                f.write(old.read())
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in FIELDS})
-    os.replace(tmp, csv_path)
+    append_csv(csv_path, rows, FIELDS)
     raw_path = os.path.join(args.out, f"mollify_{slug}_{run_id}_raw.json")
     with open(raw_path, "w") as f:
         json.dump(raw, f)

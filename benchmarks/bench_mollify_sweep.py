@@ -38,7 +38,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mollify_fast as mf  # noqa: E402
-from benchmarks.bench_mollify import device_name, pct, round_robin, versions  # noqa: E402
+from benchmarks.bench_mollify import append_csv, device_name, device_slug, pct, round_robin, versions  # noqa: E402
 
 SIGMA = 0.5
 ALPHA = math.sqrt(1 - SIGMA**2)
@@ -142,20 +142,8 @@ def main(argv=None) -> int:
                              p50=pct(sp, .5), p80=pct(sp, .8)))
     torch.set_num_threads(saved_threads)
     os.makedirs(args.out, exist_ok=True)
-    slug = "cpu" if dev == "cpu" else "".join(c if c.isalnum() else "_" for c in device_name(dev)).strip("_").lower()
-    path = os.path.join(args.out, f"mollify_sweep_{slug}.csv")
-    new = not os.path.exists(path)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:  # append atomically: an interrupted run leaves the old file whole
-        if not new:
-            with open(path) as old:
-                f.write(old.read())
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in FIELDS})
-    os.replace(tmp, path)
+    path = os.path.join(args.out, f"mollify_sweep_{device_slug(dev)}.csv")
+    append_csv(path, rows, FIELDS)
     print(summary(rows))
     print(f"\nappended {len(rows)} rows to {os.path.relpath(path, ROOT)} (run {run_id})")
     if args.plot:

@@ -83,6 +83,20 @@ def make_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     raise ValueError(layout)
 
 
+def make_strided(shape, dtype, perm, step) -> torch.Tensor:
+    """Random values of logical shape ``shape`` whose memory order is the permutation ``perm``
+    of its dims, taking every ``step``-th element of the innermost memory dim."""
+    mem = [shape[p] for p in perm]
+    mem[-1] *= step
+    buf = torch.randn(mem).to(dtype)
+    if step > 1:
+        buf = buf[..., ::step]
+    inv = sorted(range(len(perm)), key=lambda i: perm[i])
+    x = buf.permute(*inv)
+    assert list(x.shape) == list(shape)
+    return x
+
+
 def backend_or_skip(name: str) -> None:
     import mollify_fast
 

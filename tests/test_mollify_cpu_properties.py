@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import mollify_fast as mf
 
-from conftest import assert_parity, backend_or_skip, check_standard_normal
+from conftest import assert_parity, backend_or_skip, check_standard_normal, make_strided
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
@@ -40,25 +40,12 @@ def cases(draw):
     return shape, dtype, perm, step, sigma, alpha, blur_sigma, seed, offset
 
 
-def _strided(shape, dtype, perm, step):
-    """A tensor with the given logical shape whose memory order is permuted and stepped."""
-    mem_shape = [shape[p] for p in perm]
-    mem_shape[-1] *= step
-    buf = torch.randn(mem_shape).to(dtype)
-    if step > 1:
-        buf = buf[..., ::step]
-    inv = sorted(range(len(perm)), key=lambda i: perm[i])
-    x = buf.permute(*inv)
-    assert list(x.shape) == list(shape)
-    return x
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_cpu_equals_reference_property(case):
     backend_or_skip("cpu")
     shape, dtype, perm, step, sigma, alpha, blur_sigma, seed, offset = case
-    x = _strided(shape, dtype, perm, step)
+    x = make_strided(shape, dtype, perm, step)
     kw = dict(alpha=alpha, blur_sigma=blur_sigma, return_noise=True)
     out, noise = mf.mollify(x, sigma, generator=mf.Generator(seed, offset), backend="cpu", **kw)
     want, want_noise = mf.mollify(x, sigma, generator=mf.Generator(seed, offset), backend="reference", **kw)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import mollify_fast as mf
 from mollify_fast import reference as R
 
-from conftest import EPS, assert_parity, assert_within, backend_or_skip
+from conftest import EPS, assert_parity, assert_within, backend_or_skip, make_strided
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -75,23 +75,9 @@ def cases(draw, max_numel=400, max_dims=9, dtypes=DTYPES):
     return shape, dtype, perm, step, sigma, alpha, blur, radius, seed, offset
 
 
-def _strided(shape, dtype, perm, step):
-    """A tensor of logical shape ``shape`` whose memory order is ``perm`` (and every
-    ``step``-th element of the innermost memory dim)."""
-    mem = [shape[p] for p in perm]
-    mem[-1] *= step
-    buf = torch.randn(mem).to(dtype)
-    if step > 1:
-        buf = buf[..., ::step]
-    inv = sorted(range(len(perm)), key=lambda i: perm[i])
-    x = buf.permute(*inv)
-    assert list(x.shape) == list(shape)
-    return x
-
-
 def _run(backend, case):
     shape, dtype, perm, step, sigma, alpha, blur, radius, seed, offset = case
-    x = _strided(shape, dtype, perm, step)
+    x = make_strided(shape, dtype, perm, step)
     kw = dict(alpha=None if alpha is None else alpha[0], blur_sigma=None if blur is None else blur[0],
               blur_radius=radius, return_noise=True)
     g = mf.Generator(seed, offset)
