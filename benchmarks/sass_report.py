@@ -48,6 +48,7 @@ from benchmarks.sass import model as M  # noqa: E402
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 SHAPE = (8, 3, 64, 64)  # divisible by 16 like the benchmark shapes; 64x64 planes give the blur's full 16x64 tile
 ODD_SHAPE = (5, 3, 17, 19)  # numel 4845: not a multiple of 16, odd H and W
+REAL_SHAPES = {"28x28 (MNIST)": (64, 1, 28, 28), "218x178 (CelebA)": (4, 3, 218, 178)}
 RADII = {1.0: 3, 2.0: 6}  # blur_sigma -> radius ceil(3 sigma), the benchmark's two blur cases
 BLUR_GROUP = re.compile(r"\bnoise\b")
 
@@ -62,6 +63,7 @@ class Case:
     radius: int = 0
     outputs: int = 1
     row: Dict[str, object] = field(default_factory=dict)
+    threads_per_block: int = 0  # for the occupancy column (0: unknown)
 
 
 # ------------------------------------------------------------------------------------ Triton
@@ -88,6 +90,9 @@ def _triton_cases(pkg_root: str):
         specs += [("blur r3+noise per-sample", "contiguous", SHAPE, 1.0, False, True),
                   ("blur r3+noise", "channels_last", SHAPE, 1.0, False, False),
                   ("blur r3+noise", "odd size", ODD_SHAPE, 1.0, False, False)]
+        # Real image sizes whose width is not a multiple of 16 (no divisibility hint, no
+        # register cap) or of 4 (two Philox groups per thread): MNIST and CelebA's native frames.
+        specs += [("blur r3+noise", layout, shape, 1.0, False, False) for layout, shape in REAL_SHAPES.items()]
         for variant, layout, shape, bs, ret, per_sample in specs:
             x = torch.randn(shape).to(dtype)
             if layout == "channels_last":
@@ -101,7 +106,8 @@ def _triton_cases(pkg_root: str):
                                RADII.get(bs, -1) if bs else -1)
             r = RADII.get(bs, 0) if bs else 0
             for L in mt._plan(x, o, nz, p, (1234, 0)):
-                out.append((Case("triton", L.kernel.__name__, variant, dname, layout, r, 2 if ret else 1), L))
+                out.append((Case("triton", L.kernel.__name__, variant, dname, layout, r, 2 if ret else 1,
+                                 threads_per_block=32 * L.options.get("num_warps", 4)), L))
     return out
 
 
@@ -137,6 +143,8 @@ def run_cuda(src_root: str, rows: list, log) -> None:
         for name in os.listdir(d):
             if name.endswith((".cuh", ".h")):
                 text += open(os.path.join(d, name)).read()
+    m = re.search(r"constexpr\s+int\s+kThreads\s*=\s*(\d+)", text)
+    threads = int(m.group(1)) if m else 0
     for sym in funcs:
         dm = C.demangle_kernel(sym)
         if dm is None or sym not in res:
@@ -173,7 +181,7 @@ def run_cuda(src_root: str, rows: list, log) -> None:
                     (" per-sample" if per_sample else "")
                 layout = "contiguous (vector path)" if contig else ("any strides" if blur else "strided")
                 case = Case("cuda", f"{name}<{', '.join(targs)}>", variant, dtype, layout, r, outputs,
-                            {"template": flags_s, "nvcc_flags": " ".join(flags)})
+                            {"template": flags_s, "nvcc_flags": " ".join(flags)}, threads_per_block=threads)
                 rows.append((case, out))
                 log(f"  cuda {case.kernel} {variant}: {sum(out.per_elem.values()):.1f} instr/elem")
 
@@ -231,13 +239,14 @@ def run_baseline_kernels(rows: list, log) -> None:
             threads = (n // RK.XBLOCK) * 4 * 32
             res = A.analyze(comp.cubin, comp.symbol, comp.spills, {}, elem_bytes=DTYPE_BYTES[dname], outputs=1,
                             elements_per_thread=n / threads)
-            rows.append((Case("baseline", label, "noise", dname, "contiguous"), res))
+            rows.append((Case("baseline", label, "noise", dname, "contiguous", threads_per_block=128), res))
             log(f"  {label} {dname}: {sum(res.per_elem.values()):.1f} instr/elem")
     x = torch.empty(n)
     comp = C.triton_compile(RK.add_kernel, (x, x, torch.empty_like(x), n), {"BLOCK_SIZE": 1024, "num_warps": 4})
     res = A.analyze(comp.cubin, comp.symbol, comp.spills, {}, elem_bytes=4, outputs=1,
                     elements_per_thread=n / ((n // 1024) * 128))
-    rows.append((Case("reference", "triton tutorial 01 add_kernel", "x+y", "float32", "contiguous"), res))
+    rows.append((Case("reference", "triton tutorial 01 add_kernel", "x+y", "float32", "contiguous",
+                      threads_per_block=128), res))
 
 
 # ----------------------------------------------------------------------------------- output
@@ -256,6 +265,13 @@ def versions() -> Dict[str, str]:
     m = re.search(r"release ([\d.]+)", nvcc)
     return {"triton": triton.__version__, "torch": torch.__version__, "nvcc": m.group(1) if m else "none",
             "ptxas": D.tool_version("ptxas"), "nvdisasm": D.tool_version("nvdisasm")}
+
+
+def occupancy(case: Case, res: A.Result) -> int:
+    """Resident warps per SM (of 64) at the kernel's registers and block size; 0 if unknown."""
+    if not case.threads_per_block:
+        return 0
+    return M.resident_warps(res.regs, case.threads_per_block, res.shared)
 
 
 def summarize(case: Case, res: A.Result, bw: float) -> Dict[str, object]:
@@ -286,6 +302,9 @@ def write_outputs(rows, extra, out_dir: str, vers: Dict[str, str], bw: Dict[str,
         for case, res in rows:
             s = summarize(case, res, bw["bytes_per_s"])
             put(case, "registers", res.regs, "per thread")
+            if case.threads_per_block:
+                put(case, "threads_per_block", case.threads_per_block, "threads")
+                put(case, "resident_warps_per_sm", occupancy(case, res), "warps (of 64)")
             put(case, "spill_store_bytes", res.spill_store, "bytes")
             put(case, "spill_load_bytes", res.spill_load, "bytes")
             put(case, "stack_bytes", res.stack, "bytes")
@@ -338,18 +357,23 @@ def write_outputs(rows, extra, out_dir: str, vers: Dict[str, str], bw: Dict[str,
               "the source (`for` bounds with r = blur radius); Triton: whole program / elements per thread of the "
               "launch; CUDA: one grid-stride iteration / the elements it stores. Predicated-off instructions count "
               "(they issue). The `counted` column of the CSV says what was counted for each row.\n")
+    md.append("- Occupancy (warps/SM, not modeled: a static fact of the cubin and the launch): "
+              + M.SOURCES["occupancy"] + ". The model above does not use it: a memory-bound kernel needs enough "
+              "loads in flight per SM, from warps or from loads each thread issues ahead (ptxas hoists the blur's "
+              "row loads, which is most of its registers). Low occupancy is what the model cannot see.\n")
     md.append("## Kernels\n")
-    md.append("| backend | kernel | variant | dtype | layout | regs | spills (B) | LDG/STG bits | instr/elem | "
+    md.append("| backend | kernel | variant | dtype | layout | regs | warps/SM | spills (B) | LDG/STG bits | instr/elem | "
               "IMAD | LOP3 | IADD3 | FFMA | FMUL/FADD | MUFU | CONV | LDG | STG | BRA | other | "
               "MODELED limiter | MODELED Gelem/s | MODELED % of memory bound |")
-    md.append("|" + "---|" * 23)
+    md.append("|" + "---|" * 24)
     for case, res in rows:
         s = summarize(case, res, bw["bytes_per_s"])
         c = s["classes"]
         bd = s["bound"]
         unres = " (unresolved loops!)" if res.unresolved else ""
+        occ = occupancy(case, res)
         md.append(f"| {case.backend} | {case.kernel} | {case.variant} | {case.dtype} | {case.layout} | {res.regs} | "
-                  f"{res.spill_store}/{res.spill_load} | {'/'.join(map(str, res.ldg_bits))} / "
+                  f"{f'{occ} ({100 * occ // 64}%)' if occ else '-'} | {res.spill_store}/{res.spill_load} | {'/'.join(map(str, res.ldg_bits))} / "
                   f"{'/'.join(map(str, res.stg_bits))} | {s['instr_per_elem']:.1f}{unres} | "
                   + " | ".join(f"{c[k]:.1f}" for k in M.CLASSES if k != "OTHER" and k != "BRANCH")
                   + f" | {c['BRANCH']:.1f} | {c['OTHER']:.1f} | {bd.winner} | {bd.rate / 1e9:.1f} | "
@@ -464,7 +488,8 @@ def main(argv=None) -> int:
             s = summarize(case, res, bw["bytes_per_s"])
             summary.append({"backend": case.backend, "kernel": case.kernel, "variant": case.variant,
                             "dtype": case.dtype, "layout": case.layout, "outputs": case.outputs,
-                            "regs": res.regs, "spill_store": res.spill_store, "spill_load": res.spill_load,
+                            "regs": res.regs, "resident_warps": occupancy(case, res),
+                            "spill_store": res.spill_store, "spill_load": res.spill_load,
                             "ldg_bits": res.ldg_bits, "stg_bits": res.stg_bits,
                             "instr_per_elem": s["instr_per_elem"], "unresolved": res.unresolved,
                             "limiter": s["bound"].winner})

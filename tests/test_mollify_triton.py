@@ -143,6 +143,106 @@ def test_tall_and_many_plane_blur_matches_reference(shape):
     assert_parity(out.cpu(), want, "out")
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "transposed"])
+@pytest.mark.parametrize("w", [8, 6])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_strided_noise_lanes_match_reference(layout, w, per_sample):
+    """The noise kernel's strided path (four lane vectors; W % 4 == 0 decomposes the index once
+    per group, otherwise per lane), with out given in another layout than x and noise returned:
+    x, out and noise each read or written through their own strides."""
+    backend_or_skip("triton")
+    dev = _device("triton")
+    base = torch.randn(3, 4, 5, w)
+    x = base.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else \
+        base.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not x.is_contiguous()
+    sigma = torch.tensor([0.3, 1.2, 0.0]) if per_sample else 0.6
+    alpha = torch.tensor([0.5, -1.0, 2.0]) if per_sample else 0.9
+    out = torch.empty(3, 4, 5, w).to(dev)  # contiguous: not x's layout
+    got, noise = mf.mollify(x.to(dev), sigma, alpha=alpha, generator=mf.Generator(4, 8), return_noise=True,
+                            out=out, backend="triton")
+    want, want_noise = mf.mollify(x, sigma, alpha=alpha, generator=mf.Generator(4, 8), return_noise=True,
+                                  backend="reference")
+    assert got.data_ptr() == out.data_ptr()
+    assert_parity(noise.cpu(), want_noise, "noise")
+    assert_parity(got.cpu(), want, "out")
+
+
+@pytest.mark.parametrize("kw", [dict(blur_sigma=3.0), dict(blur_sigma=1.0, blur_radius=9),
+                                dict(blur_sigma=torch.tensor([0.5, 3.2]), blur_radius=11)],
+                         ids=["sigma3-radius10", "radius9", "per-sample"])
+def test_two_pass_blur_matches_reference(kw):
+    """Radii beyond FUSED_MAX_RADIUS take the two launches of _mollify_blur_axis_kernel (runtime
+    tap loop). Triton 3.6's interpreter could not run that loop (`for k in range(-radius, ...)`:
+    int() of a 1-element NumPy array), and no test ran this path under the lowest Triton."""
+    from mollify_fast.backends import mollify_triton as M
+
+    backend_or_skip("triton")
+    dev = _device("triton")
+    x = torch.randn(2, 3, 23, 21)
+    p = _params(blur=1.0, radius=max(9, int(kw.get("blur_radius", 10))))
+    assert [L.kernel for L in M._plan(x, torch.empty_like(x), None, p, (1, 2))] == [M._mollify_blur_axis_kernel] * 2
+    out, noise = mf.mollify(x.to(dev), 0.3, alpha=0.9, generator=mf.Generator(5, 3), return_noise=True,
+                            backend="triton", **kw)
+    want, want_noise = mf.mollify(x, 0.3, alpha=0.9, generator=mf.Generator(5, 3), return_noise=True,
+                                  backend="reference", **kw)
+    assert_parity(noise.cpu(), want_noise, "noise")
+    assert_parity(out.cpu(), want, "out")
+
+
+@pytest.mark.parametrize("H,W,planes", [(17, 19, 15), (28, 28, 8), (64, 48, 24), (218, 178, 24), (64, 64, 24),
+                                        (5, 3, 1), (1, 2053, 1), (3, 600, 7), (256, 256, 768)])
+def test_blur_tiles_cover_the_image_with_little_waste(H, W, planes):
+    """The fused tiling covers every row and column once, no program is wasted, and lanes past
+    W and rows past H are no more than the power-of-2 tile shapes force: W = 48 runs as 3 blocks
+    of 16 columns (not 64 with a quarter idle); H = 17 as 2 strips of 9 rows (not 16 + 1, both
+    blurring 16 + 2R source rows)."""
+    from mollify_fast.backends import mollify_triton as M
+
+    bw, s, tile_h, strips, units, cb = M._blur_tiles(H, W, planes, True)
+    assert bw * s == M.THREADS and bw & (bw - 1) == 0 and bw >= 4
+    assert strips * tile_h >= H > (strips - 1) * tile_h and tile_h <= M.BLUR_TILE_H
+    assert tile_h - -(-H // strips) == 0, "strips balanced"
+    assert units == planes * strips
+    assert cb * 4 * bw >= W > (cb - 1) * 4 * bw, "column blocks cover W, none empty"
+    groups = -(-W // 4)
+    programs = -(-units // s) * cb
+    # No power-of-2 width from 4 to THREADS would launch fewer programs.
+    for other in (4, 8, 16, 32, 64, 128):
+        assert programs <= -(-units // (M.THREADS // other)) * -(-groups // other), other
+    # And the plan's grid is exactly that many programs.
+    x = torch.empty(planes, H, W)
+    L, = M._plan(x, torch.empty_like(x), None, _params(blur=0.5, radius=min(2, H - 1, W - 1)), (1, 2))
+    assert L.grid == (programs,) and (L.constexprs["S"], L.constexprs["BW"], L.constexprs["TILE_H"]) == (s, bw, tile_h)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 17, 19), (3, 2, 12, 48), (1, 1, 21, 6)])
+def test_blur_tiles_odd_shapes_match_reference(shape):
+    """The balanced strips and narrow column blocks above, run: blur + noise against the
+    reference (odd H, W not a multiple of 4, W = 48 in 3 column blocks)."""
+    backend_or_skip("triton")
+    dev = _device("triton")
+    x = torch.randn(shape)
+    out, noise = mf.mollify(x.to(dev), 0.4, alpha=0.7, blur_sigma=1.0, generator=mf.Generator(9, 4),
+                            return_noise=True, backend="triton")
+    want, want_noise = mf.mollify(x, 0.4, alpha=0.7, blur_sigma=1.0, generator=mf.Generator(9, 4),
+                                  return_noise=True, backend="reference")
+    assert_parity(noise.cpu(), want_noise, "noise")
+    assert_parity(out.cpu(), want, "out")
+
+
+@pytest.mark.parametrize("W", [28, 40, 19])
+def test_register_cap_only_where_checked_spill_free(W):
+    """maxnreg is applied only to widths that are multiples of 16: capped at 80 registers the
+    float32 R = 3 kernel spilled 372 bytes at 28 x 28 (sm_90, Triton 3.8)."""
+    from mollify_fast.backends import mollify_triton as M
+
+    for w in (W, 64):
+        x = torch.empty(4, 3, 32, w)
+        L, = M._plan(x, torch.empty_like(x), None, _params(blur=1.0, radius=3), (1, 2))
+        assert ("maxnreg" in L.options) == (w % 16 == 0), (w, L.options)
+
+
 @pytest.mark.parametrize("hw,radius", [((7, 9), 7), ((9, 4), 4), ((1, 5), 1)])
 def test_plan_refuses_radius_beyond_one_reflection(hw, radius):
     """The kernels mirror once; radius >= min(H, W) is routed elsewhere before the launcher,

@@ -40,6 +40,30 @@ SOURCES = {
                  "bytes read + written / p50 time",
 }
 
+# Occupancy limits of compute capability 9.0: CUDA C++ Programming Guide, table "Technical
+# Specifications per Compute Capability" (64K 32-bit registers, 64 resident warps, 32 resident
+# blocks per SM) and the CUDA occupancy calculator's register allocation (per warp, in units of
+# 256 registers).
+REGS_PER_SM = 65536
+MAX_WARPS_PER_SM = 64
+MAX_BLOCKS_PER_SM = 32
+REG_ALLOC_UNIT = 256
+SOURCES["occupancy"] = ("resident warps per SM from registers per thread and threads per block: 65,536 "
+                        "registers, 64 warps, 32 blocks per SM (CUDA C++ Programming Guide, compute capability "
+                        "9.0), registers allocated per warp in units of 256 (CUDA occupancy calculator); "
+                        "static shared memory only (the CUDA blur's dynamic tile is not counted)")
+
+
+def resident_warps(regs: int, threads_per_block: int, shared_bytes: int = 0, smem_per_sm: int = 228 * 1024) -> int:
+    """Warps per SM that fit at ``regs`` registers per thread (the occupancy numerator; 64 = full)."""
+    wpb = -(-threads_per_block // 32)
+    per_warp = -(-max(regs, 1) * 32 // REG_ALLOC_UNIT) * REG_ALLOC_UNIT
+    blocks = min(REGS_PER_SM // (per_warp * wpb), MAX_BLOCKS_PER_SM, MAX_WARPS_PER_SM // wpb)
+    if shared_bytes:
+        blocks = min(blocks, smem_per_sm // shared_bytes)
+    return blocks * wpb
+
+
 CLASSES = ["IMAD", "LOP3", "IADD3", "FFMA", "FMUL/FADD", "MUFU", "CONV", "LDG", "STG", "BRANCH", "OTHER"]
 _CONV = ("F2F", "F2I", "I2F", "F2FP", "I2FP", "FRND")
 _BRANCH = ("BRA", "BRX", "JMP", "JMX", "CALL", "RET", "EXIT", "BSSY", "BSYNC", "WARPSYNC")

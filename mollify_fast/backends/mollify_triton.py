@@ -18,10 +18,11 @@ properties whatever the stream: one compiled variant per layout for a whole trai
 
 Noise kernel: each program owns ``NOISE_BLOCK`` consecutive counter groups; one Philox per
 group gives the normals of the 4 consecutive logical elements it covers, which one thread
-loads and stores as a 4-vector (16 B for float32) on contiguous tensors.
+loads and stores as a 4-vector (16 B for float32) on contiguous tensors; on strided ones
+(channels_last, views) as four lane vectors through each tensor's own strides.
 
 Blur + noise kernel (radius ``R <= FUSED_MAX_RADIUS``): a program is a ``[S, BW]`` grid of
-threads; thread ``(s, q)`` owns output columns ``4q .. 4q+3`` of the ``TILE_H`` rows of unit
+threads (``BW`` picked per width so few lanes fall past it, see :func:`_blur_tiles`); thread ``(s, q)`` owns output columns ``4q .. 4q+3`` of the ``TILE_H`` rows of unit
 ``s`` (a unit is a plane and a strip of rows). It walks the ``TILE_H + 2R`` mirrored source rows
 once, blurs each along the width from ``4 + 2R`` loads (mirrored column offsets computed once per
 program), keeps the last ``2R + 1`` width-blurred rows in registers (``R`` is a constexpr, the
@@ -153,15 +154,36 @@ def _param(ptr, scalar, n, PER_SAMPLE: tl.constexpr):
 
 
 @triton.jit
-def _offsets(i, s1, s2, s3, t0, t1, t2, t3):
-    # Memory offset of logical index i over 4 dims (sizes *, s1, s2, s3; strides t0..t3).
+def _params_at(i, numel, sample_numel, sigma_ptr, alpha_ptr, sigma, alpha, SIGMA_PER_SAMPLE: tl.constexpr,
+               ALPHA_PER_SAMPLE: tl.constexpr):
+    # (sigma, alpha) of logical indices i: gathered per sample (n = i // sample_numel, clamped
+    # for masked lanes past the end), or the scalars.
+    if SIGMA_PER_SAMPLE or ALPHA_PER_SAMPLE:
+        n = tl.minimum(i // sample_numel, (numel - 1) // sample_numel)
+        return _param(sigma_ptr, sigma, n, SIGMA_PER_SAMPLE), _param(alpha_ptr, alpha, n, ALPHA_PER_SAMPLE)
+    else:
+        return sigma, alpha
+
+
+@triton.jit
+def _coords(i, s1, s2, s3):
+    # Coordinates of logical index i over 4 dims (sizes *, s1, s2, s3). Computed once and
+    # shared by x, out and noise: Triton 3.8 does not merge the divisions of three separate
+    # decompositions (channels_last noise took 119.5 SASS instructions per element and 118
+    # registers that way, 3.6 72.5 and 48).
     d3 = i % s3
     r = i // s3
     d2 = r % s2
     r = r // s2
     d1 = r % s1
     d0 = r // s1
-    return d0 * t0 + d1 * t1 + d2 * t2 + d3 * t3
+    return d0, d1, d2, d3
+
+
+@triton.jit
+def _dot4(d, t0, t1, t2, t3):
+    # Memory offset of coordinates d (from _coords) for strides t0..t3.
+    return d[0] * t0 + d[1] * t1 + d[2] * t2 + d[3] * t3
 
 
 @triton.jit
@@ -283,35 +305,61 @@ def _mollify_noise_kernel(
     else:
         g = pid * BLOCK + tl.arange(0, BLOCK)
     z0, z1, z2, z3 = _normals4(off + g, k0, k1)
-    eps = _quad(z0, z1, z2, z3)
-    lane = tl.arange(0, 4)[None, :]
     i0 = 4 * g
-    i = i0[:, None] + lane
-    mask = i < numel
-    if SIGMA_PER_SAMPLE or ALPHA_PER_SAMPLE:
-        n = tl.minimum(i // sample_numel, (numel - 1) // sample_numel)
-        s = _param(sigma_ptr, sigma, n, SIGMA_PER_SAMPLE)
-        a = _param(alpha_ptr, alpha, n, ALPHA_PER_SAMPLE)
-    else:
-        s = sigma
-        a = alpha
     if CONTIG:
-        ox = i
-        oo = i
-        on = i
-    elif GROUP_ROWS:
-        ox = _offsets(i0, s1, s2, s3, xs0, xs1, xs2, xs3)[:, None] + lane * xs3
-        oo = _offsets(i0, s1, s2, s3, os0, os1, os2, os3)[:, None] + lane * os3
-        on = _offsets(i0, s1, s2, s3, ns0, ns1, ns2, ns3)[:, None] + lane * ns3
+        eps = _quad(z0, z1, z2, z3)
+        i = i0[:, None] + tl.arange(0, 4)[None, :]
+        mask = i < numel
+        s, a = _params_at(i, numel, sample_numel, sigma_ptr, alpha_ptr, sigma, alpha,
+                          SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE)
+        x = tl.load(x_ptr + i, mask=mask, other=0.0).to(tl.float32)
+        res = a * x + s * eps
+        tl.store(out_ptr + i, res.to(out_ptr.dtype.element_ty), mask=mask)
+        if HAS_NOISE:
+            tl.store(noise_ptr + i, eps.to(noise_ptr.dtype.element_ty), mask=mask)
     else:
-        ox = _offsets(i, s1, s2, s3, xs0, xs1, xs2, xs3)
-        oo = _offsets(i, s1, s2, s3, os0, os1, os2, os3)
-        on = _offsets(i, s1, s2, s3, ns0, ns1, ns2, ns3)
+        # Strided: the 4 lanes as four [BLOCK] vectors, in the layout the Philox outputs already
+        # have. A [BLOCK, 4] tile with scalar (strided) accesses made Triton 3.8 pick a layout
+        # that shuffles every lane: 118 registers and 119.5 SASS instructions per element for
+        # channels_last float32 (Triton 3.6 compiled the same source to 72.5).
+        bx = i0 * 0
+        bo = bx
+        bn = bx
+        if GROUP_ROWS:
+            d = _coords(i0, s1, s2, s3)
+            bx = _dot4(d, xs0, xs1, xs2, xs3)
+            bo = _dot4(d, os0, os1, os2, os3)
+            bn = _dot4(d, ns0, ns1, ns2, ns3)
+        lanes = (z0, z1, z2, z3)
+        for j in tl.static_range(4):
+            _strided_lane(lanes[j], j, i0, bx, bo, bn, x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, sigma, alpha,
+                          numel, sample_numel, s1, s2, s3, xs0, xs1, xs2, xs3, os0, os1, os2, os3,
+                          ns0, ns1, ns2, ns3, HAS_NOISE, GROUP_ROWS, SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE)
+
+
+@triton.jit
+def _strided_lane(z, j: tl.constexpr, i0, bx, bo, bn, x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, sigma, alpha,
+                  numel, sample_numel, s1, s2, s3, xs0, xs1, xs2, xs3, os0, os1, os2, os3, ns0, ns1, ns2, ns3,
+                  HAS_NOISE: tl.constexpr, GROUP_ROWS: tl.constexpr, SIGMA_PER_SAMPLE: tl.constexpr,
+                  ALPHA_PER_SAMPLE: tl.constexpr):
+    """Lane ``j`` (element ``4 g + j``) of each group ``g`` of the noise kernel's strided path."""
+    i = i0 + j
+    mask = i < numel
+    s, a = _params_at(i, numel, sample_numel, sigma_ptr, alpha_ptr, sigma, alpha, SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE)
+    if GROUP_ROWS:
+        # Innermost size % 4 == 0: the group's 4 lanes share their outer coordinates.
+        ox = bx + j * xs3
+        oo = bo + j * os3
+        on = bn + j * ns3
+    else:
+        d = _coords(i, s1, s2, s3)
+        ox = _dot4(d, xs0, xs1, xs2, xs3)
+        oo = _dot4(d, os0, os1, os2, os3)
+        on = _dot4(d, ns0, ns1, ns2, ns3)
     x = tl.load(x_ptr + ox, mask=mask, other=0.0).to(tl.float32)
-    res = a * x + s * eps
-    tl.store(out_ptr + oo, res.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + oo, (a * x + s * z).to(out_ptr.dtype.element_ty), mask=mask)
     if HAS_NOISE:
-        tl.store(noise_ptr + on, eps.to(noise_ptr.dtype.element_ty), mask=mask)
+        tl.store(noise_ptr + on, z.to(noise_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
@@ -413,18 +461,24 @@ def _mollify_blur_axis_kernel(
     else:
         r = radius + tl.zeros((S,), tl.int32)
     inv = 1.0 / tl.maximum(2.0 * bs * bs, 1e-30)
+    # `while`, not `for k in range(-radius, ...)`: Triton 3.6's interpreter cannot take a
+    # runtime range bound under NumPy 2 (int() of a 1-element array); compiled, both are loops.
     norm = tl.zeros((S,), tl.float32)
-    for k in range(-radius, radius + 1):
+    k = -radius
+    while k <= radius:
         norm += tl.where((k <= r) & (k >= -r), tl.exp(-(k * k) * inv), 0.0)
+        k += 1
     lanes = tl.arange(0, 4)
     acc = tl.zeros((S, BW, 4), tl.float32)
-    for k in range(-radius, radius + 1):
+    k = -radius
+    while k <= radius:
         wk = tl.where((k <= r) & (k >= -r), tl.exp(-(k * k) * inv), 0.0) / norm
         if ALONG_H:
             o = (_mirror(h + k, H) * ssh)[:, None, None] + ((c[:, None] + lanes[None, :]) * ssw)[None, :, :]
         else:
             o = (h * ssh)[:, None, None] + (_mirror(c[:, None] + lanes[None, :] + k, W) * ssw)[None, :, :]
         acc += wk[:, None, None] * tl.load(src_base[:, None, None] + o).to(tl.float32)
+        k += 1
     if FINAL:
         noise_base = noise_ptr + (pd0 * ns0 + pd1 * ns1 + pd2 * ns2)
         sg = _param(sigma_ptr, sigma, n, SIGMA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
@@ -493,13 +547,33 @@ def _blur_layout(shape: tuple, strides: tuple):
 
 @functools.lru_cache(maxsize=512)
 def _blur_tiles(H: int, W: int, planes: int, fused: bool):
-    """``(BW, S, TILE_H, strips, units, col_blocks)``: threads ``[S, BW]``, 4 columns each."""
-    bw = min(triton.next_power_of_2(-(-W // 4)), THREADS)
-    s = THREADS // bw
-    tile_h = min(BLUR_TILE_H, H) if fused else 1
-    strips = -(-H // tile_h)
+    """``(BW, S, TILE_H, strips, units, col_blocks)``: threads ``[S, BW]``, 4 columns each.
+
+    ``BW`` (threads across, a power of 2 from 4 to ``THREADS``) is the one whose column blocks
+    waste the fewest lanes past ``W`` (ties: the widest): W = 48 takes 3 blocks of 16 columns,
+    not one of 64 with a quarter idle. Fused: ``TILE_H`` balances the strips (H = 17 runs 2 strips
+    of 9 rows, not 16 + 1 that both blur 16 + 2R source rows). The cost compared is programs x
+    source rows per strip; a program is ``THREADS`` threads whatever the split.
+    """
+    groups = -(-W // 4)
+    if fused:
+        strips = -(-H // BLUR_TILE_H)
+        tile_h = -(-H // strips)
+    else:
+        strips, tile_h = H, 1
     units = planes * strips
-    return bw, s, tile_h, strips, units, -(-W // (4 * bw))
+    best = None
+    bw = 4
+    while bw <= THREADS:
+        cb = -(-groups // bw)
+        cost = -(-units // (THREADS // bw)) * cb
+        if best is None or cost <= best[0]:
+            best = (cost, bw, cb)
+        if bw >= groups:
+            break
+        bw *= 2
+    _, bw, cb = best
+    return bw, THREADS // bw, tile_h, strips, units, cb
 
 
 @dataclass(frozen=True)
@@ -523,9 +597,11 @@ def _fused_options(R: int, itemsize: int, plain: bool) -> dict:
     checked to cost no spill (sm_90 SASS, Triton 3.8, MODELED effect). Uncapped, ptxas hoists
     loads of later rows: float32 R = 3 took 94 registers (5 blocks of 128 threads per SM), capped
     80 (6 blocks) with no spill and 82.5 instead of 82.2 instructions per element. Only
-    ``plain`` launches (W % 4 == 0, unit stride along W, scalar parameters, no returned noise)
+    ``plain`` launches (W % 16 == 0, unit stride along W, scalar parameters, no returned noise)
     are capped: at 80 the per-sample, channels_last and odd-width R = 3 variants spilled
-    88-248 bytes."""
+    88-248 bytes. Nor is a width that is not a multiple of 16: Triton then drops its
+    divisibility hint for ``W`` and the row strides, the address math grows, and float32 R = 3
+    capped at 80 spilled 372 bytes at 28 x 28 (MNIST) and 332 at 64 x 40."""
     cap = FUSED_MAXNREG.get((R, itemsize)) if plain else None
     return {"num_warps": NUM_WARPS} if cap is None else {"num_warps": NUM_WARPS, "maxnreg": cap}
 
@@ -596,7 +672,7 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
         grid = (-(-units // s) * cb,)
         args = (x, out, noise_p, *head, H, W, units, strips, cb, pps, P1, P2, *xs, *os_, *ns)
         consts = dict(R=R, TILE_H=tile_h, S=s, BW=bw, **common)
-        plain = W % 4 == 0 and noise is None and not (sig_t or al_t or bl_t or rad_t) and xs[4] == os_[4] == 1
+        plain = W % 16 == 0 and noise is None and not (sig_t or al_t or bl_t or rad_t) and xs[4] == os_[4] == 1
         return [Launch(_mollify_blur_kernel, grid, args, consts, _fused_options(R, x.element_size(), plain),
                        numel)], []
     # Two passes through a float32 scratch in x's logical order (contiguous).
