@@ -7,7 +7,8 @@ counts the steady-state SASS. This test fails on a regression of a committed bud
 (benchmarks/sass_budgets.json): spills, 128-bit global access on the contiguous float32 noise path,
 and an instructions-per-element ceiling per variant. It runs the tool in a subprocess with
 TRITON_INTERPRET=0 because this test process defines the kernels in interpreter mode (conftest).
-First run about 2 minutes on 2 cores; compiled cubins are cached (~/.cache/mollify_fast/sass).
+First run about 10 minutes on 2 cores (Triton 3.8 and nvcc; about 13 more under Triton 3.6 in
+tests/triton_min_version.sh); compiled cubins are cached (~/.cache/mollify_fast/sass).
 """
 import json
 import os
