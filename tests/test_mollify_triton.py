@@ -199,36 +199,70 @@ def test_blur_tiles_cover_the_image_with_little_waste(H, W, planes):
     blurring 16 + 2R source rows)."""
     from mollify_fast.backends import mollify_triton as M
 
-    bw, s, tile_h, strips, units, cb = M._blur_tiles(H, W, planes, True)
+    share = W % 4 != 0  # the last thread of a column block lends its counter group, owns no columns
+    bw, s, tile_h, strips, units, cb = M._blur_tiles(H, W, planes, True, share)
     assert bw * s == M.THREADS and bw & (bw - 1) == 0 and bw >= 4
     assert strips * tile_h >= H > (strips - 1) * tile_h and tile_h <= M.BLUR_TILE_H
     assert tile_h - -(-H // strips) == 0, "strips balanced"
     assert units == planes * strips
-    assert cb * 4 * bw >= W > (cb - 1) * 4 * bw, "column blocks cover W, none empty"
+    per_block = 4 * (bw - share)
+    assert cb * per_block >= W > (cb - 1) * per_block, "column blocks cover W, none empty"
     groups = -(-W // 4)
     programs = -(-units // s) * cb
     # No power-of-2 width from 4 to THREADS would launch fewer programs.
     for other in (4, 8, 16, 32, 64, 128):
-        assert programs <= -(-units // (M.THREADS // other)) * -(-groups // other), other
+        assert programs <= -(-units // (M.THREADS // other)) * -(-groups // (other - share)), other
     # And the plan's grid is exactly that many programs.
     x = torch.empty(planes, H, W)
     L, = M._plan(x, torch.empty_like(x), None, _params(blur=0.5, radius=min(2, H - 1, W - 1)), (1, 2))
     assert L.grid == (programs,) and (L.constexprs["S"], L.constexprs["BW"], L.constexprs["TILE_H"]) == (s, bw, tile_h)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 17, 19), (3, 2, 12, 48), (1, 1, 21, 6)])
+@pytest.mark.parametrize("shape", [(2, 3, 17, 19), (3, 2, 12, 48), (1, 1, 21, 6), (8, 4, 9, 70), (4, 2, 10, 178)])
 def test_blur_tiles_odd_shapes_match_reference(shape):
     """The balanced strips and narrow column blocks above, run: blur + noise against the
-    reference (odd H, W not a multiple of 4, W = 48 in 3 column blocks)."""
+    reference (odd H, W not a multiple of 4, W = 48 in 3 column blocks). W = 70 and 178 span
+    several column blocks with W % 4 != 0, where each thread takes its second counter group from
+    its neighbour (tl.gather) and the block's last thread only lends its group: a wrong hand-over
+    at a block edge shows in the noise."""
+    from mollify_fast.backends import mollify_triton as M
+
     backend_or_skip("triton")
     dev = _device("triton")
     x = torch.randn(shape)
+    if shape[-1] in (70, 178):
+        planes = shape[0] * shape[1]
+        cb = M._blur_tiles(shape[2], shape[3], planes, True, True)[-1]
+        assert cb > 1, "several column blocks"
     out, noise = mf.mollify(x.to(dev), 0.4, alpha=0.7, blur_sigma=1.0, generator=mf.Generator(9, 4),
                             return_noise=True, backend="triton")
     want, want_noise = mf.mollify(x, 0.4, alpha=0.7, blur_sigma=1.0, generator=mf.Generator(9, 4),
                                   return_noise=True, backend="reference")
     assert_parity(noise.cpu(), want_noise, "noise")
     assert_parity(out.cpu(), want, "out")
+
+
+def test_lending_thread_writes_nothing():
+    """W % 4 != 0: a column block's last thread only lends its counter group to its neighbour;
+    its columns belong to the next block. Run program 0 alone (block 0 of the first units) on an
+    output full of NaN: exactly the block's 4 (BW - 1) columns are written. (Run in order, as the
+    interpreter does, a stray write would be overwritten by the next block and go unseen; on a
+    GPU the blocks race.)"""
+    from mollify_fast.backends import mollify_triton as M
+
+    backend_or_skip("triton")
+    if not INTERPRET:
+        pytest.skip("launches the kernel on CPU tensors: interpreter only")
+    x = torch.randn(4, 2, 10, 178)
+    out = torch.full_like(x, float("nan"))
+    L, = M._plan(x, out, None, _params(blur=1.0, radius=3), (1, 2))
+    S, BW = L.constexprs["S"], L.constexprs["BW"]
+    assert not L.constexprs["ALIGNED"] and L.grid[0] > 1  # several column blocks
+    L.kernel[(1,)](*L.args, **L.constexprs)
+    cols = 4 * (BW - 1)
+    planes = out.view(-1, 10, 178)
+    assert torch.isfinite(planes[:S, :, :cols]).all()
+    assert torch.isnan(planes[:S, :, cols:]).all() and torch.isnan(planes[S:]).all()
 
 
 @pytest.mark.parametrize("W", [28, 40, 19])

@@ -27,7 +27,10 @@ threads (``BW`` picked per width so few lanes fall past it, see :func:`_blur_til
 once, blurs each along the width from ``4 + 2R`` loads (mirrored column offsets computed once per
 program), keeps the last ``2R + 1`` width-blurred rows in registers (``R`` is a constexpr, the
 loops unroll, so that ring costs no moves) and emits an output row as soon as its ``2R + 1``
-source rows are in: the height pass, one Philox for the thread's 4 elements, one store.
+source rows are in: the height pass, one Philox for the thread's 4 elements, one store. When
+``W % 4 != 0`` a row's 4-column windows straddle two counter groups; the second is the right-hand
+neighbour's first, handed over with ``tl.gather``, and each column block's last thread only
+lends its group (one Philox per thread still, at 1/BW of the lanes idle).
 Larger radii take two launches of :func:`_mollify_blur_axis_kernel` through a float32 scratch
 (width pass, then height pass + noise). Both handle ``R < min(H, W)`` only (one reflection);
 larger radii are routed elsewhere before this backend is called, and :func:`_plan` refuses them.
@@ -227,11 +230,15 @@ def _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R: tl.constexpr,
 
 @triton.jit
 def _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, sg, al,
-              osh, osw, nsh, nsw, rmask, ALIGNED: tl.constexpr, HAS_NOISE: tl.constexpr):
+              osh, osw, nsh, nsw, rmask, ALIGNED: tl.constexpr, HAS_NOISE: tl.constexpr,
+              SHARE: tl.constexpr = False):
     """Finish one output row of a ``[S, BW]`` tile: noise, ``alpha * B(x) + sigma * eps``, store.
 
     ``vals``: the 4 blurred lanes (``[S, BW]`` each, columns ``c + 0..3``); ``h``: the ``[S]``
     rows; ``plane_elem0``: logical index of each unit's plane start (int64 ``[S]``).
+    ``SHARE`` (W % 4 != 0): thread ``q``'s second counter group is thread ``q + 1``'s first,
+    taken from it with ``tl.gather`` instead of a second Philox; the last thread of the row only
+    supplies its group (its columns belong to the next column block and are not stored).
     """
     idx = (plane_elem0 + h.to(tl.int64) * W)[:, None] + c[None, :]  # logical index of lane 0
     if ALIGNED:
@@ -240,7 +247,14 @@ def _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, 
     else:
         # Lane j is element idx + j of group (idx + j) / 4: two groups cover the 4 lanes.
         a0, a1, a2, a3 = _normals4(off + (idx >> 2), k0, k1)
-        b0, b1, b2, b3 = _normals4(off + (idx >> 2) + 1, k0, k1)
+        if SHARE:
+            nxt = tl.broadcast_to(tl.minimum(tl.arange(0, c.shape[0]) + 1, c.shape[0] - 1)[None, :], a0.shape)
+            b0 = tl.gather(a0, nxt, 1)
+            b1 = tl.gather(a1, nxt, 1)
+            b2 = tl.gather(a2, nxt, 1)
+            b3 = tl.gather(a3, nxt, 1)
+        else:
+            b0, b1, b2, b3 = _normals4(off + (idx >> 2) + 1, k0, k1)
         m = (idx & 3).to(tl.int32)
         e0 = tl.where(m == 0, a0, tl.where(m == 1, a1, tl.where(m == 2, a2, a3)))
         e1 = tl.where(m == 0, a1, tl.where(m == 1, a2, tl.where(m == 2, a3, b0)))
@@ -250,7 +264,10 @@ def _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, 
     v0, v1, v2, v3 = vals
     res = al[:, None, None] * _quad(v0, v1, v2, v3) + sg[:, None, None] * eps
     cols = c[:, None] + tl.arange(0, 4)[None, :]  # [BW, 4]
-    mask = rmask[:, None, None] & (cols < W)[None, :, :]
+    ok = cols < W
+    if SHARE and not ALIGNED:
+        ok = ok & (tl.arange(0, c.shape[0]) < c.shape[0] - 1)[:, None]
+    mask = rmask[:, None, None] & ok[None, :, :]
     o = (h * osh)[:, None, None] + (cols * osw)[None, :, :]
     tl.store(out_base[:, None, None] + o, res.to(out_base.dtype.element_ty), mask=mask)
     if HAS_NOISE:
@@ -386,7 +403,10 @@ def _mollify_blur_kernel(
     out_base = out_ptr + (pd0 * os0 + pd1 * os1 + pd2 * os2)
     noise_base = noise_ptr + (pd0 * ns0 + pd1 * ns1 + pd2 * ns2)
     plane_elem0 = plane.to(tl.int64) * H * W
-    c = (pid_c * BW + tl.arange(0, BW)) * 4  # first column of each thread's 4
+    if ALIGNED:
+        c = (pid_c * BW + tl.arange(0, BW)) * 4  # first column of each thread's 4
+    else:
+        c = (pid_c * (BW - 1) + tl.arange(0, BW)) * 4  # the last thread only lends its counter group
     w = _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R, BLUR_PER_SAMPLE, RADIUS_PER_SAMPLE)
     sg = _param(sigma_ptr, sigma, n, SIGMA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
     al = _param(alpha_ptr, alpha, n, ALPHA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
@@ -420,7 +440,7 @@ def _mollify_blur_kernel(
                 vals = vals + (acc,)
             h = h0 + (t - 2 * R)
             _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, sg, al,
-                      osh, osw, nsh, nsw, umask & (h < H), ALIGNED, HAS_NOISE)
+                      osh, osw, nsh, nsw, umask & (h < H), ALIGNED, HAS_NOISE, True)
 
 
 @triton.jit
@@ -546,7 +566,7 @@ def _blur_layout(shape: tuple, strides: tuple):
 
 
 @functools.lru_cache(maxsize=512)
-def _blur_tiles(H: int, W: int, planes: int, fused: bool):
+def _blur_tiles(H: int, W: int, planes: int, fused: bool, share: bool = False):
     """``(BW, S, TILE_H, strips, units, col_blocks)``: threads ``[S, BW]``, 4 columns each.
 
     ``BW`` (threads across, a power of 2 from 4 to ``THREADS``) is the one whose column blocks
@@ -565,11 +585,11 @@ def _blur_tiles(H: int, W: int, planes: int, fused: bool):
     best = None
     bw = 4
     while bw <= THREADS:
-        cb = -(-groups // bw)
+        cb = -(-groups // (bw - share))  # share: the last thread of a block lends its group only
         cost = -(-units // (THREADS // bw)) * cb
         if best is None or cost <= best[0]:
             best = (cost, bw, cb)
-        if bw >= groups:
+        if bw - share >= groups:
             break
         bw *= 2
     _, bw, cb = best
@@ -668,7 +688,7 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
                   BLUR_PER_SAMPLE=bl_t, RADIUS_PER_SAMPLE=rad_t)
     head = (sig_p, al_p, bl_p, rad_p, sig, al, bl, *stream_args)
     if R <= FUSED_MAX_RADIUS:
-        bw, s, tile_h, strips, units, cb = _blur_tiles(H, W, planes, True)
+        bw, s, tile_h, strips, units, cb = _blur_tiles(H, W, planes, True, W % 4 != 0)
         grid = (-(-units // s) * cb,)
         args = (x, out, noise_p, *head, H, W, units, strips, cb, pps, P1, P2, *xs, *os_, *ns)
         consts = dict(R=R, TILE_H=tile_h, S=s, BW=bw, **common)
