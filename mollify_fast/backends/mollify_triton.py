@@ -170,10 +170,8 @@ def _params_at(i, numel, sample_numel, sigma_ptr, alpha_ptr, sigma, alpha, SIGMA
 
 @triton.jit
 def _coords(i, s1, s2, s3):
-    # Coordinates of logical index i over 4 dims (sizes *, s1, s2, s3). Computed once and
-    # shared by x, out and noise: Triton 3.8 does not merge the divisions of three separate
-    # decompositions (channels_last noise took 119.5 SASS instructions per element and 118
-    # registers that way, 3.6 72.5 and 48).
+    # Coordinates of logical index i over 4 dims (sizes *, s1, s2, s3), decomposed once and
+    # turned into an offset per tensor by _dot4 (x, out and noise have their own strides).
     d3 = i % s3
     r = i // s3
     d2 = r % s2
@@ -569,11 +567,12 @@ def _blur_layout(shape: tuple, strides: tuple):
 def _blur_tiles(H: int, W: int, planes: int, fused: bool, share: bool = False):
     """``(BW, S, TILE_H, strips, units, col_blocks)``: threads ``[S, BW]``, 4 columns each.
 
-    ``BW`` (threads across, a power of 2 from 4 to ``THREADS``) is the one whose column blocks
-    waste the fewest lanes past ``W`` (ties: the widest): W = 48 takes 3 blocks of 16 columns,
-    not one of 64 with a quarter idle. Fused: ``TILE_H`` balances the strips (H = 17 runs 2 strips
-    of 9 rows, not 16 + 1 that both blur 16 + 2R source rows). The cost compared is programs x
-    source rows per strip; a program is ``THREADS`` threads whatever the split.
+    ``BW`` (threads across, a power of 2 from 4 to ``THREADS``) is the one that launches the
+    fewest programs, counting both idle lanes past ``W`` and idle units past the last plane
+    (ties: the widest): W = 48 over many planes takes 3 blocks of 16 columns, not one of 64 with
+    a quarter idle. ``share`` (W % 4 != 0): a block's last thread only lends its counter group,
+    so a block covers ``4 (BW - 1)`` columns. Fused: ``TILE_H`` balances the strips (H = 17 runs
+    2 strips of 9 rows, not 16 + 1 that both blur 16 + 2R source rows).
     """
     groups = -(-W // 4)
     if fused:
@@ -619,9 +618,9 @@ def _fused_options(R: int, itemsize: int, plain: bool) -> dict:
     80 (6 blocks) with no spill and 82.5 instead of 82.2 instructions per element. Only
     ``plain`` launches (W % 16 == 0, unit stride along W, scalar parameters, no returned noise)
     are capped: at 80 the per-sample, channels_last and odd-width R = 3 variants spilled
-    88-248 bytes. Nor is a width that is not a multiple of 16: Triton then drops its
-    divisibility hint for ``W`` and the row strides, the address math grows, and float32 R = 3
-    capped at 80 spilled 372 bytes at 28 x 28 (MNIST) and 332 at 64 x 40."""
+    88-248 bytes; with a width that is not a multiple of 16 Triton drops its divisibility hint
+    for ``W`` and the row strides, the address math grows, and float32 R = 3 capped at 80
+    spilled 372 bytes at 28 x 28 (MNIST) and 332 at 64 x 40."""
     cap = FUSED_MAXNREG.get((R, itemsize)) if plain else None
     return {"num_warps": NUM_WARPS} if cap is None else {"num_warps": NUM_WARPS, "maxnreg": cap}
 
