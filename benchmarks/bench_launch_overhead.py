@@ -37,7 +37,7 @@ def per_call_us(fn, n=2000, repeat=5) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=".")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "results"))
     args = ap.parse_args(argv)
     from mollify_fast.backends import mollify_triton as MT
 

@@ -1,6 +1,6 @@
 """Microbenchmarks of mollify against every peer, side by side in one run.
 
-    python -m benchmarks.bench_mollify [--device cpu|cuda] [--quick] [--out benchmarks/results]
+    python -m benchmarks.bench_mollify [--device cpu|cuda] [--quick] [--out DIR]
 
 Ops: ``noise`` (``alpha * x + sigma * eps``) and ``blur+noise`` (blur sigma 1 and 2).
 Providers: every available mollify_fast backend; the eager composition
@@ -38,6 +38,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mollify_fast as mf  # noqa: E402
+from benchmarks.progress import progress  # noqa: E402
 
 SIGMA = 0.6
 _COMPILE = True  # --no-compile turns the torch.compile provider off
@@ -197,7 +198,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="one shape, one dtype, short budget (a smoke run)")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timing per case (default 3 CPU, 1 GPU)")
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "build", "results"),
+                    help="output folder (default build/results, ignored by git; benchmarks/results to commit)")
     ap.add_argument("--tag", default="", help="free text stored with the run (e.g. the machine)")
     ap.add_argument("--shapes", default=None, help="comma-separated shapes to run, e.g. 256x3x256x256,64x3x256x256")
     ap.add_argument("--dtypes", default=None, help="comma-separated dtypes, e.g. float32,bfloat16")
@@ -206,10 +208,6 @@ def main(argv=None) -> int:
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no GPU visible to torch")
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress bars are a nicety
-        tqdm = lambda it, **kw: it  # noqa: E731
 
     shapes = [(256, 3, 32, 32), (128, 3, 64, 64), (64, 3, 256, 256)]
     if dev == "cuda":
@@ -236,7 +234,8 @@ def main(argv=None) -> int:
     rows, raw = [], {"meta": dict(meta, tag=args.tag), "cases": []}
     compile_times: dict = {}
     cases = [(s, d, op, b) for s in shapes for d in dtypes for op, b in ops]
-    for shape, dtype, op, bs in tqdm(cases, desc=f"mollify benchmarks ({dev})", unit="case", disable=None):
+    for shape, dtype, op, bs in progress(cases, f"mollify benchmarks ({dev})",
+                                         label=lambda c: f"{'x'.join(map(str, c[0]))} {c[1]} {c[2]} {c[3] or ''}"):
         x = torch.randn(shape, device=dev).to(dtype)
         times = run_case(x, op, bs, dev, budget, min_rounds, compile_times)
         nbytes = 2 * x.numel() * x.element_size()

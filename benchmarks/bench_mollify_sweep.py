@@ -1,6 +1,6 @@
 """Size sweep of mollify against eager PyTorch, from a few hundred elements to 2**26.
 
-    python -m benchmarks.bench_mollify_sweep [--device cpu|cuda] [--quick] [--out benchmarks/results]
+    python -m benchmarks.bench_mollify_sweep [--device cpu|cuda] [--quick] [--out DIR]
 
 Why: the paper's tabular and 2-D experiments put a few hundred to a few tens of thousands of
 elements through the op per step, where per-call host overhead, not bandwidth, decides. This
@@ -38,6 +38,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mollify_fast as mf  # noqa: E402
+from benchmarks.progress import progress  # noqa: E402
 from benchmarks.bench_mollify import append_csv, device_name, device_slug, pct, round_robin, versions  # noqa: E402
 
 SIGMA = 0.5
@@ -96,16 +97,13 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few sizes, short budget (a smoke run)")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timing per case (default 1.0; quick 0.1)")
     ap.add_argument("--max-log2", type=int, default=26, help="largest size is 2**max_log2 elements")
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "build", "results"),
+                    help="output folder (default build/results, ignored by git; benchmarks/results to commit)")
     ap.add_argument("--plot", action="store_true", help="also draw the run (PNG next to the CSV)")
     args = ap.parse_args(argv)
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no GPU visible to torch")
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = lambda it, **kw: it  # noqa: E731
 
     logs = list(range(8, args.max_log2 + 1, 2 if not args.quick else 6))
     if 11 not in logs and not args.quick:
@@ -122,7 +120,8 @@ def main(argv=None) -> int:
     rows: List[dict] = []
     cases = [(op, dt, lg, th) for op in ops for dt in dtypes for lg in logs for th in threads
              if not (op != "noise" and lg < 10)]
-    for op, dtype, lg, th in tqdm(cases, desc=f"size sweep ({dev})", unit="case", disable=None):
+    for op, dtype, lg, th in progress(cases, f"size sweep ({dev})",
+                                      label=lambda c: f"{c[0]} {c[1]} 2^{c[2]} elements, {c[3]} thread(s)"):
         torch.set_num_threads(th)
         n = 2**lg
         shape = shape_for(op, n)

@@ -1,6 +1,6 @@
 """Training-loop overhead of mollification for RealNVP, Glow and a VAE on CIFAR-shaped batches.
 
-    python -m benchmarks.bench_training [--device cpu|cuda] [--batch 64] [--rounds 30]
+    python -m benchmarks.bench_training [--device cpu|cuda] [--batch 64] [--rounds 30] [--quick] [--out DIR]
 
 For each model, one optimisation step (forward, backward, Adam) is timed with:
 ``none`` (no mollification), ``fused noise`` (``mollify_fast.mollify``, backend ``auto``),
@@ -12,8 +12,10 @@ Two overhead figures per variant, in percent of the median ``none`` step:
 * ``direct``: the mollify call itself, timed inside the step (synchronised on GPU);
 * ``paired``: the step time minus the ``none`` step of the same round (noisier, includes
   everything the call does to the rest of the step, such as cache effects).
-Median and 20th-80th percentiles are reported and appended to
-``benchmarks/results/training_<device>.csv`` with device, versions and date.
+Median and 20th-80th percentiles are reported and appended to ``training_<device>.csv`` in
+``--out`` (default ``build/results``, ignored by git; ``--out benchmarks/results`` to commit) with
+device, versions and date. ``--quick`` (a smoke run: one small model, batch 8, 3 rounds) checks
+the harness in seconds. Progress: a line per model and round (a bar on a terminal).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mollify_fast as mf  # noqa: E402
+from benchmarks.progress import progress  # noqa: E402
 from benchmarks.bench_mollify import cpu_model, device_name, pct, versions  # noqa: E402
 from benchmarks.models import build_image_model  # noqa: E402
 
@@ -66,15 +69,15 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None, help="default 64 on CPU, 256 on GPU")
     ap.add_argument("--rounds", type=int, default=None, help="default 30 on CPU, 100 on GPU")
     ap.add_argument("--models", default="realnvp,glow,vae", help="comma list of realnvp, glow, vae, beta-vae, iwae")
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "build", "results"),
+                    help="output folder (default build/results, ignored by git; benchmarks/results to commit)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: the VAE only, batch 8, 3 rounds")
     args = ap.parse_args(argv)
     dev = args.device
-    batch = args.batch or (64 if dev == "cpu" else 256)
-    rounds = args.rounds or (30 if dev == "cpu" else 100)
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = lambda it, **kw: it  # noqa: E731
+    if args.quick:
+        args.models = "vae" if args.models == ap.get_default("models") else args.models
+    batch = args.batch or (8 if args.quick else 64 if dev == "cpu" else 256)
+    rounds = args.rounds or (3 if args.quick else 30 if dev == "cpu" else 100)
     ver = versions()
     meta = {"run_id": uuid.uuid4().hex[:8],
             "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -109,7 +112,7 @@ def main(argv=None) -> int:
         for fn in var.values():  # warm-up, also actnorm's data-dependent init
             step(fn)
             step(fn)
-        for _ in tqdm(range(rounds), desc=f"training steps: {name}", unit="round", disable=None):
+        for _ in progress(range(rounds), f"training steps: {name}", unit="round", label=lambda _: ""):
             for k, fn in var.items():
                 total, mol = step(fn)
                 step_t[k].append(total)

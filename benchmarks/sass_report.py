@@ -1,6 +1,6 @@
 """Static sm_90 report of the mollify kernels, no GPU needed: SASS counts and a MODELED H100 speed.
 
-    python -m benchmarks.sass_report [--ref GIT_REF] [--out benchmarks/results] [--only triton|cuda]
+    python -m benchmarks.sass_report [--ref GIT_REF] [--out DIR] [--only triton|cuda] [--quick] [--check]
 
 For every kernel variant real launches produce (Triton: through the backend's launch plan and
 Triton's own binder; CUDA: every ``__global__`` instantiation nvcc emits with the project's CMake
@@ -13,7 +13,12 @@ the same way, and a calibration table sets the model against the project's measu
 and its numbers are the authority.
 
 ``--ref`` compiles the kernels of a git commit (``git archive`` into a temporary folder) instead
-of the working tree. Writes ``sass_sm90.csv`` (long format) and ``sass_sm90.md`` into ``--out``.
+of the working tree. Writes ``sass_sm90.csv`` (long format) and ``sass_sm90.md`` into ``--out``
+(default ``build/results/sass``, ignored by git; pass ``--out benchmarks/results`` to refresh the
+committed report). ``--check`` compares every analysed variant with ``benchmarks/sass_budgets.json``
+and exits 1 on a miss (``make sass-check``, run by CI). ``--quick`` analyses a representative subset:
+the float32 contiguous noise and radius-3 blur Triton variants (every CUDA kernel still compiles:
+nvcc builds them in one pass); ``make test`` checks that subset under each supported Triton.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.sass import analyze as A  # noqa: E402
+from benchmarks.sass import budgets as B  # noqa: E402
 from benchmarks.sass import compile as C  # noqa: E402
 from benchmarks.sass import disasm as D  # noqa: E402
 from benchmarks.sass import model as M  # noqa: E402
@@ -67,8 +73,12 @@ class Case:
 
 
 # ------------------------------------------------------------------------------------ Triton
-def _triton_cases(pkg_root: str):
-    """(Case, Launch) for every Triton variant the issue lists, from the backend's own plan."""
+QUICK_TRITON = {("float32", "noise", "contiguous"), ("float32", "blur r3+noise", "contiguous")}
+
+
+def _triton_cases(pkg_root: str, quick: bool = False):
+    """(Case, Launch) for every Triton variant of the report, from the backend's own plan
+    (``quick``: only the :data:`QUICK_TRITON` ones)."""
     import torch
 
     mt = importlib.import_module("mollify_fast.backends.mollify_triton")
@@ -94,6 +104,8 @@ def _triton_cases(pkg_root: str):
         # register cap) or of 4 (two Philox groups per thread): MNIST and CelebA's native frames.
         specs += [("blur r3+noise", layout, shape, 1.0, False, False) for layout, shape in REAL_SHAPES.items()]
         for variant, layout, shape, bs, ret, per_sample in specs:
+            if quick and (dname, variant, layout) not in QUICK_TRITON:
+                continue
             x = torch.randn(shape).to(dtype)
             if layout == "channels_last":
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -111,9 +123,9 @@ def _triton_cases(pkg_root: str):
     return out
 
 
-def run_triton(pkg_root: str, rows: list, log) -> None:
+def run_triton(pkg_root: str, rows: list, log, quick: bool = False) -> None:
     compiled = {}
-    for case, L in _triton_cases(pkg_root):
+    for case, L in _triton_cases(pkg_root, quick):
         t0 = time.time()
         comp = C.triton_compile(L.kernel, L.args, {**L.constexprs, **L.options})
         threads = math.prod(L.grid) * comp.info["num_warps"] * 32
@@ -441,8 +453,12 @@ def _checkout(ref: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ref", default=None, help="git ref whose kernels to analyse (default: the working tree)")
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "build", "results", "sass"),
+                    help="output folder (default build/results/sass; benchmarks/results holds the committed report)")
     ap.add_argument("--only", choices=["triton", "cuda"], default=None)
+    ap.add_argument("--quick", action="store_true", help="a representative subset of the Triton variants")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 unless every analysed variant meets benchmarks/sass_budgets.json")
     ap.add_argument("--json", default=None, help="also write the per-kernel summary as JSON here (for tests)")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--measured", default=None,
@@ -461,7 +477,8 @@ def main(argv=None) -> int:
     bw = M.copy_bandwidth(M.default_baseline_csv(ROOT))
     rows: list = []
     errors = []
-    for which, fn in (("triton", lambda: run_triton(src, rows, log)), ("cuda", lambda: run_cuda(src, rows, log))):
+    for which, fn in (("triton", lambda: run_triton(src, rows, log, args.quick)),
+                      ("cuda", lambda: run_cuda(src, rows, log))):
         if args.only and args.only != which:
             continue
         try:
@@ -482,23 +499,41 @@ def main(argv=None) -> int:
     ref = args.ref or "working tree"
     csv_path, md_path = write_outputs(rows, extra, args.out, vers, bw, ref, calib, time.time() - t0,
                                       os.path.relpath(measured, ROOT))
+    summary = []
+    for case, res in rows:
+        s = summarize(case, res, bw["bytes_per_s"])
+        summary.append({"backend": case.backend, "kernel": case.kernel, "variant": case.variant,
+                        "dtype": case.dtype, "layout": case.layout, "outputs": case.outputs,
+                        "regs": res.regs, "resident_warps": occupancy(case, res),
+                        "spill_store": res.spill_store, "spill_load": res.spill_load,
+                        "ldg_bits": res.ldg_bits, "stg_bits": res.stg_bits,
+                        "instr_per_elem": s["instr_per_elem"], "unresolved": res.unresolved,
+                        "limiter": s["bound"].winner})
     if args.json:
-        summary = []
-        for case, res in rows:
-            s = summarize(case, res, bw["bytes_per_s"])
-            summary.append({"backend": case.backend, "kernel": case.kernel, "variant": case.variant,
-                            "dtype": case.dtype, "layout": case.layout, "outputs": case.outputs,
-                            "regs": res.regs, "resident_warps": occupancy(case, res),
-                            "spill_store": res.spill_store, "spill_load": res.spill_load,
-                            "ldg_bits": res.ldg_bits, "stg_bits": res.stg_bits,
-                            "instr_per_elem": s["instr_per_elem"], "unresolved": res.unresolved,
-                            "limiter": s["bound"].winner})
         with open(args.json, "w") as f:
             json.dump({"rows": summary, "errors": errors, "versions": vers}, f, indent=1)
     print(f"wrote {csv_path} and {md_path} ({len(rows)} kernel variants, {time.time() - t0:.0f} s)")
     for e in errors:
         print("ERROR", e[:3000])
+    if args.check and not errors:
+        errors += check_budgets(summary, [b for b in ("triton", "cuda") if args.only in (None, b)])
     return 1 if errors else 0
+
+
+def check_budgets(summary, backends) -> List[str]:
+    """Every analysed variant against benchmarks/sass_budgets.json; prints and returns the misses."""
+    budgets = B.load()
+    failures = []
+    for backend in backends:
+        missed, matched = B.check(summary, backend, budgets)
+        if not matched:
+            missed.append(f"no {backend} variant matched a budget in {B.BUDGETS}: the kernels were renamed or "
+                          f"redesigned; set new budgets from `python -m benchmarks.sass_report`")
+        print(f"sm_90 budgets, {backend}: {matched} variant(s) checked, {len(missed)} miss(es)")
+        failures += missed
+    for f in failures:
+        print("BUDGET", f)
+    return failures
 
 
 if __name__ == "__main__":

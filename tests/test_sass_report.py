@@ -1,14 +1,21 @@
-"""CI budgets on the kernels' sm_90 machine code (benchmarks/sass_report.py, no GPU needed).
+"""Budgets on the kernels' sm_90 machine code (benchmarks/sass_report.py, no GPU needed).
 
-The tool compiles every Triton launch variant (through the backend's launch plan and Triton's own
-binder, so with the argument types, constexprs and alignment hints of a real call: this replaces
-the old hand-written-signature compile test) and every CUDA kernel (nvcc, the CMake flags), then
-counts the steady-state SASS. This test fails on a regression of a committed budget
-(benchmarks/sass_budgets.json): spills, 128-bit global access on the contiguous float32 noise path,
-and an instructions-per-element ceiling per variant. It runs the tool in a subprocess with
-TRITON_INTERPRET=0 because this test process defines the kernels in interpreter mode (conftest).
-First run about 10 minutes on 2 cores (Triton 3.8 and nvcc; about 13 more under Triton 3.6 in
-tests/triton_min_version.sh); compiled cubins are cached (~/.cache/mollify_fast/sass).
+The tool compiles Triton launch variants through the backend's launch plan and Triton's own
+binder (so with the argument types, constexprs and alignment hints of a real call) and every CUDA
+kernel (nvcc, the CMake flags), then counts the steady-state SASS. This test fails on a regression
+of a committed budget (benchmarks/sass_budgets.json): spills, 128-bit global access on the
+contiguous float32 noise path, and an instructions-per-element ceiling per variant.
+
+Here, in ``make test``, it checks a representative subset (``--quick``: the float32 contiguous
+noise and radius-3 blur Triton variants, every CUDA kernel), under each supported Triton
+(tests/triton_min_version.sh reruns it under the lowest). The full matrix (every Triton variant,
+about 10 minutes of compiling per Triton version on 2 cores) runs in ``make sass-check``, which
+CI runs after ``make test``; ``MOLLIFY_FAST_SASS_FULL=1`` makes this test run it too.
+
+The tool runs in a subprocess with TRITON_INTERPRET=0 because this test process defines the
+kernels in interpreter mode (conftest). Compiled cubins are cached (~/.cache/mollify_fast/sass).
+There is no wall-clock limit a slow or loaded machine could reach: the subprocess limit is hours,
+and reaching it fails with "timed out", never as a budget miss.
 """
 import json
 import os
@@ -19,7 +26,16 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUDGETS = os.path.join(ROOT, "benchmarks", "sass_budgets.json")
+sys.path.insert(0, ROOT)
+
+from benchmarks.sass import budgets as B  # noqa: E402
+
+FULL = os.environ.get("MOLLIFY_FAST_SASS_FULL", "0") == "1"
+LIMIT_S = 4 * 3600  # a hang, not a slow machine
+
+
+def _has_nvcc() -> bool:
+    return shutil.which(os.environ.get("NVCC", "nvcc")) is not None
 
 
 @pytest.fixture(scope="module")
@@ -27,64 +43,47 @@ def report(tmp_path_factory):
     pytest.importorskip("triton")
     out = tmp_path_factory.mktemp("sass")
     cmd = [sys.executable, "-m", "benchmarks.sass_report", "--out", str(out), "--json", str(out / "s.json"),
-           "--no-baselines"]
-    if shutil.which(os.environ.get("NVCC", "nvcc")) is None:
+           "--no-baselines"] + ([] if FULL else ["--quick"])
+    if not _has_nvcc():
         cmd += ["--only", "triton"]
     env = dict(os.environ, TRITON_INTERPRET="0")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT)
-    assert (out / "s.json").exists(), f"the tool wrote no summary:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    log = out / "sass_report.log"
+    with open(log, "w") as f:
+        try:
+            subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True, timeout=LIMIT_S, env=env, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"benchmarks.sass_report timed out after {LIMIT_S} s (a hang, not a budget miss); "
+                        f"its log: {log}")
+    text = log.read_text()
+    assert (out / "s.json").exists(), f"the tool wrote no summary:\n{text[-6000:]}"
     data = json.load(open(out / "s.json"))
     assert not data["errors"], "the tool failed on: " + "\n".join(data["errors"])
     assert (out / "sass_sm90.csv").stat().st_size > 0 and (out / "sass_sm90.md").stat().st_size > 0
     return data
 
 
-def _family(kernel: str) -> str:
-    return "blur" if "blur" in kernel.lower() else "noise"
-
-
 def _check(report, backend):
-    rows = [r for r in report["rows"] if r["backend"] == backend]
-    budgets = [b for b in json.load(open(BUDGETS))["budgets"] if b["backend"] == backend]
-    assert rows, f"no {backend} kernel variant was analysed"
-    failures, matched = [], 0
-    for b in budgets:
-        # An optional "kernel" names one instance (e.g. one radius of a templated CUDA blur, where
-        # the runtime-radius and direct kernels share the variant's other keys).
-        hits = [r for r in rows if _family(r["kernel"]) == b["kernel_family"] and r["variant"] == b["variant"]
-                and r["dtype"] == b["dtype"] and r["layout"] == b["layout"]
-                and b.get("kernel", r["kernel"]) == r["kernel"]]
-        for r in hits:
-            matched += 1
-            name = f"{backend} {r['kernel']} {r['variant']} {r['dtype']} {r['layout']}"
-            if r["unresolved"]:
-                failures.append(f"{name}: loops without a trip count on the steady-state path: {r['unresolved']}")
-            if max(r["spill_store"], r["spill_load"]) > b["max_spill_bytes"]:
-                failures.append(f"{name}: spills {r['spill_store']}/{r['spill_load']} B > budget {b['max_spill_bytes']}")
-            if r["instr_per_elem"] > b["max_instr_per_elem"]:
-                failures.append(f"{name}: {r['instr_per_elem']:.1f} SASS instructions per element > budget "
-                                f"{b['max_instr_per_elem']}")
-            if "min_access_bits" in b:
-                # x and out move as 128-bit words; the only narrower loads allowed are the (predicated)
-                # per-sample parameter loads of the CUDA kernel, so: widest load and every store.
-                if not r["ldg_bits"] or max(r["ldg_bits"]) < b["min_access_bits"] or \
-                        min(r["stg_bits"] or [0]) < b["min_access_bits"]:
-                    failures.append(f"{name}: global loads {r['ldg_bits']} / stores {r['stg_bits']} bits, want "
-                                    f"{b['min_access_bits']}-bit")
+    failures, matched = B.check(report["rows"], backend, B.load())
     assert not failures, "SASS budget regressions (benchmarks/sass_budgets.json):\n" + "\n".join(failures)
-    assert matched >= 1, (f"no {backend} variant matched a budget in {BUDGETS}: the kernels were renamed or "
+    assert matched >= 1, (f"no {backend} variant matched a budget in {B.BUDGETS}: the kernels were renamed or "
                           f"redesigned; set new budgets from `python -m benchmarks.sass_report`")
     return matched
 
 
 def test_triton_kernels_meet_sass_budgets(report):
+    rows = [r for r in report["rows"] if r["backend"] == "triton"]
     n = _check(report, "triton")
-    # Every variant of the issue's list (3 dtypes x 10 cases) compiled through the real launch path.
-    assert len([r for r in report["rows"] if r["backend"] == "triton"]) >= 30
-    assert n >= 1
+    if FULL:
+        assert len(rows) >= 30  # every variant of the report (3 dtypes x 10 cases and more)
+    else:
+        # The subset is the noise and the blur kernel, and each of its variants is budgeted (a
+        # check that matched nothing would pass without checking).
+        assert {B.family(r["kernel"]) for r in rows} == {"noise", "blur"}
+        assert not B.unbudgeted(report["rows"], "triton", B.load())
+        assert n == len(rows)
 
 
 def test_cuda_kernels_meet_sass_budgets(report):
-    if shutil.which(os.environ.get("NVCC", "nvcc")) is None:
+    if not _has_nvcc():
         pytest.skip("nvcc not found: the CUDA kernels cannot be compiled here (set NVCC or install the CUDA toolkit)")
     _check(report, "cuda")
