@@ -69,13 +69,13 @@ def test_generator_none_draws_its_seed_at_first_use_from_torch():
     assert g.state_dict() == {"seed": None, "offset": 0}
     assert torch.equal(torch.get_rng_state(), state), "reading the state drew from PyTorch's RNG"
     a = _draw(g)
-    assert g.seed is not None and g.offset == 4
+    assert g.initial_seed() == g.state_dict()["seed"] is not None and g.offset == 4
     torch.manual_seed(3)
     b = _draw(mf.Generator(None))
     assert torch.equal(a, b), "not reproducible with torch.manual_seed"
     again = mf.Generator(None)
     again.load_state_dict({"seed": None, "offset": 0})
-    assert again.seed is None
+    assert again.state_dict()["seed"] is None
 
 
 def _unique_groups(noise: torch.Tensor) -> bool:
@@ -191,3 +191,46 @@ def test_torch_backend_reproducible_under_threads():
     for s, a, b in zip(seeds, got, want):
         bad = sum(not torch.equal(u, v) for u, v in zip(a, b))
         assert bad == 0, f"seed {s}: {bad} of {calls} calls drew other numbers under threads"
+
+
+def test_uint64_tensor_seed_at_the_top_of_the_range():
+    g = mf.Generator(torch.tensor(2**64 - 1, dtype=torch.uint64))
+    assert g.initial_seed() == 2**64 - 1
+    assert torch.equal(_draw(g), _draw(mf.Generator(2**64 - 1)))
+
+
+def test_deepcopy_of_an_undrawn_default_generator_continues_the_same_stream():
+    torch.manual_seed(4)
+    g = mf.Generator(None)
+    c = copy.deepcopy(g)
+    torch.manual_seed(5)  # whatever PyTorch's RNG does after the copy, the copy is a checkpoint
+    a = _draw(g)
+    torch.manual_seed(6)
+    assert torch.equal(_draw(c), a), "the copy drew another seed than the original"
+
+
+def test_torch_generator_names():
+    g = mf.Generator(1234, offset=8)
+    assert g.initial_seed() == 1234 and g.device == torch.device("cpu")
+    state = g.get_state()
+    assert state.dtype == torch.int64 and state.device.type == "cpu" and state.dim() == 1
+    a = _draw(g)
+    g.set_state(state)
+    assert torch.equal(_draw(g), a), "set_state(get_state()) did not restart at the same position"
+    assert g.state_dict() == {"seed": 1234, "offset": 12}
+    # seed(): a new non-deterministic seed, returned and set, offset 0 (torch.Generator.seed()).
+    s = g.seed()
+    assert isinstance(s, int) and g.initial_seed() == s and g.offset == 0
+    assert g.seed() != s  # two 64-bit draws from the OS agree with probability 2**-64
+    # The old attribute reading of `seed` still reads the seed.
+    g.manual_seed(77)
+    assert g.seed == 77 and int(g.seed) == 77 and g.state_dict()["seed"] == 77
+    # A pending seed round-trips through get_state too.
+    p = mf.Generator(None)
+    q = mf.Generator(3)
+    q.set_state(p.get_state())
+    assert q.state_dict() == {"seed": None, "offset": 0}
+    with pytest.raises(TypeError, match="set_state"):
+        q.set_state(torch.zeros(3))
+    with pytest.raises(ValueError, match="set_state"):
+        q.set_state(torch.zeros(5, dtype=torch.int64))
