@@ -2,6 +2,7 @@
 import copy
 import io
 import pickle
+import queue
 import sys
 import threading
 
@@ -234,3 +235,53 @@ def test_torch_generator_names():
         q.set_state(torch.zeros(3))
     with pytest.raises(ValueError, match="set_state"):
         q.set_state(torch.zeros(5, dtype=torch.int64))
+
+
+def test_cuda_emulation_set_after_a_refusal_is_honoured(monkeypatch):
+    from mollify_fast import backends
+
+    if backends.availability("cpu")[0] is False:
+        pytest.skip("the compiled extension is not built here")
+    x = torch.zeros(1, 8)
+    monkeypatch.delenv("MOLLIFY_FAST_CUDA_EMULATE", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU the cuda backend is available without emulation")
+    with pytest.raises(mf.BackendUnavailableError, match="MOLLIFY_FAST_CUDA_EMULATE=1"):
+        mf.mollify(x, 1.0, generator=mf.Generator(1), backend="cuda")
+    monkeypatch.setenv("MOLLIFY_FAST_CUDA_EMULATE", "1")  # what the refusal says to do
+    got = mf.mollify(x, 1.0, generator=mf.Generator(1), backend="cuda")
+    ref = _draw(mf.Generator(1), 8)
+    assert ((got - ref).abs() <= 2e-5 * (1 + ref.abs())).all(), "the emulated cuda kernels drew other noise"
+
+
+def _child_mollify_cpu(x, q):
+    q.put(mf.mollify(x, 1.0, generator=mf.Generator(9), backend="cpu").numpy())  # by value
+
+
+def test_forked_child_after_a_multithreaded_cpu_call_does_not_hang():
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork start method on this platform")
+    x = torch.zeros(4, 65536)  # 16 threads' worth of work (one thread per 16,384 elements)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 2))
+    try:
+        want = mf.mollify(x, 1.0, generator=mf.Generator(9), backend="cpu")  # multithreaded here
+        ctx = multiprocessing.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=_child_mollify_cpu, args=(x, q))
+        p.start()
+        try:
+            got = q.get(timeout=30)  # (read before join: the child exits once its result is read)
+        except queue.Empty:
+            pytest.fail("the forked child hung in the cpu backend (OpenMP after fork)")
+        finally:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        assert p.exitcode == 0
+        assert torch.equal(torch.from_numpy(got), want), "the child drew other numbers"
+    finally:
+        torch.set_num_threads(threads)
