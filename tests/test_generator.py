@@ -1,4 +1,4 @@
-"""CONTRACT section 3: ``mf.Generator`` streams under copies, checkpoints and threads."""
+"""README, "The noise stream": ``mf.Generator`` streams under copies, checkpoints and threads."""
 import copy
 import io
 import pickle

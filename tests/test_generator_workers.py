@@ -1,4 +1,4 @@
-"""CONTRACT section 3: one ``mf.Generator`` in DataLoader workers and spawned processes.
+"""README, "The noise stream": one ``mf.Generator`` in DataLoader workers and spawned processes.
 
 Each process that inherits a generator (a forked or spawned DataLoader worker, a spawned
 child) draws a stream of its own, never the parent's counter groups, and never changes the

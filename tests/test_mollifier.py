@@ -1,4 +1,4 @@
-"""CONTRACT section 5: the training-loop helper."""
+"""The training-loop helper (README, "The contract, in short": Schedules; "Checkpoint resume")."""
 import copy
 import math
 import os
