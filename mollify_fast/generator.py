@@ -1,15 +1,20 @@
 """Counter-based noise streams: :class:`Generator` and the default-generator seed draw.
 
-A stream is ``(key, offset)`` (CONTRACT section 3). This module keeps the promise that one
-generator never hands the same counter groups to two calls:
+A stream is ``(key, offset)`` (see README, "The noise stream"). This module keeps the
+promise that one generator never hands the same counter groups to two calls:
 
 * threads: the read-advance of the counter holds one module lock (~0.2 us);
 * processes: a generator records the process it belongs to. The first draw in any other
-  process (a forked or spawned DataLoader worker, a ``multiprocessing`` child) folds a tag
-  of that process into the key: the DataLoader worker's ``seed`` (different per worker and
-  per epoch, and reproducible under ``torch.manual_seed``) or else the process id. The
-  parent's generator is never written by a child: a spawned child gets a copy of the
+  process (a forked or spawned DataLoader worker, a distributed rank, a ``multiprocessing``
+  child) folds a tag of that process into the key: the DataLoader worker's ``seed``
+  (different per worker and per epoch, and reproducible under ``torch.manual_seed``), the
+  torch.distributed rank of a rank started by a launcher that had none, or else the process
+  id. The parent's generator is never written by a child: a spawned child gets a copy of the
   numbers, not the parent's tensor;
+* ranks: a Mollifier's stream folds the torch.distributed rank in (the process group's, else
+  the ``RANK`` environment variable). While neither is known the stream draws as rank 0 and
+  rechecks at each draw, so a process group created after the first draw still separates
+  the ranks from then on (see README, "torch.distributed");
 * copies: ``copy.deepcopy``, ``pickle`` and ``torch.save`` are checkpoints: the copy
   continues the original's stream from where it was copied (exactly as ``state_dict`` /
   ``load_state_dict``), belongs to the process that loads it, and advances on its own.
@@ -18,7 +23,9 @@ from __future__ import annotations
 
 import numbers
 import os
+import secrets
 import threading
+import warnings
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Dict, Optional, Tuple
 
@@ -34,15 +41,20 @@ MASK64 = (1 << 64) - 1
 
 # Slots of the int64 state tensor that the custom op carries (bits of unsigned values are
 # reinterpreted as signed). KEY is what the kernels get; it is derived from BASE (the seed
-# the user set) once per process, at the first draw there, and cached until then OWNER != pid.
+# the user set) once per process, at the first draw there, and cached while OWNER == pid.
+# OWNER == -pid: a provisional key (the rank was not known yet), rechecked at each draw.
+# RANK: the rank of the process that derived KEY (or that sent the generator), -1 unknown.
 KEY, OFFSET, OWNER, HOME, BASE, FLAGS, RANK = range(7)
 _SLOTS = 7
 _PENDING = 1  # BASE not drawn yet: draw it from PyTorch's default CPU generator at first use
 _FOLD_RANK = 2  # fold the torch.distributed rank into the key (the Mollifier's streams)
+_UNRANKED = 4  # drew as rank 0 before the rank was known (warned about if it turns out not 0)
+_RANK_DOMAIN = 0x52414E4B << 32  # tags ranks apart from worker seeds and pids
 
 _PID = os.getpid()
 _lock = threading.Lock()
-_rank_at_fork = 0  # the forking process's rank, for a child that inherits a rank-folded stream
+_rank_at_fork = -1  # the forking process's rank (-1 unknown), for a child that inherits a stream
+_DIST = torch.distributed.is_available()
 
 
 _TOP_BIT = 1 << 63
@@ -77,19 +89,23 @@ def fold(key: int, tag: int) -> int:
     return _mix64(key ^ _mix64(tag & MASK64))
 
 
-def _dist_rank() -> int:
-    d = torch.distributed
-    if d.is_available() and d.is_initialized():
-        return d.get_rank()
-    return 0
+def _known_rank() -> int:
+    """This process's torch.distributed rank: the process group's, else the ``RANK`` environment
+    variable (torchrun and most launchers set it before the group exists), else -1."""
+    if _DIST and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    try:
+        return int(os.environ["RANK"])
+    except (KeyError, ValueError):
+        return -1
 
 
 def _before_fork() -> None:
     global _rank_at_fork
     try:
-        _rank_at_fork = _dist_rank()
-    except Exception:  # a fork hook must not raise; rank 0 is the undistributed answer
-        _rank_at_fork = 0
+        _rank_at_fork = _known_rank()
+    except Exception:  # a fork hook must not raise; unknown is the safe answer
+        _rank_at_fork = -1
 
 
 def _after_fork_in_child() -> None:
@@ -101,12 +117,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
-
-
-def _process_tag() -> int:
-    """What makes this process's stream its own: the DataLoader worker seed, else the pid."""
-    info = torch.utils.data.get_worker_info()
-    return int(info.seed) if info is not None else _PID
 
 
 def _view(state: torch.Tensor):
@@ -129,31 +139,74 @@ def _view(state: torch.Tensor):
     return v
 
 
-def _derive(v) -> None:
-    """First draw in this process: compute KEY (caller holds the lock)."""
+def _derive(v, settle: bool = False) -> None:
+    """First draw in this process, or a draw with a provisional key: compute KEY (caller holds
+    the lock). ``settle``: an inherited stream becomes this process's own now (a copy is taken).
+    """
+    if int(v[OWNER]) == -_PID and not settle and not (_DIST and torch.distributed.is_initialized()):
+        return  # provisional, and still no process group: keep the key (one check per draw)
     flags = int(v[FLAGS])
-    inherited = int(v[HOME]) != _PID
     if flags & _PENDING:
         v[BASE] = to_signed64(draw_default_seed(torch.device("cpu")))
         flags &= ~_PENDING
     key = to_unsigned64(v[BASE])
-    if flags & _FOLD_RANK:
-        rank = int(v[RANK])
-        if rank < 0:  # not sent with it: the rank of this process, or of the one that forked it
-            rank = _rank_at_fork if inherited else _dist_rank()
-        v[RANK] = rank
-        key = fold(key, rank) if rank else key
-    if inherited:
-        # From now on this is this process's own stream, rank folded in: a copy sent on from
-        # here, or a checkpoint taken here, continues it.
-        key = fold(key, _process_tag())
-        v[BASE] = to_signed64(key)
-        v[HOME] = _PID
-        v[RANK] = -1
-        flags &= ~_FOLD_RANK
+    fold_rank = flags & _FOLD_RANK
+    provisional = False
+    if int(v[HOME]) != _PID:  # inherited from the process that made, loaded or sent it
+        parent_rank = int(v[RANK]) if int(v[RANK]) >= 0 else _rank_at_fork
+        info = torch.utils.data.get_worker_info()
+        rank = _known_rank() if info is None and parent_rank < 0 else -1
+        if rank >= 0 and fold_rank:
+            # A rank started by a launcher that had none (fork or spawn): the stream is this
+            # rank's, as if the Mollifier had been made here; its checkpoint keeps the
+            # unfolded seed, so every rank resumes its own stream.
+            v[HOME] = _PID
+        else:
+            if fold_rank and parent_rank > 0:
+                key = fold(key, parent_rank)  # a worker of rank r: the rank's stream, then its own
+            if info is not None:
+                tag = int(info.seed)
+            elif rank >= 0:
+                tag = _RANK_DOMAIN ^ rank
+            else:  # a child of a rank, or of a process whose rank is not known (yet): its pid
+                tag = _PID
+                provisional = parent_rank < 0 and not settle
+            key = fold(key, tag)
+            if not provisional:
+                # From now on this is this process's own stream: a copy sent on from here, or a
+                # checkpoint taken here, continues it.
+                v[BASE] = to_signed64(key)
+                v[HOME] = _PID
+                flags &= ~_FOLD_RANK
+                fold_rank = 0
+            rank = -1
+    else:
+        rank = _known_rank() if fold_rank else -1
+    if fold_rank and int(v[HOME]) == _PID:
+        if rank < 0:
+            provisional = not settle
+            flags |= _UNRANKED
+        else:
+            if flags & _UNRANKED and rank:
+                warnings.warn(
+                    f"mollify_fast: this Mollifier drew noise before the torch.distributed rank was "
+                    f"known (no process group, no RANK environment variable); those draws were rank "
+                    f"0's stream on every rank. From now on rank {rank} draws its own. Create the "
+                    f"process group (or set RANK) before the first draw", RuntimeWarning, stacklevel=4)
+            flags &= ~_UNRANKED
+            key = fold(key, rank) if rank else key
+    v[RANK] = rank
     v[KEY] = to_signed64(key)
     v[FLAGS] = flags
-    v[OWNER] = _PID
+    v[OWNER] = -_PID if provisional else _PID
+
+
+def _fix_seed(v) -> None:
+    """Draw a pending seed now (caller holds the lock); the key is derived at the next draw."""
+    if int(v[FLAGS]) & _PENDING:
+        v[BASE] = to_signed64(draw_default_seed(torch.device("cpu")))
+        v[FLAGS] = int(v[FLAGS]) & ~_PENDING
+        v[OWNER] = 0
 
 
 def take_stream(state: torch.Tensor, numel: int) -> Tuple[int, int]:
@@ -215,7 +268,8 @@ class Generator:
     @staticmethod
     def _check(name: str, v: Any) -> int:
         if torch.is_tensor(v) and v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool:
-            v = int(v)
+            # uint64 values past 2**63 do not convert through int64: read their bits.
+            v = int(v.view(torch.int64)) & MASK64 if v.dtype == torch.uint64 else int(v)
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise TypeError(f"Generator: {name} must be an int, got {type(v).__name__}")
         v = int(v)
@@ -244,10 +298,56 @@ class Generator:
         return self
 
     @property
-    def seed(self) -> Optional[int]:
-        """The seed set (or drawn); None until the first draw of ``Generator(None)``."""
+    def seed(self) -> "_Seed":
+        """``g.seed()`` (torch.Generator's meaning): reseed from the operating system's entropy,
+        offset 0, and return the new seed.
+
+        Backwards compatibility: ``seed`` used to be a read-only property holding the seed. Read
+        as a value (``g.seed == 5``, ``int(g.seed)``) it still is the seed (an ``int`` that can
+        also be called), or, before the first draw of ``Generator(None)``, an object equal to
+        None (``g.seed is None`` no longer holds: use ``g.state_dict()['seed'] is None``).
+        Prefer :meth:`initial_seed` to read it.
+        """
         s = self._state.tolist()
-        return None if s[FLAGS] & _PENDING else to_unsigned64(s[BASE])
+        if s[FLAGS] & _PENDING:
+            return _PendingSeed(self)
+        return _Seed(to_unsigned64(s[BASE]), self)
+
+    def _reseed(self) -> int:
+        new = secrets.randbits(64)
+        self.manual_seed(new)
+        return new
+
+    def initial_seed(self) -> int:
+        """The seed (the unfolded 64-bit key), as ``torch.Generator.initial_seed()``. For
+        ``Generator(None)`` before its first draw, the seed is drawn now from PyTorch's default
+        CPU generator (as that draw would have), so the value returned is the one it uses."""
+        with _lock:
+            v = _view(self._state)
+            _fix_seed(v)
+            return to_unsigned64(v[BASE])
+
+    @property
+    def device(self) -> torch.device:
+        """Always the CPU: the state is a CPU tensor whichever device the noise is drawn on."""
+        return torch.device("cpu")
+
+    def get_state(self) -> torch.Tensor:
+        """The position as a CPU int64 tensor ``[seed, offset, pending]`` (64-bit values as
+        their int64 bits; ``pending`` 1 for a seed not drawn yet), for :meth:`set_state`."""
+        s = self._state.tolist()
+        return torch.tensor([s[BASE], s[OFFSET], s[FLAGS] & _PENDING], dtype=torch.int64)
+
+    def set_state(self, state: torch.Tensor) -> "Generator":
+        """Restart at a position from :meth:`get_state` (as :meth:`load_state_dict` does)."""
+        if not torch.is_tensor(state) or state.dtype != torch.int64:
+            raise TypeError(f"Generator.set_state: state must be the int64 tensor from get_state(), got "
+                            f"{state.dtype if torch.is_tensor(state) else type(state).__name__}")
+        if state.shape != (3,) or int(state[2]) not in (0, 1):
+            raise ValueError(f"Generator.set_state: state must be get_state()'s [seed, offset, pending], "
+                             f"got {state.tolist()}")
+        seed, offset, pending = state.tolist()
+        return self.manual_seed(None if pending else to_unsigned64(seed), to_unsigned64(offset))
 
     @property
     def offset(self) -> int:
@@ -284,15 +384,18 @@ class Generator:
         return g
 
     # -- copies: a snapshot of the numbers, never the tensor -----------------------------
-    def _snapshot(self) -> Dict[str, int]:
+    def _snapshot(self, checkpoint: bool = False) -> Dict[str, int]:
         with _lock:
             v = _view(self._state)
             if int(v[HOME]) != _PID:
-                _derive(v)  # inherited and not drawn from yet: become this process's stream first
-            return {"base": int(v[BASE]), "offset": int(v[OFFSET]), "flags": int(v[FLAGS]), "rank": int(v[RANK])}
+                _derive(v, settle=True)  # inherited: become this process's stream first
+            if checkpoint:
+                _fix_seed(v)  # the copy must continue this stream: the same seed for both
+            return {"base": int(v[BASE]), "offset": int(v[OFFSET]), "flags": int(v[FLAGS]) & (_PENDING | _FOLD_RANK),
+                    "rank": int(v[RANK])}
 
     def __getstate__(self) -> Dict[str, int]:
-        s = self._snapshot()
+        s = self._snapshot(checkpoint=True)
         del s["rank"]  # a checkpoint folds the rank of whichever process loads it
         return s
 
@@ -300,7 +403,45 @@ class Generator:
         self._state = torch.tensor([0, s["offset"], 0, _PID, s["base"], s["flags"], -1], dtype=torch.int64)
 
     def __repr__(self) -> str:
-        return f"mollify_fast.Generator(seed={self.seed}, offset={self.offset})"
+        return f"mollify_fast.Generator(seed={self.state_dict()['seed']}, offset={self.offset})"
+
+
+class _Seed(int):
+    """``Generator.seed`` read as a value: the seed (an int); called: ``Generator.seed()``."""
+
+    def __new__(cls, value: int, generator: Generator):
+        obj = super().__new__(cls, value)
+        obj._generator = generator
+        return obj
+
+    def __call__(self) -> int:
+        return self._generator._reseed()
+
+    def __reduce__(self):
+        return int, (int(self),)  # pickles as the plain number
+
+
+class _PendingSeed:
+    """``Generator.seed`` before the first draw of ``Generator(None)``: equal to None, callable."""
+
+    __slots__ = ("_generator",)
+
+    def __init__(self, generator: Generator):
+        self._generator = generator
+
+    def __call__(self) -> int:
+        return self._generator._reseed()
+
+    def __eq__(self, other) -> bool:
+        return other is None or isinstance(other, _PendingSeed)
+
+    __hash__ = None
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "None"
 
 
 def _rebuild_live(s: Dict[str, int], home: int, rank: int) -> Generator:
@@ -314,8 +455,8 @@ def _rebuild_live(s: Dict[str, int], home: int, rank: int) -> Generator:
 def _reduce_live(g: Generator):
     s = g._snapshot()
     rank = s.pop("rank")
-    if s["flags"] & _FOLD_RANK and rank < 0:
-        rank = _dist_rank()  # the child has no process group: send the rank the sender folds
+    if rank < 0:
+        rank = _known_rank()  # the child has no process group: send the sender's rank (-1 unknown)
     return _rebuild_live, (s, _PID, rank)
 
 

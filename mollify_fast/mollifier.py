@@ -1,11 +1,14 @@
 """``Mollifier``: the one line in a training loop (``x = mol(x, step)``)."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
 import math
 import numbers
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
+import numpy as np
 import torch
 
 from . import schedules
@@ -17,6 +20,9 @@ MODES = ("noise", "blur", "noise+blur")
 _STATE_KEYS = ("mollify_steps", "schedule", "schedule_kwargs", "mode", "blur_sigma_max", "generator")
 
 Step = Union[int, torch.Tensor]
+# A schedule's variance this far outside [0, 1] is rounding (e.g. ``1 - u - 0.1`` at u = 0.9 is
+# -2.8e-17) and is clipped; anything further out is a wrong schedule and is refused.
+_ROUNDING = 1e-12
 
 
 def _int_like(name: str, v: Any) -> int:
@@ -27,9 +33,61 @@ def _int_like(name: str, v: Any) -> int:
         if v.dim() != 0:
             raise ValueError(f"Mollifier: {name} must be one number (a 0-d tensor), got shape {tuple(v.shape)}")
         return int(v)
+    if isinstance(v, np.ndarray):  # a 0-d integer array is a number, as mollify takes it
+        if v.dtype.kind not in "iu":
+            raise TypeError(f"Mollifier: {name} must be an integer, got a numpy array of {v.dtype}")
+        if v.ndim != 0:
+            raise ValueError(f"Mollifier: {name} must be one number (a 0-d array), got shape {v.shape}")
+        return int(v)
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"Mollifier: {name} must be an integer, got {type(v).__name__}")
     return int(v)
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars as Python numbers: a state of plain types loads with ``weights_only=True``."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _code_digest(code) -> str:
+    """12 hex digits of a function's compiled code: bytecode, names and constants (nested code
+    included), not its file or line numbers. It changes when the code or Python's version does."""
+    h = hashlib.sha256()
+
+    def feed(c) -> None:
+        h.update(c.co_code)
+        h.update(repr(c.co_names).encode())
+        for k in c.co_consts:
+            if inspect.iscode(k):
+                feed(k)
+            else:
+                h.update(repr(k).encode())
+
+    feed(code)
+    return h.hexdigest()[:12]
+
+
+def _schedule_id(schedule: Union[str, Callable]) -> str:
+    """What a checkpoint records of the schedule, and what resuming compares (README,
+    "Checkpoint resume"): a built-in schedule's name; else the function's module and qualified
+    name with a digest of its code (so two lambdas differ), a ``functools.partial``'s function
+    and arguments, or a callable object's class and the code of its ``__call__``."""
+    if isinstance(schedule, str):
+        return schedule
+    for name, fn in schedules.SCHEDULES.items():
+        if schedule is fn:
+            return name
+    if isinstance(schedule, functools.partial):
+        parts = [_schedule_id(schedule.func)] + [repr(_plain(a)) for a in schedule.args]
+        parts += [f"{k}={_plain(v)!r}" for k, v in sorted(schedule.keywords.items())]
+        return f"functools.partial({', '.join(parts)})"
+    fn = getattr(schedule, "__func__", schedule)  # a bound method: its function
+    if not hasattr(fn, "__code__"):  # a callable object: its class and its __call__
+        fn = getattr(type(schedule), "__call__", fn)
+    owner = fn if hasattr(fn, "__qualname__") else type(schedule)
+    name = f"{getattr(owner, '__module__', '?')}.{owner.__qualname__}"
+    code = getattr(fn, "__code__", None)
+    return f"{name}#{_code_digest(code)}" if code is not None else name
 
 
 def _full_kwargs(fn: Callable, kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -45,7 +103,7 @@ def _full_kwargs(fn: Callable, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in bound.arguments.items() if k != first}
 
 
-class Mollifier:
+class Mollifier(torch.nn.Module):
     r"""Anneal data mollification over the first ``mollify_steps`` training steps.
 
     For ``step < mollify_steps``, with ``u = step / mollify_steps`` and
@@ -73,12 +131,20 @@ class Mollifier:
             schedule; rank 0 draws the generator's own stream.
         backend: passed to :func:`mollify` (checked here, against ``backends.NAMES``).
 
-    ``step`` is an integer: a Python int, a numpy integer or a 0-d integer tensor.
+    ``step`` is an integer: a Python int, a numpy integer, a 0-d integer array or a 0-d integer
+    tensor. A custom schedule must return the variance in [0, 1]: values within 1e-12 outside
+    (rounding) are clipped, others (and NaN) are refused naming the schedule, ``u`` and the value.
 
     Checkpoints: ``state_dict()`` holds the settings and the stream's *unfolded* seed and
-    offset; ``load_state_dict()`` refuses a checkpoint made with other settings (schedule,
-    its parameters, ``mollify_steps``, ``mode``, ``blur_sigma_max``), and a resumed run draws
-    exactly the noise the uninterrupted run draws from the same step. Every rank may load
+    offset (plain Python types: ``torch.load(weights_only=True)`` needs no allowlist);
+    ``load_state_dict()`` refuses a checkpoint made with other settings (schedule,
+    its parameters, ``mollify_steps``, ``mode``, ``blur_sigma_max``) or with keys it does not
+    know (``strict=False`` ignores those), and a resumed run draws
+    exactly the noise the uninterrupted run draws from the same step. A Mollifier is a
+    ``torch.nn.Module``: held by a model, its state travels in ``model.state_dict()`` as the
+    extra state ``<name>._extra_state`` (not a buffer, so DDP never copies rank 0's stream onto
+    the other ranks), and ``model.load_state_dict()`` resumes it: frameworks that checkpoint
+    the model (Lightning, HF Trainer) need no hooks. Every rank may load
     rank 0's checkpoint: each folds its own rank in again, so ranks still differ (and if
     every rank started from the same ``torch.manual_seed``, each resumes its own stream
     exactly). ``state_dict()`` of a Mollifier that has not drawn yet saves the seed as None
@@ -104,6 +170,7 @@ class Mollifier:
         backend: str = "auto",
         **schedule_kwargs: Any,
     ):
+        super().__init__()
         if isinstance(mollify_steps, bool) or not isinstance(mollify_steps, numbers.Integral):
             raise TypeError(f"Mollifier: mollify_steps must be an int, got {type(mollify_steps).__name__}")
         mollify_steps = int(mollify_steps)
@@ -125,7 +192,8 @@ class Mollifier:
             raise TypeError(f"Mollifier: generator must be a mollify_fast.Generator, got {type(generator).__name__}")
         self.schedule_name = schedule if isinstance(schedule, str) else getattr(schedule, "__name__", "custom")
         self._gamma = schedules.get(schedule)
-        self.schedule_kwargs = dict(schedule_kwargs)
+        self._schedule_id = _schedule_id(schedule)
+        self.schedule_kwargs = {k: _plain(v) for k, v in schedule_kwargs.items()}
         self._gamma(0.5, **self.schedule_kwargs)  # a bad keyword fails here, not mid-training
         self.mollify_steps = mollify_steps
         self.mode = mode
@@ -146,7 +214,21 @@ class Mollifier:
         step = self._check_step(step)
         if step >= self.mollify_steps:
             return 0.0
-        return float(self._gamma(step / self.mollify_steps, **self.schedule_kwargs))
+        return self._variance(step)
+
+    def _variance(self, step: int) -> float:
+        u = step / self.mollify_steps
+        g = self._gamma(u, **self.schedule_kwargs)
+        if 0.0 <= g <= 1.0:  # one comparison on the hot path; False for NaN
+            return float(g)
+        v = float(g)
+        if -_ROUNDING <= v < 0.0 or 1.0 < v <= 1.0 + _ROUNDING:
+            return min(max(v, 0.0), 1.0)
+        raise ValueError(
+            f"Mollifier: the schedule {self.schedule_name!r} gave the variance gamma(u={u!r}) = {v!r} "
+            f"at step {step}; a schedule must return the noise variance in [0, 1] (sigma**2, not "
+            f"sigma), for every u in [0, 1)"
+        )
 
     def _check_batch(self, x: torch.Tensor) -> None:
         if self.mode != "noise" and torch.is_tensor(x) and x.dim() < 3:
@@ -157,7 +239,7 @@ class Mollifier:
                 f"pass x[None])"
             )
 
-    def _apply(self, x: torch.Tensor, sigma):
+    def _mollify(self, x: torch.Tensor, sigma):
         """One mollify call for noise scale ``sigma`` (a float or a 0-d tensor)."""
         if self.mode == "noise":
             return mollify(x, sigma, generator=self.generator, backend=self.backend)
@@ -173,9 +255,11 @@ class Mollifier:
             raise TypeError(f"Mollifier: step must be a 0-d integer tensor, got {step.dtype} of shape {tuple(step.shape)}")
         u = step.to(torch.float64) / self.mollify_steps
         g = torch.as_tensor(self._gamma(u, **self.schedule_kwargs), dtype=torch.float64)
-        return self._apply(x, torch.where(u < 1, g, torch.zeros_like(g)).sqrt())
+        g = torch.where((g < 0) & (g >= -_ROUNDING), torch.zeros_like(g), g)  # rounding, as eager
+        return self._mollify(x, torch.where(u < 1, g, torch.zeros_like(g)).sqrt())
 
-    def __call__(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        """``x`` mollified for ``step`` (``mol(x, step)``); ``x`` itself from ``mollify_steps`` on."""
         if torch.compiler.is_compiling():
             self._check_batch(x)
             # A Python int becomes dynamic after one recompile; as a tensor it keeps the
@@ -185,27 +269,66 @@ class Mollifier:
         if step >= self.mollify_steps:
             return x
         self._check_batch(x)
-        return self._apply(x, math.sqrt(self._gamma(step / self.mollify_steps, **self.schedule_kwargs)))
+        return self._mollify(x, math.sqrt(self._variance(step)))
 
-    def state_dict(self) -> Dict[str, Any]:
+    def get_extra_state(self) -> Dict[str, Any]:
+        """The position in a parent module's ``state_dict()``: the same dict as a standalone
+        ``state_dict()``, of plain Python types."""
         return {
             "mollify_steps": self.mollify_steps,
-            "schedule": self.schedule_name,
+            "schedule": self._schedule_id,
             "schedule_kwargs": dict(self.schedule_kwargs),
             "mode": self.mode,
-            "blur_sigma_max": self.blur_sigma_max,
+            "blur_sigma_max": _plain(self.blur_sigma_max),
             "generator": self.generator.state_dict(),  # unfolded seed: any rank can load it
         }
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Resume from ``state_dict()``; refuses a checkpoint made with other settings."""
-        if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
-            missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        """Resume from a parent module's ``load_state_dict()`` (strict: see :meth:`load_state_dict`)."""
+        self._load(state, strict=True)
+
+    def state_dict(self, *args: Any, destination=None, prefix: str = "", keep_vars: bool = False) -> Dict[str, Any]:
+        """The settings and the stream's position (see the class docstring). Called by a parent
+        module (with a prefix or destination) it is ``torch.nn.Module.state_dict``, which holds
+        the same dict as ``<prefix>_extra_state``."""
+        if args or destination is not None or prefix:
+            return super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        return self.get_extra_state()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Resume from ``state_dict()`` (or ``torch.nn.Module.state_dict``'s ``{'_extra_state': ...}``).
+
+        Refuses a checkpoint made with other settings, and, with ``strict=True``, one with keys
+        it does not know (named in the error); nothing changes when it refuses. Returns
+        PyTorch's ``(missing_keys, unexpected_keys)``, the keys ``strict=False`` ignored.
+        """
+        if isinstance(state_dict, Mapping) and set(state_dict) == {"_extra_state"}:
+            state_dict = state_dict["_extra_state"]
+        unexpected = self._load(state_dict, strict)
+        return torch.nn.modules.module._IncompatibleKeys([], unexpected)
+
+    def _load(self, state: Mapping[str, Any], strict: bool) -> list:
+        """Check ``state`` against this Mollifier's settings, then load its stream position."""
+        if not isinstance(state, Mapping) or any(k not in state for k in _STATE_KEYS):
+            missing = [k for k in _STATE_KEYS if not isinstance(state, Mapping) or k not in state]
             raise ValueError(
                 f"Mollifier.load_state_dict: state must come from Mollifier.state_dict(); missing {missing}"
             )
-        for key in ("mollify_steps", "schedule", "mode", "blur_sigma_max"):
-            here = self.schedule_name if key == "schedule" else getattr(self, key)
+        unexpected = sorted(str(k) for k in state if k not in _STATE_KEYS)
+        if unexpected and strict:
+            raise ValueError(
+                f"Mollifier.load_state_dict: unexpected keys {unexpected} in the state; it must come "
+                f"from Mollifier.state_dict() (pass strict=False to ignore them)"
+            )
+        if state["schedule"] != self._schedule_id:
+            raise ValueError(
+                f"Mollifier.load_state_dict: the checkpoint was made with schedule={state['schedule']!r} "
+                f"but this Mollifier has schedule={self._schedule_id!r}; construct it with the "
+                f"checkpoint's schedule (a custom schedule is compared by module, qualified name and a "
+                f"digest of its code; see README, 'Checkpoint resume')"
+            )
+        for key in ("mollify_steps", "mode", "blur_sigma_max"):
+            here = getattr(self, key)
             if state[key] != here:
                 raise ValueError(
                     f"Mollifier.load_state_dict: the checkpoint was made with {key}={state[key]!r} but "
@@ -225,6 +348,7 @@ class Mollifier:
         if not isinstance(gen, dict) or set(gen) != {"seed", "offset"}:
             raise ValueError(f"Mollifier.load_state_dict: bad generator state {gen!r}")
         self.generator.load_state_dict(gen)  # keeps the rank folding: each rank folds its own
+        return unexpected
 
     def __repr__(self) -> str:
         return (

@@ -1,7 +1,8 @@
-"""CONTRACT section 3: ``mf.Generator`` streams under copies, checkpoints and threads."""
+"""README, "The noise stream": ``mf.Generator`` streams under copies, checkpoints and threads."""
 import copy
 import io
 import pickle
+import queue
 import sys
 import threading
 
@@ -69,13 +70,13 @@ def test_generator_none_draws_its_seed_at_first_use_from_torch():
     assert g.state_dict() == {"seed": None, "offset": 0}
     assert torch.equal(torch.get_rng_state(), state), "reading the state drew from PyTorch's RNG"
     a = _draw(g)
-    assert g.seed is not None and g.offset == 4
+    assert g.initial_seed() == g.state_dict()["seed"] is not None and g.offset == 4
     torch.manual_seed(3)
     b = _draw(mf.Generator(None))
     assert torch.equal(a, b), "not reproducible with torch.manual_seed"
     again = mf.Generator(None)
     again.load_state_dict({"seed": None, "offset": 0})
-    assert again.seed is None
+    assert again.state_dict()["seed"] is None
 
 
 def _unique_groups(noise: torch.Tensor) -> bool:
@@ -191,3 +192,96 @@ def test_torch_backend_reproducible_under_threads():
     for s, a, b in zip(seeds, got, want):
         bad = sum(not torch.equal(u, v) for u, v in zip(a, b))
         assert bad == 0, f"seed {s}: {bad} of {calls} calls drew other numbers under threads"
+
+
+def test_uint64_tensor_seed_at_the_top_of_the_range():
+    g = mf.Generator(torch.tensor(2**64 - 1, dtype=torch.uint64))
+    assert g.initial_seed() == 2**64 - 1
+    assert torch.equal(_draw(g), _draw(mf.Generator(2**64 - 1)))
+
+
+def test_deepcopy_of_an_undrawn_default_generator_continues_the_same_stream():
+    torch.manual_seed(4)
+    g = mf.Generator(None)
+    c = copy.deepcopy(g)
+    torch.manual_seed(5)  # whatever PyTorch's RNG does after the copy, the copy is a checkpoint
+    a = _draw(g)
+    torch.manual_seed(6)
+    assert torch.equal(_draw(c), a), "the copy drew another seed than the original"
+
+
+def test_torch_generator_names():
+    g = mf.Generator(1234, offset=8)
+    assert g.initial_seed() == 1234 and g.device == torch.device("cpu")
+    state = g.get_state()
+    assert state.dtype == torch.int64 and state.device.type == "cpu" and state.dim() == 1
+    a = _draw(g)
+    g.set_state(state)
+    assert torch.equal(_draw(g), a), "set_state(get_state()) did not restart at the same position"
+    assert g.state_dict() == {"seed": 1234, "offset": 12}
+    # seed(): a new non-deterministic seed, returned and set, offset 0 (torch.Generator.seed()).
+    s = g.seed()
+    assert isinstance(s, int) and g.initial_seed() == s and g.offset == 0
+    assert g.seed() != s  # two 64-bit draws from the OS agree with probability 2**-64
+    # The old attribute reading of `seed` still reads the seed.
+    g.manual_seed(77)
+    assert g.seed == 77 and int(g.seed) == 77 and g.state_dict()["seed"] == 77
+    # A pending seed round-trips through get_state too.
+    p = mf.Generator(None)
+    q = mf.Generator(3)
+    q.set_state(p.get_state())
+    assert q.state_dict() == {"seed": None, "offset": 0}
+    with pytest.raises(TypeError, match="set_state"):
+        q.set_state(torch.zeros(3))
+    with pytest.raises(ValueError, match="set_state"):
+        q.set_state(torch.zeros(5, dtype=torch.int64))
+
+
+def test_cuda_emulation_set_after_a_refusal_is_honoured(monkeypatch):
+    from mollify_fast import backends
+
+    if backends.availability("cpu")[0] is False:
+        pytest.skip("the compiled extension is not built here")
+    x = torch.zeros(1, 8)
+    monkeypatch.delenv("MOLLIFY_FAST_CUDA_EMULATE", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU the cuda backend is available without emulation")
+    with pytest.raises(mf.BackendUnavailableError, match="MOLLIFY_FAST_CUDA_EMULATE=1"):
+        mf.mollify(x, 1.0, generator=mf.Generator(1), backend="cuda")
+    monkeypatch.setenv("MOLLIFY_FAST_CUDA_EMULATE", "1")  # what the refusal says to do
+    got = mf.mollify(x, 1.0, generator=mf.Generator(1), backend="cuda")
+    ref = _draw(mf.Generator(1), 8)
+    assert ((got - ref).abs() <= 2e-5 * (1 + ref.abs())).all(), "the emulated cuda kernels drew other noise"
+
+
+def _child_mollify_cpu(x, q):
+    q.put(mf.mollify(x, 1.0, generator=mf.Generator(9), backend="cpu").numpy())  # by value
+
+
+def test_forked_child_after_a_multithreaded_cpu_call_does_not_hang():
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork start method on this platform")
+    x = torch.zeros(4, 65536)  # 16 threads' worth of work (one thread per 16,384 elements)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 2))
+    try:
+        want = mf.mollify(x, 1.0, generator=mf.Generator(9), backend="cpu")  # multithreaded here
+        ctx = multiprocessing.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=_child_mollify_cpu, args=(x, q))
+        p.start()
+        try:
+            got = q.get(timeout=30)  # (read before join: the child exits once its result is read)
+        except queue.Empty:
+            pytest.fail("the forked child hung in the cpu backend (OpenMP after fork)")
+        finally:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        assert p.exitcode == 0
+        assert torch.equal(torch.from_numpy(got), want), "the child drew other numbers"
+    finally:
+        torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""CONTRACT section 3: one ``mf.Generator`` in DataLoader workers and spawned processes.
+"""README, "The noise stream": one ``mf.Generator`` in DataLoader workers and spawned processes.
 
 Each process that inherits a generator (a forked or spawned DataLoader worker, a spawned
 child) draws a stream of its own, never the parent's counter groups, and never changes the
@@ -83,12 +83,10 @@ def test_workers_of_different_ranks_draw_different_streams(monkeypatch):
     # DDP with DataLoader workers: every rank runs the same script with the same torch seed,
     # so the workers' seeds agree across ranks. A Mollifier's stream folds the rank in, and a
     # worker must fold the rank of the process that forked it (it has no process group of its
-    # own). The rank is simulated by replacing the one function that reads it.
-    from mollify_fast import generator as mgen
-
+    # own). The rank comes from the RANK environment variable, as torchrun sets it.
     outs = []
     for rank in (0, 1):
-        monkeypatch.setattr(mgen, "_dist_rank", lambda: rank)
+        monkeypatch.setenv("RANK", str(rank))
         g = mf.Generator(5)
         mf.Mollifier(10, generator=g)  # the Mollifier takes the stream over: rank-folded
         loader = DataLoader(NoiseDataset(g, ITEMS), batch_size=2, num_workers=2, multiprocessing_context="fork")

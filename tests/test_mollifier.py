@@ -1,4 +1,4 @@
-"""CONTRACT section 5: the training-loop helper."""
+"""The training-loop helper (README, "The contract, in short": Schedules; "Checkpoint resume")."""
 import copy
 import math
 import os
@@ -282,3 +282,71 @@ def test_distributed_ranks_draw_different_streams(tmp_path):
     # Every rank started from the same torch seed, so rank 0's checkpoint is every rank's:
     # each rank's resumed run draws exactly what its uninterrupted run draws.
     assert all(bool(s) for s in res["same"]), res["same"]
+
+
+def _sched_a(u):
+    return 1.0 - u
+
+
+def _sched_b(u):
+    return (1.0 - u) ** 2
+
+
+def test_load_state_dict_refuses_another_callable_schedule():
+    import functools
+
+    ckpt = mf.Mollifier(10, schedule=_sched_a, generator=mf.Generator(1)).state_dict()
+    for other in (_sched_b, lambda u: 1.0 - u, functools.partial(mf.schedules.sigmoid, tau=0.5)):
+        mol = mf.Mollifier(10, schedule=other, generator=mf.Generator(5))
+        with pytest.raises(ValueError, match="schedule"):
+            mol.load_state_dict(ckpt)
+        assert mol.generator.state_dict() == {"seed": 5, "offset": 0}
+    # Two different lambdas (same name "<lambda>") and two partials differ too.
+    lam = mf.Mollifier(10, schedule=lambda u: 1.0 - u).state_dict()
+    with pytest.raises(ValueError, match="schedule"):
+        mf.Mollifier(10, schedule=lambda u: (1.0 - u) ** 2).load_state_dict(lam)
+    part = mf.Mollifier(10, schedule=functools.partial(mf.schedules.sigmoid, tau=0.5)).state_dict()
+    with pytest.raises(ValueError, match="schedule"):
+        mf.Mollifier(10, schedule=functools.partial(mf.schedules.sigmoid, tau=0.6)).load_state_dict(part)
+    # The same function (a rerun of the same script) resumes.
+    mol = mf.Mollifier(10, schedule=_sched_a)
+    mol.load_state_dict(ckpt)
+    assert mol.generator.state_dict() == {"seed": 1, "offset": 0}
+
+
+def test_load_state_dict_refuses_unexpected_keys():
+    ckpt = dict(mf.Mollifier(10, generator=mf.Generator(1)).state_dict(), bogus=1)
+    mol = mf.Mollifier(10, generator=mf.Generator(5))
+    with pytest.raises(ValueError, match="bogus"):
+        mol.load_state_dict(ckpt)
+    assert mol.generator.state_dict() == {"seed": 5, "offset": 0}
+    mol.load_state_dict(ckpt, strict=False)  # PyTorch's non-strict loading ignores it
+    assert mol.generator.state_dict() == {"seed": 1, "offset": 0}
+
+
+def test_zero_dim_integer_array_step():
+    mol = mf.Mollifier(10, generator=mf.Generator(2), backend="reference")
+    ref = mf.Mollifier(10, generator=mf.Generator(2), backend="reference")
+    x = torch.zeros(2, 8)
+    assert torch.equal(mol(x, np.array(3)), ref(x, 3))
+    assert mol.gamma(np.array(3, dtype=np.uint8)) == ref.gamma(3)
+    with pytest.raises(TypeError, match="step"):
+        mol(x, np.array(3.0))
+    with pytest.raises(ValueError, match="step"):
+        mol(x, np.array([3]))
+
+
+def test_custom_schedule_values_outside_0_1():
+    x = torch.zeros(2, 8)
+    # Rounding: a variance a few ulps below 0 is 0 (no noise), not a math domain error.
+    tiny = mf.Mollifier(10, schedule=lambda u: (1.0 - u) - 0.1 if u >= 0.9 else 1.0 - u,  # -2.8e-17
+                        generator=mf.Generator(2), backend="reference")
+    assert tiny.gamma(9) == 0.0
+    assert torch.equal(tiny(x, 9), x)
+    for bad, value in ((lambda u: -0.25, "-0.25"), (lambda u: 1.5, "1.5"), (lambda u: float("nan"), "nan")):
+        mol = mf.Mollifier(10, schedule=bad, generator=mf.Generator(2), backend="reference")
+        with pytest.raises(ValueError, match=rf"schedule.*u=0\.3.*{value}"):
+            mol(x, 3)
+        with pytest.raises(ValueError, match=value):
+            mol.gamma(3)
+        assert mol.generator.state_dict() == {"seed": 2, "offset": 0}

@@ -34,13 +34,27 @@ def _module(name: str):
     return importlib.import_module(f"{__name__}.mollify_{name}")
 
 
-@functools.lru_cache(maxsize=None)
+# Environment variables a backend's availability depends on, read again at each check: the
+# refusal of ``cuda`` on CPU tensors tells the user to set MOLLIFY_FAST_CUDA_EMULATE=1 at run time.
+_AVAILABILITY_ENV = {"cuda": "MOLLIFY_FAST_CUDA_EMULATE"}
+
+
 def availability(name: str) -> Tuple[bool, str]:
-    """``(available, reason)`` for one backend in this process (cached)."""
+    """``(available, reason)`` for one backend in this process (cached per value of the
+    environment variable it depends on, if any)."""
+    env = _AVAILABILITY_ENV.get(name)
+    return _availability(name, os.environ.get(env) if env else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _availability(name: str, env_value: Optional[str]) -> Tuple[bool, str]:
     try:
         return _module(name).availability()
     except Exception as e:  # an import error is a reason, not a crash
         return False, f"{type(e).__name__}: {e}"
+
+
+availability.cache_clear = _availability.cache_clear  # type: ignore[attr-defined]
 
 
 def launcher(name: str) -> Callable:

@@ -8,12 +8,32 @@ results are identical for any thread count: up to ``torch.get_num_threads()``, o
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
 
 from .._validate import Params
 from ._native import extension, kernel_args, make_plan
+
+
+_threads = torch.get_num_threads
+
+
+def _one_thread() -> int:
+    return 1
+
+
+def _after_fork_in_child() -> None:
+    # OpenMP's thread pool does not survive fork(): a forked child whose parent had run a
+    # parallel region hangs at its own first one. Such a child runs this backend on one thread
+    # (same numbers: results do not depend on the thread count). See README, "Errors and
+    # limits, in one place".
+    global _threads
+    _threads = _one_thread
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def availability() -> Tuple[bool, str]:
@@ -31,7 +51,7 @@ def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
 
 def mollify_cpu(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
     ext, _ = extension()
-    ext.mollify_cpu(*kernel_args(x, out, noise, p, stream), torch.get_num_threads())
+    ext.mollify_cpu(*kernel_args(x, out, noise, p, stream), _threads())
 
 
 def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
@@ -40,10 +60,10 @@ def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]
     caller has checked. Same kernel and arguments as :func:`mollify_cpu`; the layout part of
     them is built once, here, into a ``_C.Plan``."""
     ext, _ = extension()
-    cplan, launch, threads = make_plan(x, out, noise), ext.mollify_cpu_plan, torch.get_num_threads
+    cplan, launch = make_plan(x, out, noise), ext.mollify_cpu_plan
 
     def run(x, out, noise, sigma, alpha, stream):
         launch(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma, alpha,
-               stream[0], stream[1], threads())
+               stream[0], stream[1], _threads())
 
     return run
