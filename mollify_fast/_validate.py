@@ -1,4 +1,4 @@
-"""Argument checking for ``mollify`` (CONTRACT section 7).
+"""Argument checking for ``mollify`` (see README, "Errors and limits, in one place").
 
 Two stages, both before anything is written:
 
@@ -67,15 +67,19 @@ def split_param(name: str, v, x: torch.Tensor, compiling: bool = False) -> Tuple
     tensors or ndarrays of shape ``[N]`` or ``[N, 1, ..., 1]`` (rank <= x.dim(), N = x.shape[0]).
     Values are checked later, by :func:`resolve_params`.
 
-    ``compiling``: under ``torch.compile`` a Python number becomes a 0-d float64 tensor made in
-    the graph (``torch.full``). Passed to the custom op as a ``float`` it would be specialised:
-    one recompile per value (measured: 5 compiles for 5 floats); as a tensor the graph stays
-    the same and the op reads the value when it runs.
+    ``compiling``: under ``torch.compile`` a Python number becomes a 0-d float64 tensor computed
+    in the graph (``zeros(()) + v``). Passed to the custom op as a ``float`` it would be
+    specialised: one recompile per value; as a tensor the graph stays the same and the op reads
+    the value when it runs (measured on CPU, inductor and aot_eager: 2 compiles for 10 floats).
     """
     tv = type(v)
     if tv is float or tv is int or isinstance(v, _SYM):  # the common case first: no ABC isinstance
         if compiling:
-            return 0.0, torch.full((), v, dtype=torch.float64)
+            # ``0 + v`` rather than ``torch.full((), v)``: Dynamo turns a float argument into a
+            # tensor input of the graph only where every use of it is tensor arithmetic; a
+            # factory call such as ``full`` specialises it (one compile per value, inductor
+            # and aot_eager alike, until the recompile limit fails a fullgraph step).
+            return 0.0, torch.zeros((), dtype=torch.float64) + v
         return _number(name, v), None
     if tv.__module__ == "numpy" and hasattr(v, "ndim") and tv.__name__ == "ndarray" and v.ndim > 0:
         if v.dtype.kind not in "fiu":
@@ -327,7 +331,7 @@ def resolve_params(
     has_blur: bool,
     blur_radius: int,
 ) -> Params:
-    """Value checks of every parameter (CONTRACT section 7), then conversion to :class:`Params`.
+    """Value checks of every parameter (README, "Errors and limits, in one place"), then conversion to :class:`Params`.
 
     Runs with real values (eager, or inside the custom op when compiled) and before any stream
     is taken, so a refusal changes nothing.

@@ -230,7 +230,7 @@ def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
         except (backends.BackendUnavailableError, ValueError):
             run = None  # the general path raises the error at each call
         if run is not None:
-            # Largest finite parameter: float32 compute unless x is float64 (CONTRACT section 7).
+            # Largest finite parameter: float32 compute unless x is float64 (README, "Errors and limits, in one place").
             plan = (name, run, x.numel(), _FLOAT64_MAX if x.dtype == torch.float64 else FLOAT32_MAX)
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
