@@ -41,7 +41,8 @@ from . import backends
 from ._blur import blur as blur_planes
 from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, Params, check_out_memory, check_static, compute_dtype,
                         resolve_params, same_view)
-from .generator import Generator, draw_default_seed, take_stream
+from ._replay import take as take_replayable
+from .generator import Generator, draw_default_seed
 
 Number = Union[int, float]  # also numpy floating scalars and 0-d ndarrays
 ParamLike = Union[Number, torch.Tensor]
@@ -97,7 +98,7 @@ def _run(
     # Decided before the stream is taken: nothing below refuses a call.
     unfused = x.numel() != 0 and name not in _PURE and _needs_unfused(name, x, out, noise, p)
     if gen_state is not None:
-        stream = take_stream(gen_state, x.numel())
+        stream = take_replayable(gen_state, x.numel())
     elif name == "torch":
         stream = None  # the torch backend draws from PyTorch's default generator directly
     else:
@@ -353,7 +354,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
     out = torch.empty_like(x)
     noise = torch.empty_like(x) if return_noise else None
     if generator is not None:
-        stream = take_stream(generator._state, numel)
+        stream = take_replayable(generator._state, numel)
     elif name == "torch":
         stream = None
     else:

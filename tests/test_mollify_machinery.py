@@ -114,6 +114,77 @@ def test_vmap_different_draws_per_slice_noise(backend):
     assert not torch.equal(got[0], got[1])
 
 
+# ---- activation checkpointing ----
+
+class _Block(torch.nn.Module):
+    """A block that mollifies its input twice (two draws) around a layer with dropout."""
+
+    def __init__(self, draw):
+        super().__init__()
+        self.draw = draw
+        self.lin = torch.nn.Linear(6, 6)
+
+    def forward(self, h):
+        h = self.lin(h + self.draw(h.detach()))
+        h = torch.nn.functional.dropout(h, 0.3, training=True)
+        return torch.tanh(h * self.draw(h.detach()))
+
+
+def _drawers(kind):
+    """A fresh draw function and a way to read its generator's offset (None for PyTorch's RNG)."""
+    if kind == "mollifier":
+        m = mf.Mollifier(10, generator=mf.Generator(3), backend="cpu")
+        return (lambda t: m(t, step=2)), (lambda: m.generator.offset)
+    if kind == "generator":
+        g = mf.Generator(3)
+        return (lambda t: mf.mollify(t, 0.5, generator=g, backend="cpu")), (lambda: g.offset)
+    return (lambda t: mf.mollify(t, 0.5, backend="cpu")), (lambda: None)
+
+
+@pytest.mark.parametrize("kind", ["mollifier", "generator", "default"])
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_checkpoint_recomputation_replays_the_noise(kind, reentrant):
+    """Before: the recomputation drew new noise (gradients differed from the unchecked step)
+    and the generator advanced twice. Two checkpointed blocks in a row, each drawing twice."""
+    _backend_ok("cpu")
+    x = torch.rand(4, 6)
+    grads, offsets = [], []
+    for use_cp in (False, True):
+        torch.manual_seed(0)
+        draw, offset = _drawers(kind)
+        blocks = torch.nn.ModuleList([_Block(draw), _Block(draw)])
+        h = x.requires_grad_(False).clone().requires_grad_()
+        for blk in blocks:
+            h = cp.checkpoint(blk, h, use_reentrant=reentrant) if use_cp else blk(h)
+        h.sum().backward()
+        grads.append([p.grad for p in blocks.parameters()])
+        offsets.append(offset())
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+    assert offsets[0] == offsets[1]
+
+
+def test_checkpoint_twice_in_a_row_each_step_gets_its_own_noise():
+    """Two training steps whose CPU RNG state is the same at the checkpoint: the second step's
+    recomputation must replay the second step's draw, not the first's."""
+    _backend_ok("cpu")
+    g = mf.Generator(5)
+    lin = torch.nn.Linear(6, 6)
+    seen = []
+
+    def block(h):
+        y = mf.mollify(h.detach(), 0.5, generator=g, backend="cpu")
+        seen.append(y)
+        return lin(h + y)
+
+    for _ in range(2):
+        torch.manual_seed(1)
+        cp.checkpoint(block, torch.rand(3, 6, requires_grad=True), use_reentrant=False).sum().backward()
+    assert len(seen) == 4 and torch.equal(seen[0], seen[1]) and torch.equal(seen[2], seen[3])
+    assert not torch.equal(seen[0], seen[2])
+    assert g.offset == 2 * ((18 + 3) // 4)
+
+
 # ---- tensor kinds ----
 
 def _neg_view(shape):
