@@ -41,7 +41,8 @@ from . import backends
 from ._blur import blur as blur_planes
 from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, Params, check_out_memory, check_static, compute_dtype,
                         resolve_params, same_view)
-from .generator import Generator, draw_default_seed, take_stream
+from ._replay import take as take_replayable
+from .generator import Generator, draw_default_seed
 
 Number = Union[int, float]  # also numpy floating scalars and 0-d ndarrays
 ParamLike = Union[Number, torch.Tensor]
@@ -82,10 +83,22 @@ def _run(
     global _last_backend
     p: Params = resolve_params(x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius)
     name, launch = backends.resolve(backend, x, p)
+    # A lazily negated view (``z.conj().imag``) reads and writes with its sign flipped; the
+    # kernels see raw memory, so they get a resolved x and write a temporary that is copied
+    # into such an out (copy_ honours the sign).
+    neg_out = None
+    if out.is_neg():
+        neg_out = out
+        inplace = same_view(out, x)
+        out = torch.empty_strided(out.shape, out.stride(), dtype=out.dtype, device=out.device)
+        if inplace:  # stays in place, on a resolved copy of out's layout
+            x = out.copy_(x)
+    if x.is_neg():
+        x = x.resolve_neg()
     # Decided before the stream is taken: nothing below refuses a call.
     unfused = x.numel() != 0 and name not in _PURE and _needs_unfused(name, x, out, noise, p)
     if gen_state is not None:
-        stream = take_stream(gen_state, x.numel())
+        stream = take_replayable(gen_state, x.numel())
     elif name == "torch":
         stream = None  # the torch backend draws from PyTorch's default generator directly
     else:
@@ -95,12 +108,14 @@ def _run(
         return
     if unfused:
         _run_unfused(launch, x, out, noise, p, stream)
-        return
-    if p.blur is not None and same_view(out, x):
-        # The blur reads neighbours that an in-place write would already have replaced:
-        # blur a copy so that out=x gives exactly the out-of-place result.
-        x = x.clone()
-    launch(x, out, noise, p, stream)
+    else:
+        if p.blur is not None and same_view(out, x):
+            # The blur reads neighbours that an in-place write would already have replaced:
+            # blur a copy so that out=x gives exactly the out-of-place result.
+            x = x.clone()
+        launch(x, out, noise, p, stream)
+    if neg_out is not None:
+        neg_out.copy_(out)
 
 
 _PURE = ("torch", "reference")  # handle any radius and rank themselves
@@ -206,6 +221,61 @@ def _mollify_out_fake(out, x, noise, sigma, sigma_t, alpha, alpha_t, vp, blur, b
     return None
 
 
+# ---- torch.func.vmap ----
+
+def _vmap_refusal(info, what: str) -> None:
+    """Raise before anything runs: vmap's randomness flag decides what a random op may do."""
+    if info.randomness == "error":
+        raise RuntimeError(
+            "mollify: called under torch.func.vmap with randomness='error' (the default), but mollify draws "
+            "random noise; pass randomness='different' to vmap (each slice its own noise), or call "
+            "mollify outside vmap"
+        )
+    if info.randomness == "same":
+        raise RuntimeError(
+            "mollify: torch.func.vmap(randomness='same') is not supported (one noise draw shared by every "
+            "slice); pass randomness='different', or call mollify outside vmap"
+        )
+    if what:
+        raise RuntimeError(f"mollify: under torch.func.vmap, {what}")
+
+
+def _per_row(t: Optional[torch.Tensor], dim: Optional[int], b: int, n: int) -> Optional[torch.Tensor]:
+    """A parameter of the vmapped call as one for the merged ``[B * N, ...]`` batch."""
+    if t is None or (dim is None and t.dim() == 0):
+        return t
+    if dim is None:  # [N], shared by every slice
+        return t.repeat(b)
+    t = t.movedim(dim, 0)
+    return t.repeat_interleave(n) if t.dim() == 1 else t.reshape(b * n)
+
+
+def _mollify_vmap(info, in_dims, x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
+                  gen_state, return_noise, backend):
+    """randomness='different': the B slices of ``[N, ...]`` run as one ``[B * N, ...]`` batch,
+    so slice ``b`` draws the stream's elements ``b * slice_numel ...`` (noise of its own) and
+    the generator advances once, by the whole batch."""
+    _vmap_refusal(info, "the generator must not be batched" if in_dims[10] is not None else "")
+    b = info.batch_size
+    xb = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x.expand(b, *x.shape)
+    n = xb.shape[1]
+    merged = xb.reshape(b * n, *xb.shape[2:])
+    out, noise = torch.ops.mollify_fast.mollify(
+        merged, sigma, _per_row(sigma_t, in_dims[2], b, n), alpha, _per_row(alpha_t, in_dims[4], b, n), vp,
+        blur, _per_row(blur_t, in_dims[7], b, n), has_blur, blur_radius, gen_state, return_noise, backend)
+    if return_noise:
+        return (out.reshape(xb.shape), noise.reshape(xb.shape)), (0, 0)
+    return (out.reshape(xb.shape), noise), (0, None)
+
+
+def _mollify_out_vmap(info, in_dims, *args):
+    _vmap_refusal(info, "out= (and so in-place) is not supported; use the returned tensor")
+
+
+torch.library.register_vmap("mollify_fast::mollify", _mollify_vmap)
+torch.library.register_vmap("mollify_fast::mollify_out", _mollify_out_vmap)
+
+
 # ---- fast path: cached launch plans for repeated eager noise-only calls ----
 
 _MAX_PLANS = 256  # layouts kept; a loop over more distinct shapes than this starts over
@@ -222,7 +292,7 @@ def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
     layout always takes the general path (not a float dtype, empty, more dims than the kernels
     take, a backend unavailable or not planned for x). Writes nothing but the cache."""
     plan = None
-    if (x.dtype in FLOAT_DTYPES and x.dim() >= 1 and x.numel() > 0 and x.device.type in ("cpu", "cuda")
+    if (x.layout is torch.strided and x.dtype in FLOAT_DTYPES and x.dim() >= 1 and x.numel() > 0 and x.device.type in ("cpu", "cuda")
             and backend in backends.NAMES):
         try:
             name, _ = backends.resolve(backend, x, _PLAN_PARAMS)
@@ -230,7 +300,7 @@ def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
         except (backends.BackendUnavailableError, ValueError):
             run = None  # the general path raises the error at each call
         if run is not None:
-            # Largest finite parameter: float32 compute unless x is float64 (CONTRACT section 7).
+            # Largest finite parameter: float32 compute unless x is float64 (README, "Errors and limits, in one place").
             plan = (name, run, x.numel(), _FLOAT64_MAX if x.dtype == torch.float64 else FLOAT32_MAX)
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
@@ -256,13 +326,13 @@ def _scalar(v, x: torch.Tensor):
 def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_noise: bool, backend: str):
     """The plan path (module docstring); None means "take the general path" (nothing done)."""
     global _last_backend
-    if x.requires_grad:
+    if x.requires_grad or x.is_neg():
         return None
     vp = alpha is None
-    key = (x.shape, x.stride(), x.dtype, x.device, vp, return_noise, backend)
     try:
+        key = (x.shape, x.stride(), x.dtype, x.device, x.layout, vp, return_noise, backend)
         plan = _plans.get(key, _MISSING)
-    except TypeError:  # an unhashable backend: the general path names the problem
+    except (TypeError, RuntimeError):  # an unhashable backend, a sparse x: the general path names the problem
         return None
     if plan is _MISSING:
         plan = _new_plan(key, x, return_noise, backend)
@@ -284,7 +354,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
     out = torch.empty_like(x)
     noise = torch.empty_like(x) if return_noise else None
     if generator is not None:
-        stream = take_stream(generator._state, numel)
+        stream = take_replayable(generator._state, numel)
     elif name == "torch":
         stream = None
     else:
@@ -294,13 +364,23 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
     return (out, noise) if return_noise else out
 
 
+_functorch_active = torch._C._are_functorch_transforms_active
+_tracing_state = torch._C._get_tracing_state
+
+
 def _plain_eager(x: torch.Tensor) -> bool:
-    """True for a plain tensor in eager mode: no compiler, no fake tensor, no mode on the stack."""
+    """True for a plain tensor in eager mode: no compiler, no fake tensor, no mode on the stack,
+    no torch.func transform (its tensors have no storage for the kernels' raw pointers), no
+    jit.trace (which sees only dispatched ops), not on the meta device (the op's fake
+    implementation gives the shape-only result there, and no stream is taken)."""
     return (
         type(x) is torch.Tensor
         and not torch.compiler.is_compiling()
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
+        and not _functorch_active()
+        and _tracing_state() is None
+        and not x.is_meta
     )
 
 
@@ -359,7 +439,8 @@ def mollify(
     """
     if (blur_sigma is None and blur_radius is None and out is None and type(x) is torch.Tensor
             and (generator is None or type(generator) is Generator) and (return_noise is False or return_noise is True)
-            and not _is_compiling() and _dispatch_depth() == 0 and not _function_mode()):
+            and not _is_compiling() and _dispatch_depth() == 0 and not _function_mode()
+            and not _functorch_active() and _tracing_state() is None):
         res = _fast(x, sigma, alpha, generator, return_noise, backend)
         if res is not None:
             return res
