@@ -27,6 +27,8 @@ _ROUNDING = 1e-12
 
 def _int_like(name: str, v: Any) -> int:
     """A Python int, numpy integer or 0-d integer tensor as an int (bools and floats refused)."""
+    if type(v) is int:  # the training loop's step: no ABC checks on the hot path
+        return v
     if torch.is_tensor(v):
         if v.dtype.is_floating_point or v.is_complex() or v.dtype == torch.bool:
             raise TypeError(f"Mollifier: {name} must be an integer, got a {v.dtype} tensor")

@@ -27,6 +27,8 @@ __all__ = ["sigmoid", "linear", "cosine", "SCHEDULES", "get"]
 
 def _as_float64(u: Value, name: str):
     """``(u64, finish)``: u as a Python float or a float64 tensor, and the map back to u's type."""
+    if type(u) is float:  # a training loop's u = step / steps: no ABC checks on the hot path
+        return u, float
     if torch.is_tensor(u):
         out_dtype = u.dtype if u.is_floating_point() else torch.get_default_dtype()
         if u.is_complex() or u.dtype == torch.bool:
