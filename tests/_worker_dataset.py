@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 import mollify_fast as mf
 
-# One item is 8 numbers: 2 counter groups of 4 normals each (CONTRACT section 3).
+# One item is 8 numbers: 2 counter groups of 4 normals each (README, "The noise stream").
 ITEM = 8
 
 

@@ -101,7 +101,7 @@ def test_blur_per_sample_and_explicit_radius(backend):
 @pytest.mark.parametrize("hw", [(8, 8), (17, 19), (12, 7)])
 @pytest.mark.parametrize("s", [0.5, 1.0, 2.0])
 def test_torch_blur_equals_torchvision(hw, s):
-    """CONTRACT section 4: for r < min(H, W), torchvision's gaussian_blur (sigma=0 noise)."""
+    """README, "The blur": for r < min(H, W), torchvision's gaussian_blur (sigma=0 noise)."""
     r = math.ceil(3 * s)
     x = torch.rand(2, 3, *hw)
     want = TF.gaussian_blur(x, [2 * r + 1] * 2, [s, s])

@@ -1,4 +1,4 @@
-"""GPU checks (CONTRACT sections 2-4 on a real device). Every test skips cleanly without a
+"""GPU checks (README, "The contract, in short": the op, the noise stream and the blur on a real device). Every test skips cleanly without a
 CUDA device; nothing here touches CUDA at import or collection.
 
 Run on a GPU machine with ``TRITON_INTERPRET=0 pytest tests/test_mollify_gpu.py``.

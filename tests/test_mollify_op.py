@@ -1,4 +1,4 @@
-"""CONTRACT section 2: the custom op (opcheck, torch.compile) and ``python -m mollify_fast info``."""
+"""README, "The contract, in short" (the op): the custom op (opcheck, torch.compile) and ``python -m mollify_fast info``."""
 import math
 import subprocess
 import sys

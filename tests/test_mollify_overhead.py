@@ -1,4 +1,4 @@
-"""The per-call fast path (issue 12): cached launch plans and the cpu kernels' thread choice.
+"""The per-call fast path (README, "Per-call overhead"): cached launch plans and the cpu kernels' thread choice.
 
 Behaviour only (speed lives in benchmarks/bench_mollify_sweep.py):
 

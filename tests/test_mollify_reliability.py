@@ -1,4 +1,4 @@
-"""Issues 13 and 15 (op level): large and tiny blur parameters, dims beyond the kernels' limit,
+"""Reliability at the op level: large and tiny blur parameters, dims beyond the kernels' limit,
 in-place writes seen by autograd, NaN patterns, per-sample shapes and numpy numbers.
 
 Each test here failed on the code before the fix (the reason is in its docstring).

@@ -1,4 +1,4 @@
-"""The triton backend's low-overhead launch path (issue 12), checked on CPU with a fake kernel.
+"""The triton backend's low-overhead launch path, checked on CPU with a fake kernel.
 
 After the first launch of a specialisation through Triton's dispatcher (``kernel[grid](...)``),
 ``mollify_triton`` keeps the ``CompiledKernel`` it returned and launches later calls through it,

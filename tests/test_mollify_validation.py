@@ -1,4 +1,4 @@
-"""CONTRACT section 7: every misuse raises a named, actionable error and writes nothing."""
+"""README, "Errors and limits, in one place": every misuse raises a named, actionable error and writes nothing."""
 import os
 
 import numpy as np
@@ -56,14 +56,14 @@ CASES = [
     ("sigma [1, 4]", lambda x: dict(x=x, sigma=torch.rand(1, 4)), ValueError, ["sigma", "[N, 1, ..., 1]"]),
     ("sigma numpy wrong length", lambda x: dict(x=x, sigma=np.full(3, 0.5, np.float32)), ValueError, ["sigma", "length"]),
     ("sigma numpy string", lambda x: dict(x=x, sigma=np.str_("0.5")), TypeError, ["sigma"]),
-    # numbers at the edges (issue 15.11)
+    # numbers at the edges
     ("sigma 10**400", lambda x: dict(x=x, sigma=10**400, alpha=1.0), ValueError, ["sigma", "finite"]),
     ("sigma 1e39 float32", lambda x: dict(x=x, sigma=1e39, alpha=1.0), ValueError, ["sigma", "float32"]),
     ("alpha 1e39 float32", lambda x: dict(x=x, sigma=0.5, alpha=-1e39), ValueError, ["alpha", "float32"]),
     ("alpha tensor 1e39 float32", lambda x: dict(x=x, sigma=0.5, alpha=torch.tensor([1.0, 1e39, 1, 1], dtype=torch.float64)),
      ValueError, ["alpha", "float32"]),
     ("blur_sigma 1e39", lambda x: dict(x=x, sigma=0.5, blur_sigma=1e39), ValueError, ["blur_sigma"]),
-    # radius limit (issue 15.1): refused before any stream is taken, never a pybind11 TypeError
+    # radius limit: refused before any stream is taken, never a pybind11 TypeError
     ("blur_sigma 1e9", lambda x: dict(x=x, sigma=0.5, blur_sigma=1e9), ValueError, ["blur", "radius", str(MAX_R)]),
     ("blur_sigma tensor 1e9", lambda x: dict(x=x, sigma=0.5, blur_sigma=torch.tensor([1.0, 1e9, 1, 1])), ValueError,
      ["blur", "radius", str(MAX_R)]),
@@ -143,7 +143,7 @@ def test_bad_out(case, build, exc, words, backend):
 
 @pytest.mark.parametrize("backend", ["torch", "cpu", "reference"])
 def test_interleaved_views_are_not_overlapping(backend):
-    """Issue 15.9: x = buf[0::2], out = buf[1::2] share no element: accepted, and equal to the
+    """x = buf[0::2], out = buf[1::2] share no element: accepted, and equal to the
     out-of-place result; a real partial overlap (buf[:4] vs buf[1:]) is still refused."""
     backend_or_skip(backend)
     buf = torch.randn(8, 3, 5, 4)

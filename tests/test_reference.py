@@ -85,7 +85,7 @@ def test_normals_prefix_and_tail():
     [(0, 0), (42, 3), (2**63 + 12345, 2**32 - 5), (2**64 - 1, 2**40 + 17), (7, 2**64 - 9)],
 )
 def test_reference_equals_triton_randn4x_interpreted(seed, offset):
-    """CONTRACT section 3: the stream is exactly tl.randn4x(seed, offset + j)."""
+    """README, "The noise stream": the stream is exactly tl.randn4x(seed, offset + j)."""
     import triton
     import triton.language as tl
 

@@ -1,4 +1,4 @@
-"""CONTRACT section 5: the schedules return sigma^2."""
+"""README, "Schedules": the schedules return sigma^2."""
 import math
 
 import numpy as np
@@ -17,7 +17,7 @@ def _sigmoid_from_formula(u, start=0.0, end=3.0, tau=0.7, clip_min=1e-9):
 
 
 def test_sigmoid_contract_values():
-    # CONTRACT section 5 lists these to 4 decimals.
+    # The paper's reference values, to 4 decimals (README, "Schedules").
     want = [1.0, 0.4966, 0.1880, 0.0515, 1e-9]
     got = [schedules.sigmoid(u) for u in U]
     for u, g, w in zip(U, got, want):
