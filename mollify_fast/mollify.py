@@ -365,6 +365,20 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
 
 
 _functorch_active = torch._C._are_functorch_transforms_active
+_DEFAULT_TORCH_FUNCTION = torch.Tensor.__torch_function__.__func__
+_DEFAULT_TORCH_DISPATCH = torch.Tensor.__torch_dispatch__
+
+
+def _wrapper_subclass(x) -> bool:
+    """True for a tensor subclass that only types a tensor: no ``__torch_dispatch__`` of its own
+    and the default ``__torch_function__`` or torchvision's tv_tensors one. Others (a subclass
+    with its own dispatch or function logic, ``nn.Parameter``) take the custom op, which runs
+    their logic."""
+    cls = type(x)
+    if not isinstance(x, torch.Tensor) or getattr(cls, "__torch_dispatch__", None) is not _DEFAULT_TORCH_DISPATCH:
+        return False
+    tf = getattr(getattr(cls, "__torch_function__", None), "__func__", None)
+    return tf is _DEFAULT_TORCH_FUNCTION or getattr(tf, "__module__", "").startswith("torchvision.tv_tensors")
 _tracing_state = torch._C._get_tracing_state
 
 
@@ -444,6 +458,19 @@ def mollify(
         res = _fast(x, sigma, alpha, generator, return_noise, backend)
         if res is not None:
             return res
+    if type(x) is not torch.Tensor and _wrapper_subclass(x) and not _is_compiling():
+        # An image batch typed as a subclass (torchvision's tv_tensors.Image, a plain
+        # ``class MyBatch(torch.Tensor)``): run on the plain tensor (the fast path included) and
+        # hand back x's type; through the custom op it would cost the op dispatch and come back
+        # as a plain Tensor.
+        cls = type(x)
+        res = mollify(x.as_subclass(torch.Tensor), sigma, alpha=alpha, blur_sigma=blur_sigma,
+                      blur_radius=blur_radius, generator=generator,
+                      out=None if out is None else out.as_subclass(torch.Tensor),
+                      return_noise=return_noise, backend=backend)
+        if return_noise:
+            return (res[0].as_subclass(cls) if out is None else out), res[1].as_subclass(cls)
+        return res.as_subclass(cls) if out is None else out
     s, a, b = check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend,
                            backends.NAMES)
     vp = a is None
