@@ -51,11 +51,22 @@ __all__ = ["mollify", "last_backend"]
 
 _last_backend: Optional[str] = None
 
-try:  # torch >= 2.1
-    from torch.autograd.graph import increment_version as _increment_version
-except ImportError:  # pragma: no cover - older torch
-    def _increment_version(t: torch.Tensor) -> None:
-        torch._C._increment_version(t)
+from torch.autograd.graph import increment_version as _increment_version
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    """True while x's CUDA stream is being captured into a CUDA graph."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _refuse_capture() -> None:
+    raise RuntimeError(
+        "mollify: called while a CUDA graph is being captured (torch.cuda.graph, or torch.compile with "
+        "mode='reduce-overhead' or 'max-autotune'), which mollify does not support yet: its noise stream is "
+        "decided on the host at call time, so every replay would repeat the captured noise and the generator "
+        "would not advance. Mollify the batch outside the captured region (before the compiled step), or compile "
+        "with the default mode. Nothing was written and no generator moved."
+    )
 
 
 def last_backend() -> Optional[str]:
@@ -81,6 +92,8 @@ def _run(
 ) -> None:
     """Everything that reads values, in an order that writes nothing until all checks pass."""
     global _last_backend
+    if _capturing(x):
+        _refuse_capture()
     p: Params = resolve_params(x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius)
     name, launch = backends.resolve(backend, x, p)
     # A lazily negated view (``z.conj().imag``) reads and writes with its sign flipped; the
@@ -326,8 +339,8 @@ def _scalar(v, x: torch.Tensor):
 def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_noise: bool, backend: str):
     """The plan path (module docstring); None means "take the general path" (nothing done)."""
     global _last_backend
-    if x.requires_grad or x.is_neg():
-        return None
+    if x.requires_grad or x.is_neg() or _capturing(x):
+        return None  # the general path refuses (or resolves the view)
     vp = alpha is None
     try:
         key = (x.shape, x.stride(), x.dtype, x.device, x.layout, vp, return_noise, backend)

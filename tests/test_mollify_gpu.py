@@ -151,3 +151,28 @@ def test_compile_fullgraph_on_cuda():
     a = f(x, mf.Generator(3))
     b = mf.mollify(x * 2, 0.5, generator=mf.Generator(3))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS + ["torch"])
+@pytest.mark.parametrize("gen", ["generator", "default"])
+def test_cuda_graph_capture_is_refused_before_anything_moves(backend, gen):
+    """A captured call would replay its captured noise forever: refused during capture, with
+    x unwritten and the generator where it was."""
+    if backend != "torch":
+        _need(backend)
+    elif not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    x = torch.rand(8, 3, 32, 32, device="cuda")
+    before = x.clone()
+    g = mf.Generator(3) if gen == "generator" else None
+    state = g.state_dict() if g is not None else None
+    mf.mollify(x, 0.3, generator=mf.Generator(0), backend=backend)  # warm-up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="CUDA graph is being captured"):
+        with torch.cuda.graph(graph):
+            mf.mollify(x, 0.3, generator=g, backend=backend, out=x)
+    torch.cuda.synchronize()
+    assert torch.equal(x, before)
+    if g is not None:
+        assert g.state_dict() == state
