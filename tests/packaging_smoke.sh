@@ -43,9 +43,11 @@ build_args=()
 [ "${SMOKE_NO_ISOLATION:-0}" = 1 ] && build_args+=(--no-isolation)
 
 step "clone" git clone --quiet "$repo" "$tmp/src"
-step "python -m build (sdist, then the wheel from it)" \
+build() {  # the log only on failure: compiler output is long
   "$PYTHON" -m build "${build_args[@]}" --outdir "$tmp/dist" "$tmp/src" > "$tmp/build.log" 2>&1 \
-  || { tail -50 "$tmp/build.log"; exit 1; }
+    || { tail -50 "$tmp/build.log"; return 1; }
+}
+step "python -m build (sdist, then the wheel from it)" build
 
 check_dist() {
   local sdist wheel
