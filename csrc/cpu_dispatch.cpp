@@ -41,7 +41,9 @@ struct Isa {
 
 bool always() { return true; }
 #if defined(__x86_64__) && (defined(MOLLIFY_FAST_HAVE_AVX2) || defined(MOLLIFY_FAST_HAVE_AVX512))
-// libgcc's checks include the OS's support for the wider registers (XGETBV).
+// libgcc's checks include the OS's support for the wider registers (XGETBV). The level names
+// need gcc >= 12 or clang >= 16; older compilers check the features the kernels' code uses.
+#if (defined(__clang__) && __clang_major__ >= 16) || (!defined(__clang__) && __GNUC__ >= 12)
 bool has_v3() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("x86-64-v3");
@@ -50,6 +52,19 @@ bool has_v4() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("x86-64-v4");
 }
+#else
+bool has_v3() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
+         __builtin_cpu_supports("bmi2");
+}
+bool has_v4() {
+  __builtin_cpu_init();
+  return has_v3() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512cd");
+}
+#endif
 #endif
 
 // Narrowest first.
