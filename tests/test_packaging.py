@@ -135,6 +135,8 @@ def _wheel_without_extension(tmp_path, env_extra):
 @pytest.mark.parametrize("env_extra,reason", [
     ({"MOLLIFY_FAST_BUILD_EXT": "0"}, "MOLLIFY_FAST_BUILD_EXT=0"),
     ({"MOLLIFY_FAST_CUDA": "bogus"}, "the build failed: ValueError: MOLLIFY_FAST_CUDA must be auto, on or off"),
+    # No compiler: PATH holds only the interpreter's folder (python, pip, cmake from PyPI).
+    ({"PATH": os.path.dirname(sys.executable), "CXX": ""}, "the build failed: RuntimeError: no C++ compiler was found"),
 ])
 def test_wheel_without_extension_says_why_and_ships_its_status(tmp_path, env_extra, reason):
     r, wheels = _wheel_without_extension(tmp_path, env_extra)
