@@ -92,15 +92,24 @@ def test_info_marks_versions_outside_the_tested_range(package, version, untested
 # ---- 2. the sdist -------------------------------------------------------------------------
 
 
+def _copy_checkout(dst):
+    """This checkout's sources, so that a build writes nothing (egg-info, status) into it."""
+    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", "*.so", "_build_status.json", ".hypothesis",
+        ".benchmarks", "benchmarks", "tests", "demo_out", ".triton-min"))
+    return dst
+
+
 @pytest.fixture(scope="module")
 def sdist(tmp_path_factory):
     """An sdist of this checkout (no compiling: a few seconds)."""
     pytest.importorskip("build", reason="the `build` package (requirements-dev.txt)")
-    out = tmp_path_factory.mktemp("sdist")
+    tmp = tmp_path_factory.mktemp("sdist")
+    src = _copy_checkout(tmp / "src")
     r = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--skip-dependency-check",
-                        "--outdir", str(out), ROOT], capture_output=True, text=True, timeout=120)
+                        "--outdir", str(tmp / "out"), str(src)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    (path,) = out.glob("*.tar.gz")
+    (path,) = (tmp / "out").glob("*.tar.gz")
     return path
 
 
@@ -120,11 +129,8 @@ def test_sdist_holds_everything_the_build_needs(sdist):
 
 def _wheel_without_extension(tmp_path, env_extra):
     """Build a wheel of this checkout with the extension switched off or broken (fast: no
-    compiling), in a copy of the tree so nothing is written into the checkout."""
-    src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", "build", "dist", "*.egg-info", "__pycache__", "*.so", "_build_status.json", ".hypothesis",
-        ".benchmarks", "benchmarks", "tests", "demo_out", ".triton-min"))
+    compiling)."""
+    src = _copy_checkout(tmp_path / "src")
     env = {**os.environ, **env_extra}
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-v",
                         "--wheel-dir", str(tmp_path / "wheels"), str(src)],
