@@ -15,9 +15,13 @@
 namespace py = pybind11;
 
 namespace mollify_fast {
-void mollify_cpu(const MollifyArgs& a, int num_threads);
-int64_t set_parallel_grain(int64_t elements_per_thread);  // csrc/mollify_cpu.cpp
+void mollify_cpu(const MollifyArgs& a, int num_threads);  // csrc/cpu_dispatch.cpp
+int64_t set_parallel_grain(int64_t elements_per_thread);
 int threads_for_call(int64_t numel, int max_threads);
+std::string cpu_isa();
+std::vector<std::string> cpu_isas();
+std::vector<std::string> cpu_isas_compiled();
+std::string set_cpu_isa(const std::string& name);
 void mollify_cuda_emulated(const MollifyArgs& a);  // csrc/mollify_cuda_host.cpp, always built
 #ifdef MOLLIFY_FAST_WITH_CUDA
 void mollify_cuda(const MollifyArgs& a, uintptr_t stream, int device);
@@ -150,6 +154,21 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_parallel_grain", &mollify_fast::set_parallel_grain, py::arg("elements_per_thread"),
         "Elements per OpenMP thread of the cpu kernels (default 16384); returns the previous value. For tests "
         "and tuning: the result does not depend on it.");
+  m.def("cpu_isa", &mollify_fast::cpu_isa, "The instruction set the cpu kernels run with (baseline, avx2, avx512).");
+  m.def("cpu_isas", &mollify_fast::cpu_isas, "The compiled instruction sets this CPU runs, narrowest first.");
+  m.def("cpu_isas_compiled", &mollify_fast::cpu_isas_compiled, "Every compiled instruction set, narrowest first.");
+  m.def("set_cpu_isa", &mollify_fast::set_cpu_isa, py::arg("name"),
+        "Run the cpu kernels with one compiled instruction set (or 'auto': the widest this CPU runs); returns "
+        "the previous one. Raises ValueError for a set that is not compiled or that this CPU cannot run. All "
+        "give the same bits.");
+  m.attr("cpu_baseline_arch") = MOLLIFY_FAST_BASELINE_ARCH;
+#ifdef MOLLIFY_FAST_WITH_CUDA
+  // CMAKE_CUDA_ARCHITECTURES of the build ("80-real;90": SASS for sm_80 and sm_90, PTX for sm_90)
+  // and the CUDA toolkit it was built with: mollify_fast/backends/mollify_cuda.py checks the GPU
+  // and the driver against them.
+  m.attr("cuda_archs") = MOLLIFY_FAST_CUDA_ARCHS_STR;
+  m.attr("cuda_toolkit_version") = MOLLIFY_FAST_CUDA_TOOLKIT_STR;
+#endif
   m.def("threads_for", &mollify_fast::threads_for_call, py::arg("numel"), py::arg("max_threads"),
         "Threads the cpu kernels use for numel elements when max_threads are allowed.");
   // The CUDA kernels' code run on CPU tensors (csrc/mollify_cuda_host.cpp): built without nvcc too.

@@ -1,4 +1,4 @@
-// Fused CPU kernels for mollify (CONTRACT sections 2-4): noise, and blur + noise, in one pass.
+// Fused CPU kernels for mollify (README, "The contract, in short"): noise, and blur + noise, in one pass.
 //
 //   out = alpha_n * B(x) + sigma_n * eps,   eps from the Philox stream by logical index
 //
@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include <algorithm>
-#include <atomic>
 #include <stdexcept>
 #include <vector>
 
@@ -24,6 +23,7 @@
 #include "philox.h"
 
 namespace mollify_fast {
+MF_ISA_BEGIN  // compiled once per instruction set: csrc/cpu_dispatch.cpp picks one
 
 void normals_cpu(uint64_t seed, uint64_t group0, int64_t ngroups, float* out);
 
@@ -35,20 +35,6 @@ constexpr int64_t kSegment = 4096;
 // Output rows per blur work item: each recomputes 2r halo rows of the width pass, so 32 rows
 // (1.19x at radius 3) beat 16 (1.38x): CIFAR blur + noise 1.23 -> 1.20 ms on one dev-VM core.
 constexpr int64_t kBand = 32;
-// Elements per thread below which another thread does not pay: waking an OpenMP worker costs
-// ~5-15 us on the 2-core dev VM (a 16-element call took ~15 us with the team, ~1 us without),
-// the time one thread needs for a few thousand noise elements. See threads_for(); tests lower
-// it (set_parallel_grain) to run small inputs on several threads.
-std::atomic<int64_t> g_per_thread{int64_t(1) << 14};
-
-// Threads for a call with `numel` elements and `max_threads` allowed: one per g_per_thread
-// elements, at least 1, at most max_threads. Work items depend only on their index, so the
-// result is the same for any count.
-inline int threads_for(int64_t numel, int max_threads) {
-  const int64_t t = numel / std::max<int64_t>(1, g_per_thread.load(std::memory_order_relaxed));
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, max_threads)));
-}
-
 // Normals of logical elements [i0, i0 + len) into buf (needs len + 8 floats); returns the
 // pointer to element i0's normal.
 inline float* draw(const MollifyArgs& a, int64_t i0, int64_t len, float* buf) {
@@ -295,20 +281,14 @@ int64_t element_size(int32_t dtype) { return dtype == kFloat64 ? 8 : dtype == kF
 
 }  // namespace
 
-int64_t set_parallel_grain(int64_t elements_per_thread) {
-  return g_per_thread.exchange(std::max<int64_t>(1, elements_per_thread));
-}
-
-int threads_for_call(int64_t numel, int max_threads) { return threads_for(numel, std::max(1, max_threads)); }
-
-void mollify_cpu(const MollifyArgs& a, int num_threads) {
+// nthreads: from threads_for_call (csrc/cpu_dispatch.cpp), at least 1.
+void mollify_cpu(const MollifyArgs& a, int nthreads) {
   if (a.numel == 0) return;
   // [data_ptr, data_ptr + numel * size) lies inside any non-overlapping tensor's allocation
   // (strides are non-negative), so the hint never reaches memory that is not the tensor's.
   advise_huge_pages(a.out, a.numel * element_size(a.dtype));
   if (a.noise) advise_huge_pages(a.noise, a.numel * element_size(a.dtype));
   if (a.ndim < 1 || a.ndim > kMaxDims) throw std::invalid_argument("mollify_cpu: ndim out of range");
-  const int nthreads = threads_for(a.numel, num_threads > 0 ? num_threads : 1);
   switch (a.dtype) {
     case kFloat16: run<Half>(a, nthreads); break;
     case kBFloat16: run<BF16>(a, nthreads); break;
@@ -318,4 +298,5 @@ void mollify_cpu(const MollifyArgs& a, int num_threads) {
   }
 }
 
+MF_ISA_END
 }  // namespace mollify_fast

@@ -23,6 +23,7 @@
 #include "philox.h"
 
 namespace mollify_fast {
+MF_ISA_BEGIN  // compiled once per instruction set (csrc/cpu_dispatch.cpp)
 
 namespace {
 constexpr int kLanes = 64;  // groups per block: fits the 8 lane arrays in L1, long enough to vectorise
@@ -183,4 +184,5 @@ void normals_cpu(uint64_t seed, uint64_t group0, int64_t ngroups, float* out) {
   }
 }
 
+MF_ISA_END
 }  // namespace mollify_fast

@@ -10,12 +10,14 @@ Public API::
     reference                   the exact pure-PyTorch oracle
     MAX_BLUR_RADIUS             the largest blur radius a call accepts (2**20)
     available_backends()        {name: (available, reason)}
+    ExtensionMissingWarning     warned once when a call finds the compiled extension missing
 
 Nothing here imports Triton or touches CUDA at import time.
 """
 from . import reference, schedules
 from ._blur import MAX_BLUR_RADIUS
 from .backends import BACKENDS, BackendUnavailableError
+from .backends._native import ExtensionMissingWarning
 from .generator import Generator
 from .mollifier import Mollifier
 from .mollify import last_backend, mollify
@@ -30,6 +32,7 @@ __all__ = [
     "reference",
     "available_backends",
     "BackendUnavailableError",
+    "ExtensionMissingWarning",
     "last_backend",
     "MAX_BLUR_RADIUS",
     "__version__",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -16,21 +18,72 @@ DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.floa
 MAX_DIMS = 8
 
 
+ISA_ENV = "MOLLIFY_FAST_CPU_ISA"
+STATUS_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "_build_status.json")
+REINSTALL = ("install a C++17 compiler (g++ or clang++) with OpenMP, and CMake >= 3.18 (or let pip fetch it), "
+             "then reinstall without pip's wheel cache, which otherwise hands back the wheel built without "
+             "it: `pip install --no-cache-dir --force-reinstall mollify_fast` (or, from a source checkout, "
+             "`pip install --no-cache-dir --force-reinstall .`); `python -m mollify_fast info` shows the result")
+
+
+class ExtensionMissingWarning(UserWarning):
+    """Warned once per process, at the first call that needs the compiled extension
+    (``mollify_fast._C``) and finds it missing: ``auto`` then runs the ``torch`` backend."""
+
+
+def build_status() -> Optional[dict]:
+    """The build's record (``mollify_fast/_build_status.json``, shipped in the wheel), or None."""
+    try:
+        with open(STATUS_FILE) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _missing_reason(error: BaseException) -> str:
+    st = build_status()
+    if st is not None and not st.get("built", False):
+        return f"the compiled extension was not built when this package was installed ({st.get('reason')}); " \
+               f"to get it, {REINSTALL}"
+    if st is not None:
+        return f"the compiled extension was built but does not import ({type(error).__name__}: {error}); {REINSTALL}"
+    return (f"the compiled extension is missing ({type(error).__name__}: {error}); in a source checkout build it "
+            f"with `pip install -e .`; for an installed package, {REINSTALL}")
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside mollify_fast and torch: the user's call."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    skip = (pkg, os.path.dirname(os.path.abspath(torch.__file__)))
+    frame, level = sys._getframe(1), 1  # the caller, extension(), is stacklevel 1 of its warn
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 @functools.lru_cache(maxsize=None)
 def extension():
-    """``(module, None)`` or ``(None, reason)``; imports nothing CUDA-related."""
+    """``(module, None)`` or ``(None, reason)``; imports nothing CUDA-related.
+
+    The first time the extension is found missing, warns :class:`ExtensionMissingWarning` with
+    the reason and the fix (see README, "Backends and the build"). ``MOLLIFY_FAST_CPU_ISA``
+    (auto, baseline, avx2, avx512) picks the CPU kernels' instruction set; one this build or
+    CPU lacks makes the extension unavailable, with the reason."""
     try:
         from .. import _C  # noqa: F401
-
-        return _C, None
     except ImportError as e:
-        status = os.path.join(os.path.dirname(os.path.dirname(__file__)), "_build_status.json")
-        if os.path.exists(status):
-            with open(status) as f:
-                st = json.load(f)
-            if not st.get("built", False):
-                return None, f"extension not built: {st.get('reason')}"
-        return None, f"extension not built or not importable ({e}); reinstall with `pip install -e .`"
+        why = _missing_reason(e)
+        warnings.warn(f"mollify_fast: {why}. Until then `backend='auto'` runs the slower pure-PyTorch backend "
+                      "'torch' where it would run 'cpu' or 'cuda'.", ExtensionMissingWarning,
+                      stacklevel=_caller_stacklevel())
+        return None, why
+    isa = os.environ.get(ISA_ENV, "").strip().lower()
+    if isa:
+        try:
+            _C.set_cpu_isa(isa)
+        except ValueError as e:
+            return None, f"{ISA_ENV}={isa!r} cannot be used: {e}; unset it or pick one of those"
+    return _C, None
 
 
 def coalesce(shape: List[int], strides: List[List[int]]) -> Tuple[List[int], List[List[int]]]:

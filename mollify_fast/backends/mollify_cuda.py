@@ -19,8 +19,10 @@ reported by CUDA at the next synchronising call, or at the call itself with
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import Optional, Tuple
+import sys
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -37,7 +39,91 @@ def emulated() -> bool:
     return os.environ.get(EMULATE_ENV, "").strip() == "1"
 
 
-def _gpu() -> Tuple[bool, str]:
+ARCHS_ENV = "MOLLIFY_FAST_CUDA_ARCHS"
+
+
+def _archs(spec: str) -> Tuple[List[Tuple[int, str]], List[int]]:
+    """CMAKE_CUDA_ARCHITECTURES of the build ("80-real;90", "," or ";" separated) as
+    ``([(sm, suffix), ...] with SASS, [sm, ...] with PTX)``: "90" gives both, "90-real" SASS,
+    "90-virtual" PTX; "90a" is SASS for exactly sm_90."""
+    sass, ptx = [], []
+    for item in spec.replace(",", ";").split(";"):
+        item = item.strip()
+        num, _, kind = item.partition("-")
+        digits = "".join(ch for ch in num if ch.isdigit())
+        if not digits:
+            continue
+        sm, suffix = int(digits), num[len(digits):]
+        if kind in ("", "real"):
+            sass.append((sm, suffix))
+        if kind in ("", "virtual"):
+            ptx.append(sm)
+    return sass, ptx
+
+
+def _version(text: str) -> Tuple[int, int]:
+    parts = [int(p) for p in text.split(".")[:2] if p.isdigit()]
+    return (parts + [0, 0])[0], (parts + [0, 0])[1]
+
+
+def driver_version() -> Optional[Tuple[int, int]]:
+    """The CUDA version the installed driver supports, e.g. (13, 0), from libcuda's
+    cuDriverGetVersion (no context is created); None where libcuda does not load."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1" if sys.platform != "win32" else "nvcuda.dll")
+        v = ctypes.c_int(0)
+        if lib.cuDriverGetVersion(ctypes.byref(v)) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return v.value // 1000, (v.value % 1000) // 10
+
+
+def code_runs_on(archs: str, toolkit: str, capability: Tuple[int, int],
+                 driver: Optional[Tuple[int, int]]) -> Tuple[bool, str]:
+    """Can a build for ``archs`` (CMAKE_CUDA_ARCHITECTURES) with CUDA ``toolkit`` run on a GPU of
+    compute ``capability`` under a driver supporting CUDA ``driver``? ``(ok, reason)``.
+
+    SASS for sm_XY runs on compute capability X.Z with Z >= Y (sm_XYa on X.Y only); PTX for
+    sm_XY is compiled by the driver for capability >= X.Y, which needs a driver at least as new
+    as the toolkit. The statically linked runtime needs a driver of the toolkit's major version
+    or newer. See README, "Backends and the build"."""
+    cc = capability[0] * 10 + capability[1]
+    tk = _version(toolkit)
+    gpu = f"compute capability {capability[0]}.{capability[1]}"
+    fix = (f"rebuild for it: `{ARCHS_ENV}=\"{capability[0]}{capability[1]}\" pip install --no-cache-dir "
+           "--force-reinstall --no-binary mollify_fast mollify_fast` (or from a source checkout), with a CUDA "
+           "toolkit this driver supports")
+    if driver is not None and driver[0] < tk[0]:
+        return False, (f"built with CUDA {tk[0]}.{tk[1]}, but the driver supports CUDA {driver[0]}.{driver[1]} only: "
+                       f"update the NVIDIA driver to one for CUDA {tk[0]}.x, or {fix}")
+    sass, ptx = _archs(archs)
+    for sm, suffix in sass:
+        if sm // 10 == cc // 10 and (sm == cc if suffix.startswith("a") else sm <= cc):
+            return True, f"SASS for sm_{sm}{suffix}"
+    runnable_ptx = [sm for sm in ptx if sm <= cc]
+    if runnable_ptx:
+        if driver is not None and driver < tk:
+            return False, (f"only PTX (sm_{max(runnable_ptx)}) fits this GPU ({gpu}), and the driver (CUDA "
+                           f"{driver[0]}.{driver[1]}) is older than the toolkit that wrote it (CUDA {tk[0]}.{tk[1]}): "
+                           f"update the driver, or {fix}")
+        return True, f"PTX for sm_{max(runnable_ptx)}, compiled by the driver at first use"
+    built = ", ".join([f"SASS sm_{sm}{sf}" for sm, sf in sass] + [f"PTX sm_{sm}" for sm in ptx]) or archs
+    return False, f"the build's code ({built}) cannot run on this GPU ({gpu}); {fix}"
+
+
+@functools.lru_cache(maxsize=None)
+def _device_check(index: int) -> Tuple[bool, str]:
+    ext, _ = extension()
+    name = torch.cuda.get_device_name(index)
+    ok, why = code_runs_on(getattr(ext, "cuda_archs", "80-real;90"), getattr(ext, "cuda_toolkit_version", "13.0"),
+                           tuple(torch.cuda.get_device_capability(index)), driver_version())
+    return ok, why if ok else f"cuda:{index} ({name}): {why}"
+
+
+def _gpu(index: Optional[int] = None) -> Tuple[bool, str]:
     ext, why = extension()
     if ext is None:
         return False, why
@@ -46,7 +132,10 @@ def _gpu() -> Tuple[bool, str]:
                        "rebuild with nvcc on PATH")
     if not torch.cuda.is_available():
         return False, f"built with {ext.cuda_runtime_info()}, but no GPU is visible to torch"
-    return True, f"CUDA C++ kernels ({ext.cuda_runtime_info()})"
+    ok, how = _device_check(torch.cuda.current_device() if index is None else index)
+    if not ok:
+        return False, how
+    return True, f"CUDA C++ kernels ({ext.cuda_runtime_info()}; {how})"
 
 
 def availability() -> Tuple[bool, str]:
@@ -60,7 +149,7 @@ def availability() -> Tuple[bool, str]:
 
 def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
     if x.device.type == "cuda":
-        ok, why = _gpu()
+        ok, why = _gpu(x.device.index if x.device.index is not None else torch.cuda.current_device())
         return ok, "" if ok else why
     if x.is_cpu and emulated():
         return True, ""
