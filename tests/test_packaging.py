@@ -92,11 +92,20 @@ def test_info_marks_versions_outside_the_tested_range(package, version, untested
 # ---- 2. the sdist -------------------------------------------------------------------------
 
 
+_NOT_SOURCES = ("benchmarks/", "tests/")  # not part of the package's build
+
+
 def _copy_checkout(dst):
-    """This checkout's sources, so that a build writes nothing (egg-info, status) into it."""
-    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
-        ".git", "build", "dist", "*.egg-info", "__pycache__", "*.so", "_build_status.json", ".hypothesis",
-        ".benchmarks", "benchmarks", "tests", "demo_out", ".triton-min"))
+    """This checkout's package sources (the files git tracks, and new ones it does not ignore),
+    so that a build writes nothing (egg-info, status) into the checkout. Only those: a copy of
+    the whole folder would take the virtual environment along (gigabytes per test)."""
+    r = subprocess.run(["git", "-C", ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                       capture_output=True, check=True)
+    for rel in r.stdout.decode().split("\0"):
+        if not rel or rel.startswith(_NOT_SOURCES) or not os.path.isfile(os.path.join(ROOT, rel)):
+            continue
+        os.makedirs(os.path.join(dst, os.path.dirname(rel)), exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, rel), os.path.join(dst, rel))
     return dst
 
 
