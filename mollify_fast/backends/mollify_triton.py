@@ -523,6 +523,14 @@ def _pad(v: List[int], n: int, fill: int) -> List[int]:
     return [fill] * (n - len(v)) + list(v)
 
 
+def _contiguous_strides(shape) -> tuple:
+    st, acc = [], 1
+    for n in reversed(shape):
+        st.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(st))
+
+
 def _max_offset(sizes, strides) -> int:
     return sum((s - 1) * abs(t) for s, t in zip(sizes, strides))
 
@@ -646,6 +654,13 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
     tensors = (x, out) if noise is None else (x, out, noise)
     strides = tuple(t.stride() for t in tensors)
     blur = p.blur is not None
+    two_pass = blur and p.max_radius > FUSED_MAX_RADIUS
+    if two_pass:
+        # The two passes also index a float32 scratch in x's logical order (contiguous): its
+        # plane offsets must come from the same plane decomposition as x's and out's, so its
+        # strides join the layout (a slot 3 after x, out and noise; out's strides stand in for
+        # an absent noise, which adds no constraint).
+        strides = strides[:2] + (strides[2] if noise is not None else strides[1], _contiguous_strides(x.shape))
     layout = _blur_layout(tuple(x.shape), strides) if blur else _noise_layout(tuple(x.shape), strides)
     if layout is None:
         xc = x.contiguous()
@@ -676,7 +691,7 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
         raise ValueError(
             f"mollify: the triton blur kernels mirror once, so they need blur radius < min(H, W) = {min(H, W)}, "
             f"got radius {p.max_radius}; larger radii must be routed to another backend")
-    planes, (P1, P2), (xs, os_, ns) = layout
+    planes, (P1, P2), (xs, os_, ns) = layout[0], layout[1], layout[2][:3]
     bl_t, rad_t = torch.is_tensor(p.blur), torch.is_tensor(p.radius)
     bl_p = p.blur if bl_t else dummy
     rad_p = p.radius if rad_t else dummy
@@ -694,11 +709,12 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
         plain = W % 16 == 0 and noise is None and not (sig_t or al_t or bl_t or rad_t) and xs[4] == os_[4] == 1
         return [Launch(_mollify_blur_kernel, grid, args, consts, _fused_options(R, x.element_size(), plain),
                        numel)], []
-    # Two passes through a float32 scratch in x's logical order (contiguous).
+    # Two passes through a float32 scratch in x's logical order (contiguous), indexed with
+    # its own strides over the plane dims shared with x and out (see two_pass above).
     bw, s, _, _, units, cb = _blur_tiles(H, W, planes, False)
     grid = (-(-units // s) * cb,)
     scratch = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    sc_st = _blur_layout(tuple(x.shape), (scratch.stride(),))[2][0]
+    sc_st = layout[2][3]
     tail = (H, W, units, cb, pps, P1, P2)
     width = Launch(_mollify_blur_axis_kernel, grid,
                    (x, scratch, scratch, *head, R, *tail, *xs, *sc_st, *sc_st),
