@@ -92,3 +92,79 @@ def test_triton_two_pass_blur_out_in_another_layout():
     assert got is out and torch.equal(out, want)
     ref = mf.mollify(x, 0.4, blur_sigma=3.5, generator=mf.Generator(2), backend="reference")
     assert (want.cpu() - ref).abs().max() < 1e-4
+
+
+# ------------------------------------------------------------------------------------------
+# 2. Per-sample blur: a NaN reaches only its own sample's window; one radius per value
+# ------------------------------------------------------------------------------------------
+
+ALL_BACKENDS = ["cpu", "triton", "torch", "reference", "cuda-emulated"]
+
+
+@pytest.fixture
+def run_backend(monkeypatch):
+    """``backend`` name -> the name to pass to mollify, with the emulated cuda path switched on."""
+
+    from mollify_fast import backends
+
+    def setup(backend):
+        if backend == "cuda-emulated":
+            monkeypatch.setenv(EMULATE, "1")
+            backends.availability.cache_clear()  # availability() reads the variable; the registry caches it
+            backend_or_skip("cuda")
+            return "cuda"
+        backend_or_skip(backend)
+        return backend
+
+    yield setup
+    backends.availability.cache_clear()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("blurs", [(0.3, 2.0), (0.3, 3.2)], ids=["fused", "two-pass"])
+def test_per_sample_nan_stays_in_its_own_window(run_backend, backend, blurs):
+    """Sample 0 (blur sigma 0.3: radius 1) has a NaN and an inf: (2r + 1)^2 = 9 pixels each turn
+    non-finite, not the widest sample's window (radius 6 or 10; a zero weight beyond a sample's
+    own radius times NaN is NaN)."""
+    name = run_backend(backend)
+    H = W = 12 if blurs[1] < 3 else 21
+    x = torch.rand(2, 1, H, W)
+    x[:, 0, 3, 3] = float("nan")
+    x[:, 0, 8, 8] = float("inf")
+    bs = torch.tensor(blurs)
+    out = mf.mollify(x, 0.0, alpha=1.0, blur_sigma=bs, generator=mf.Generator(1), backend=name)
+    want = R.blur(x, bs)
+    assert int((~torch.isfinite(want[0])).sum()) == 2 * 9
+    for n in range(2):
+        assert torch.equal(torch.isfinite(out[n]), torch.isfinite(want[n])), f"sample {n}"
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_per_sample_zero_blur_sigma_with_explicit_radius_reads_no_neighbour(run_backend, backend):
+    """blur_sigma 0 is the identity even with an explicit radius: its NaN-free pixels stay
+    NaN-free next to a NaN (its zero-weight taps must not be summed)."""
+    name = run_backend(backend)
+    x = torch.rand(2, 1, 12, 12)
+    x[:, 0, 5, 5] = float("nan")
+    bs = torch.tensor([0.0, 1.0])
+    out = mf.mollify(x, 0.0, alpha=1.0, blur_sigma=bs, blur_radius=3, generator=mf.Generator(1), backend=name)
+    assert int(torch.isnan(out[0]).sum()) == 1 and torch.equal(out[0].nan_to_num(), x[0].nan_to_num())
+    assert int(torch.isnan(out[1]).sum()) == 49
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_radius_is_the_same_for_every_parameter_form(run_backend, backend):
+    """blur_sigma = 1/3: a Python float, a numpy float64, a 0-d tensor and a [1] tensor blur
+    identically. The kernels take blur sigma in float32, and 3 * float32(1/3) > 1: the radius is
+    ceil(3 * s) of that value, 2, whatever the form (the float path used the float64 value, 1)."""
+    import numpy as np
+
+    name = run_backend(backend)
+    x = torch.rand(1, 1, 9, 9)
+    x[0, 0, 4, 4] = float("nan")
+    outs = [mf.mollify(x, 0.0, alpha=1.0, blur_sigma=b, generator=mf.Generator(1), backend=name)
+            for b in (1 / 3, np.float64(1 / 3), torch.tensor(1 / 3, dtype=torch.float64), torch.tensor([1 / 3]))]
+    nans = [int(torch.isnan(o).sum()) for o in outs]
+    assert nans == [25] * 4, nans
+    for o in outs[1:]:
+        assert torch.equal(o.nan_to_num(), outs[0].nan_to_num())

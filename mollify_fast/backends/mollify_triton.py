@@ -406,6 +406,10 @@ def _mollify_blur_kernel(
     else:
         c = (pid_c * (BW - 1) + tl.arange(0, BW)) * 4  # the last thread only lends its counter group
     w = _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R, BLUR_PER_SAMPLE, RADIUS_PER_SAMPLE)
+    if RADIUS_PER_SAMPLE:
+        reach = _reach(blur_ptr, radius_ptr, n, BLUR_PER_SAMPLE)[:, None]  # [S, 1]: taps k <= reach count
+    else:
+        reach = R
     sg = _param(sigma_ptr, sigma, n, SIGMA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
     al = _param(alpha_ptr, alpha, n, ALPHA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
     # Mirrored column offsets of the 4 + 2R columns a thread reads, once per program: the
@@ -424,7 +428,7 @@ def _mollify_blur_kernel(
         for j in tl.static_range(4):
             acc = _bc(w[0], S) * v[j + R]
             for k in tl.static_range(1, R + 1):
-                acc += _bc(w[k], S) * (v[j + R - k] + v[j + R + k])
+                acc += _tap(_bc(w[k], S) * (v[j + R - k] + v[j + R + k]), k, reach, RADIUS_PER_SAMPLE)
             lanes = lanes + (acc,)
         rows = rows + (lanes,)
         if t >= 2 * R:
@@ -434,11 +438,31 @@ def _mollify_blur_kernel(
             for j in tl.static_range(4):
                 acc = _bc(w[0], S) * rows[t - R][j]
                 for k in tl.static_range(1, R + 1):
-                    acc += _bc(w[k], S) * (rows[t - R - k][j] + rows[t - R + k][j])
+                    acc += _tap(_bc(w[k], S) * (rows[t - R - k][j] + rows[t - R + k][j]), k, reach,
+                                RADIUS_PER_SAMPLE)
                 vals = vals + (acc,)
             h = h0 + (t - 2 * R)
             _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, sg, al,
                       osh, osw, nsh, nsw, umask & (h < H), ALIGNED, HAS_NOISE, True)
+
+
+@triton.jit
+def _reach(blur_ptr, radius_ptr, n, BLUR_PER_SAMPLE: tl.constexpr):
+    """Per-sample radius ``[S]`` that the taps may read: the sample's own radius, 0 where its
+    blur sigma is 0 (the identity reads no neighbour, whatever ``blur_radius`` says)."""
+    r = tl.load(radius_ptr + n)
+    if BLUR_PER_SAMPLE:
+        r = tl.where(tl.load(blur_ptr + n) == 0.0, 0, r)
+    return r
+
+
+@triton.jit
+def _tap(t, k, reach, MASKED: tl.constexpr):
+    # A tap's term, dropped (not multiplied by a zero weight) beyond a sample's own reach: a
+    # NaN or inf there would otherwise poison the whole window of the widest sample (0 * NaN).
+    if MASKED:
+        t = tl.where(k <= reach, t, 0.0)
+    return t
 
 
 @triton.jit
@@ -475,7 +499,7 @@ def _mollify_blur_axis_kernel(
     else:
         bs = blur_sigma + tl.zeros((S,), tl.float32)
     if RADIUS_PER_SAMPLE:
-        r = tl.load(radius_ptr + n)
+        r = _reach(blur_ptr, radius_ptr, n, BLUR_PER_SAMPLE)
     else:
         r = radius + tl.zeros((S,), tl.int32)
     inv = 1.0 / tl.maximum(2.0 * bs * bs, 1e-30)
@@ -495,7 +519,8 @@ def _mollify_blur_axis_kernel(
             o = (_mirror(h + k, H) * ssh)[:, None, None] + ((c[:, None] + lanes[None, :]) * ssw)[None, :, :]
         else:
             o = (h * ssh)[:, None, None] + (_mirror(c[:, None] + lanes[None, :] + k, W) * ssw)[None, :, :]
-        acc += wk[:, None, None] * tl.load(src_base[:, None, None] + o).to(tl.float32)
+        acc += _tap(wk[:, None, None] * tl.load(src_base[:, None, None] + o).to(tl.float32), tl.abs(k),
+                    r[:, None, None], RADIUS_PER_SAMPLE)
         k += 1
     if FINAL:
         noise_base = noise_ptr + (pd0 * ns0 + pd1 * ns1 + pd2 * ns2)
