@@ -168,3 +168,61 @@ def test_radius_is_the_same_for_every_parameter_form(run_backend, backend):
     assert nans == [25] * 4, nans
     for o in outs[1:]:
         assert torch.equal(o.nan_to_num(), outs[0].nan_to_num())
+
+
+# ------------------------------------------------------------------------------------------
+# 3. out= gives exactly the out-of-place result
+# ------------------------------------------------------------------------------------------
+
+
+def _same_values(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "transposed":
+        return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return x.contiguous()
+
+
+OUT_CASES = {
+    # name: (shape, x layout, how out is given)
+    "out-channels_last": ((2, 3, 4, 5), "contiguous", "channels_last"),
+    "out-contiguous-x-channels_last": ((2, 3, 4, 5), "channels_last", "contiguous"),
+    "out-transposed": ((2, 3, 4, 5), "contiguous", "transposed"),
+    "in-place-transposed": ((2, 3, 4, 5), "transposed", "x"),
+    "in-place-channels_last": ((2, 3, 4, 5), "channels_last", "x"),
+    "in-place-contiguous": ((2, 3, 4, 5), "contiguous", "x"),
+    "in-place-tiny": ((3, 5), "contiguous", "x"),
+    "out-tiny": ((3, 5), "contiguous", "contiguous"),
+}
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("case", list(OUT_CASES))
+@pytest.mark.parametrize("blur", [None, 0.8], ids=["noise", "blur"])
+def test_out_is_exactly_the_out_of_place_result(run_backend, backend, case, blur):
+    """Same generator state, torch.equal: out= in another layout, out=x (transposed,
+    channels_last, fewer than 16 elements) and return_noise=True may not change a single bit.
+    sigma = 0.37 and alpha = 0.61 make alpha * x + sigma * eps round differently with and
+    without a fused multiply-add or in another order."""
+    name = run_backend(backend)
+    shape, x_layout, how = OUT_CASES[case]
+    if blur is not None and len(shape) < 3:
+        pytest.skip("the blur needs [N, ..., H, W]")
+    torch.manual_seed(3)
+    x = _same_values(torch.randn(shape), x_layout)
+    kw = dict(alpha=0.61, blur_sigma=blur, backend=name)
+    want = mf.mollify(x, 0.37, generator=mf.Generator(8, 3), **kw)
+    got_rn, noise = mf.mollify(x, 0.37, generator=mf.Generator(8, 3), return_noise=True, **kw)
+    assert torch.equal(got_rn, want), "return_noise=True changed the output"
+    if how == "x":
+        out = x.clone(memory_format=torch.preserve_format)
+        assert out.stride() == x.stride()
+        got = mf.mollify(out, 0.37, generator=mf.Generator(8, 3), out=out, **kw)
+    else:
+        out = _same_values(torch.empty(shape), how)
+        got = mf.mollify(x, 0.37, generator=mf.Generator(8, 3), out=out, **kw)
+    assert got is out
+    assert torch.equal(out, want), f"max |diff| {(out - want).abs().max().item():.3g}"
+    out_n = torch.empty_like(out)
+    got, noise2 = mf.mollify(x, 0.37, generator=mf.Generator(8, 3), out=out_n, return_noise=True, **kw)
+    assert torch.equal(out_n, want) and torch.equal(noise2, noise)
