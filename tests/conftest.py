@@ -83,6 +83,16 @@ def _per_sample64(v, x: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *([1] * (x.dim() - 1))) if t.dim() >= 1 else t
 
 
+def assert_noise_parity(noise: torch.Tensor, want_noise: torch.Tensor, what: str = "") -> None:
+    """A backend's eps against the reference's: ``NOISE_RTOL * (1 + |eps|)``, plus one ulp of a
+    low-precision dtype (both sides round a float32 eps; near a tie they land one ulp apart)."""
+    e_ref = want_noise.detach().cpu().double()
+    eb = NOISE_RTOL * (1 + e_ref.abs())
+    if noise.dtype in (torch.float16, torch.bfloat16):
+        eb = eb + EPS[noise.dtype] * e_ref.abs().clamp_min(2.0**-14)
+    assert_within(noise, want_noise, eb, f"{what}: eps")
+
+
 def assert_backend_parity(out, noise, want, want_noise, x, sigma, *, alpha=None, blur_sigma=None,
                           blur_radius=None, what: str = "") -> None:
     """The contract's two-part bound between a backend and the reference on one stream.
@@ -100,11 +110,7 @@ def assert_backend_parity(out, noise, want, want_noise, x, sigma, *, alpha=None,
     """
     dtype = x.dtype
     assert out.dtype == dtype and noise.dtype == dtype, what
-    e_ref = want_noise.detach().cpu().double()
-    eb = NOISE_RTOL * (1 + e_ref.abs())
-    if dtype in (torch.float16, torch.bfloat16):
-        eb = eb + EPS[dtype] * e_ref.abs().clamp_min(2.0**-14)
-    assert_within(noise, want_noise, eb, f"{what}: eps")
+    assert_noise_parity(noise, want_noise, what)
     acc = _acc(dtype)
     u = EPS[acc] / 2
     xs = x.detach().cpu()

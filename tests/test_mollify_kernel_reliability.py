@@ -226,3 +226,74 @@ def test_out_is_exactly_the_out_of_place_result(run_backend, backend, case, blur
     out_n = torch.empty_like(out)
     got, noise2 = mf.mollify(x, 0.37, generator=mf.Generator(8, 3), out=out_n, return_noise=True, **kw)
     assert torch.equal(out_n, want) and torch.equal(noise2, noise)
+
+
+# ------------------------------------------------------------------------------------------
+# 5. sigma = 0 is exactly x: the final rounding to the output dtype
+# ------------------------------------------------------------------------------------------
+
+
+def _special_values(dtype: torch.dtype) -> torch.Tensor:
+    """Every kind of value of ``dtype``: +-0, subnormals, normals around the rounding of a
+    float32 result, +-max, +-inf, NaN (2 x 32 values, so that the noise kernel's vector and
+    scalar lanes both see them)."""
+    fi = torch.finfo(dtype)
+    vals = [0.0, -0.0, fi.tiny, -fi.tiny, fi.max, -fi.max, float("inf"), float("-inf"), float("nan"),
+            1.0, -1.0, 1.0 + fi.eps, 3.0, 65504.0 if fi.max >= 65504.0 else 1.5, 0.1, -0.3]
+    if dtype != torch.float64:
+        vals += [fi.smallest_normal / 2, fi.smallest_normal / 1024 if dtype != torch.float16 else 2.0**-24]
+        vals += [fi.tiny * 3, -fi.tiny * 5]
+    else:
+        vals += [4.9e-324, -4.9e-324, 1e-310, -1e-310]
+    t = torch.tensor(vals, dtype=torch.float64).to(dtype)
+    t = torch.cat([t, torch.randn(32 - t.numel()).to(dtype)])
+    return torch.stack([t, t.flip(0)]).reshape(2, 1, 4, 8)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_sigma_zero_is_exactly_x(run_backend, backend, dtype):
+    """alpha = 1 given and variance preserving sigma = 0 (alpha = sqrt(1 - 0) = 1): out is x,
+    bit for bit: 65504 stays 65504 in bfloat16 (the interpreter's float32 -> bfloat16
+    conversion truncated it to 65280), subnormals stay, +-inf stay, NaN stays NaN (-0.0 may
+    become +0.0: that is IEEE's -0 + 0 * eps for eps > 0)."""
+    name = run_backend(backend)
+    if name == "triton" and dtype == torch.float64:
+        pytest.skip("the triton backend does not run float64")
+    x = _special_values(dtype)
+    layouts = {"contiguous": x, "transposed": x.transpose(-1, -2).contiguous().transpose(-1, -2)}
+    for lname, xl in layouts.items():
+        for kw in (dict(alpha=1.0), dict(), dict(alpha=torch.ones(2))):
+            out = mf.mollify(xl, 0.0, generator=mf.Generator(1), backend=name, **kw)
+            same = (out == x) | (torch.isnan(out) & torch.isnan(x))
+            bad = (~same).nonzero()
+            assert not len(bad), (f"{lname} {kw}: at {tuple(bad[0].tolist())} got {out[tuple(bad[0])].item()!r}, "
+                                  f"expected {x[tuple(bad[0])].item()!r}")
+            # -0.0 may come back as +0.0: -0 + sigma * eps is +0 when eps > 0 (IEEE), as in the reference
+            signed = (x != 0) & ~torch.isnan(x)  # a NaN's sign bit carries no meaning
+            assert torch.equal(torch.signbit(out)[signed], torch.signbit(x)[signed])
+
+
+# float32 results whose rounding to bfloat16 / float16 tells round-to-nearest-even from truncation,
+# overflow to inf from saturation, and keeps subnormals: 65504 (bfloat16: 65536, truncated 65280),
+# ties on both sides of an even mantissa, the largest float32 (inf in both), float32 values that
+# are bfloat16 subnormals, float16 65520 (a tie between 65504 and the next power: inf).
+ROUNDING_CASES = [65504.0, -65504.0, 1 + 3 * 2.0**-8, 1 + 2.0**-8, 1 + 2.0**-8 + 2.0**-20, 3.4028234663852886e38,
+                  -3.3961e38, 3.3895e38, 1.5 * 2.0**-133, -2.0**-130 * (1 + 2.0**-3), 2.0**-126 * (1 - 2.0**-9),
+                  65520.0, 65519.0, 2.0**-24 * 1.5, 2.0**-25, 0.1, 1.0 / 3]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_final_rounding_is_torchs(run_backend, backend, dtype):
+    """out = alpha * 1 + 0 * eps is the float32 alpha rounded once to dtype exactly as
+    ``torch.Tensor.to`` rounds it (to nearest, ties to even, overflow to inf, subnormals kept)."""
+    name = run_backend(backend)
+    alpha = torch.tensor(ROUNDING_CASES, dtype=torch.float32)
+    want = alpha.to(dtype)[:, None, None].expand(-1, 4, 8)
+    for x in (torch.ones(len(alpha), 4, 8, dtype=dtype), torch.ones(len(alpha), 8, 4, dtype=dtype).transpose(1, 2)):
+        for blur in (None, 0.0, torch.zeros(len(alpha))):
+            out = mf.mollify(x, 0.0, alpha=alpha, blur_sigma=blur, generator=mf.Generator(1), backend=name)
+            bad = (out != want).nonzero()
+            assert not len(bad), (f"blur {blur}: alpha {alpha[bad[0][0]].item()!r} gave {out[tuple(bad[0])].item()!r}, "
+                                  f"torch rounds it to {want[tuple(bad[0])].item()!r}")

@@ -64,6 +64,9 @@ FUSED_MAX_RADIUS = 8  # beyond, the unrolled ring of 2R+1 rows costs too many re
 # spilled 12 B; uncapped 87), R >= 4 (R = 6 float32 uncapped 144: a cap of 128 spilled 72 B).
 FUSED_MAXNREG = {(1, 4): 64, (1, 2): 64, (2, 2): 72, (3, 4): 80}
 INT32_MAX = 2**31 - 1
+# Under TRITON_INTERPRET=1 (read once, at import, like Triton itself), round float32 ->
+# bfloat16 from the bits (see _cast); compiled kernels keep Triton's own conversion.
+_EXACT_BF16 = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def _interpret() -> bool:
@@ -90,6 +93,33 @@ def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
 # ------------------------------------------------------------------------------------------
 # Device helpers
 # ------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _cast(v, ptr):
+    """float32 ``v`` as ``ptr``'s element type, rounded as ``torch.Tensor.to`` rounds (to nearest,
+    ties to even, overflow to inf, subnormals kept). Compiled, that is ``.to`` itself (a
+    ``cvt.rn`` on sm_90). The interpreter's float32 -> bfloat16 conversion truncates (65504 ->
+    65280) and loses subnormals, so there bfloat16 is rounded here from the bits: add half an
+    ulp minus one plus the kept lowest bit, keep the high half; NaN stays a quiet NaN."""
+    if _EXACT_BF16 and ptr.dtype.element_ty == tl.bfloat16:
+        b = v.to(tl.uint32, bitcast=True)
+        r = (b + (0x7FFF + ((b >> 16) & 1))) >> 16
+        r = tl.where(v != v, (b >> 16) | 0x40, r)
+        return r.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return v.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def _f32(v):
+    """A loaded value as float32 (exact). The interpreter's bfloat16 -> float32 conversion flushes
+    bfloat16 subnormals to 0; there the bits are widened instead (a bfloat16 is the high half
+    of a float32). Compiled: ``.to(tl.float32)``."""
+    if _EXACT_BF16 and v.dtype == tl.bfloat16:
+        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        return v.to(tl.float32)
 
 
 @triton.jit
@@ -267,10 +297,10 @@ def _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, 
         ok = ok & (tl.arange(0, c.shape[0]) < c.shape[0] - 1)[:, None]
     mask = rmask[:, None, None] & ok[None, :, :]
     o = (h * osh)[:, None, None] + (cols * osw)[None, :, :]
-    tl.store(out_base[:, None, None] + o, res.to(out_base.dtype.element_ty), mask=mask)
+    tl.store(out_base[:, None, None] + o, _cast(res, out_base), mask=mask)
     if HAS_NOISE:
         o = (h * nsh)[:, None, None] + (cols * nsw)[None, :, :]
-        tl.store(noise_base[:, None, None] + o, eps.to(noise_base.dtype.element_ty), mask=mask)
+        tl.store(noise_base[:, None, None] + o, _cast(eps, noise_base), mask=mask)
 
 
 @triton.jit
@@ -327,11 +357,11 @@ def _mollify_noise_kernel(
         mask = i < numel
         s, a = _params_at(i, numel, sample_numel, sigma_ptr, alpha_ptr, sigma, alpha,
                           SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE)
-        x = tl.load(x_ptr + i, mask=mask, other=0.0).to(tl.float32)
+        x = _f32(tl.load(x_ptr + i, mask=mask, other=0.0))
         res = a * x + s * eps
-        tl.store(out_ptr + i, res.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + i, _cast(res, out_ptr), mask=mask)
         if HAS_NOISE:
-            tl.store(noise_ptr + i, eps.to(noise_ptr.dtype.element_ty), mask=mask)
+            tl.store(noise_ptr + i, _cast(eps, noise_ptr), mask=mask)
     else:
         # Strided: the 4 lanes as four [BLOCK] vectors, in the layout the Philox outputs already
         # have. A [BLOCK, 4] tile with scalar (strided) accesses made Triton 3.8 pick a layout
@@ -371,10 +401,10 @@ def _strided_lane(z, j: tl.constexpr, i0, bx, bo, bn, x_ptr, out_ptr, noise_ptr,
         ox = _dot4(d, xs0, xs1, xs2, xs3)
         oo = _dot4(d, os0, os1, os2, os3)
         on = _dot4(d, ns0, ns1, ns2, ns3)
-    x = tl.load(x_ptr + ox, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + oo, (a * x + s * z).to(out_ptr.dtype.element_ty), mask=mask)
+    x = _f32(tl.load(x_ptr + ox, mask=mask, other=0.0))
+    tl.store(out_ptr + oo, _cast(a * x + s * z, out_ptr), mask=mask)
     if HAS_NOISE:
-        tl.store(noise_ptr + on, z.to(noise_ptr.dtype.element_ty), mask=mask)
+        tl.store(noise_ptr + on, _cast(z, noise_ptr), mask=mask)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
@@ -423,7 +453,7 @@ def _mollify_blur_kernel(
         rp = (x_base + src * xsh)[:, None]
         v = ()
         for e in tl.static_range(4 + 2 * R):
-            v = v + (tl.load(rp + cols[e]).to(tl.float32),)
+            v = v + (_f32(tl.load(rp + cols[e])),)
         lanes = ()
         for j in tl.static_range(4):
             acc = _bc(w[0], S) * v[j + R]
@@ -519,7 +549,7 @@ def _mollify_blur_axis_kernel(
             o = (_mirror(h + k, H) * ssh)[:, None, None] + ((c[:, None] + lanes[None, :]) * ssw)[None, :, :]
         else:
             o = (h * ssh)[:, None, None] + (_mirror(c[:, None] + lanes[None, :] + k, W) * ssw)[None, :, :]
-        acc += _tap(wk[:, None, None] * tl.load(src_base[:, None, None] + o).to(tl.float32), tl.abs(k),
+        acc += _tap(wk[:, None, None] * _f32(tl.load(src_base[:, None, None] + o)), tl.abs(k),
                     r[:, None, None], RADIUS_PER_SAMPLE)
         k += 1
     if FINAL:
