@@ -1,4 +1,4 @@
-"""Differential fuzzing against the reference (issue 15): shapes up to 9 dims, permuted and
+"""Differential fuzzing against the reference: shapes up to 9 dims, permuted and
 sliced memory, every dtype, every parameter form ([N], [N, 1, ..., 1], 0-d tensors, numpy and
 Python numbers), blur radii below and beyond the image (the kernels' unfused slow path), and
 streams anywhere in 64 bits.

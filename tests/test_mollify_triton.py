@@ -1,4 +1,4 @@
-"""The ``triton`` backend's own contract points (issue 10), beside the shared parity tests.
+"""The ``triton`` backend's own contract points, beside the shared parity tests.
 
 * Every form of every parameter (number, 0-d tensor, per-sample tensor; default or explicit
   blur radius) against ``mollify_fast.reference`` on every compiled backend: the launcher once

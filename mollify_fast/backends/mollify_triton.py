@@ -6,7 +6,8 @@ GPU; the variable must be set before this module is imported). float64 is not su
 the backend is first asked for; without Triton it reports itself unavailable with the error.
 Works with Triton 3.6 to 3.8: only ``tl`` names 3.6 has, and the Philox pieces of
 ``tl.randn4x`` (``philox_impl``, ``uint_to_uniform_float``, ``pair_uniform_to_normal``) called
-directly, so the normals are exactly ``tl.randn4x(seed, offset + j)`` (CONTRACT section 3).
+directly, so the normals are exactly ``tl.randn4x(seed, offset + j)`` (README, "The contract, in
+short": the noise stream).
 
 Host side: :func:`_plan` turns a call into a list of :class:`Launch` (kernel, grid, arguments,
 constexprs, options) without touching a GPU; :func:`mollify_triton` runs them on ``x``'s
@@ -231,8 +232,10 @@ def _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R: tl.constexpr,
                   BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr):
     """Normalised taps ``w_0 .. w_R`` (``w_-k = w_k``): scalars, or ``[S]`` per-sample vectors.
 
-    A sample whose own radius ``r < R`` gets zero weights beyond ``r``; the normalisation is
-    over its own ``2r + 1`` taps (CONTRACT section 4). ``blur_sigma = 0`` leaves only w_0 = 1.
+    A sample whose own radius ``r < R`` gets zero weights beyond ``r`` (and the kernels drop those
+    taps, see :func:`_tap`, so a NaN there stays out); the normalisation is over its own
+    ``2r + 1`` taps (README, "The contract, in short": the blur). ``blur_sigma = 0`` leaves only
+    w_0 = 1.
     """
     if BLUR_PER_SAMPLE:
         bs = tl.load(blur_ptr + n)
