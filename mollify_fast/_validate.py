@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import struct
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
@@ -403,6 +404,11 @@ def resolve_params(
             if blur < 0:
                 raise ValueError(f"mollify: blur_sigma must be >= 0, got {blur}")
             b_val = blur
+        if not torch.is_tensor(b_val) and acc != torch.float64:
+            # The value the kernels get (the compute dtype), so that the radius ceil(3 s) and the
+            # weights are those of a per-sample tensor: 1/3 as a float, a 0-d or a [1] tensor
+            # blur alike (radius 2: 3 * fl32(1/3) > 1).
+            b_val = struct.unpack("f", struct.pack("f", b_val))[0]
         if torch.is_tensor(b_val):
             # Radii from the float64 view of the values the kernels get (compute dtype), so that
             # every backend derives the same integer radius.

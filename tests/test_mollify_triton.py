@@ -1,4 +1,4 @@
-"""The ``triton`` backend's own contract points (issue 10), beside the shared parity tests.
+"""The ``triton`` backend's own contract points, beside the shared parity tests.
 
 * Every form of every parameter (number, 0-d tensor, per-sample tensor; default or explicit
   blur radius) against ``mollify_fast.reference`` on every compiled backend: the launcher once
@@ -28,7 +28,7 @@ import torch
 import mollify_fast as mf
 from mollify_fast import reference as R
 
-from conftest import assert_parity, backend_or_skip
+from conftest import assert_backend_parity, assert_parity, backend_or_skip
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 BACKENDS = ["cpu", "triton", "cuda"]
@@ -75,8 +75,7 @@ def test_every_parameter_form_matches_reference(backend, blur, radius):
         assert mf.last_backend() == backend, what
         want, want_noise = mf.mollify(x, s, generator=mf.Generator(99, 2**32 - 7), return_noise=True,
                                       backend="reference", **kw)
-        assert_parity(noise.cpu(), want_noise, f"{what}: noise")
-        assert_parity(out.cpu(), want, f"{what}: out")
+        assert_backend_parity(out.cpu(), noise.cpu(), want, want_noise, x, s, what=what, **kw)
 
 
 def test_per_sample_radius_explicit_differs_from_default():
@@ -139,8 +138,7 @@ def test_tall_and_many_plane_blur_matches_reference(shape):
     out, noise = mf.mollify(x.to(dev), 0.3, blur_sigma=0.4, generator=g, return_noise=True, backend="triton")
     want, want_noise = mf.mollify(x, 0.3, blur_sigma=0.4, generator=mf.Generator(3, 11), return_noise=True,
                                   backend="reference")
-    assert_parity(noise.cpu(), want_noise, "noise")
-    assert_parity(out.cpu(), want, "out")
+    assert_backend_parity(out.cpu(), noise.cpu(), want, want_noise, x, 0.3, blur_sigma=0.4)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "transposed"])
@@ -164,8 +162,7 @@ def test_strided_noise_lanes_match_reference(layout, w, per_sample):
     want, want_noise = mf.mollify(x, sigma, alpha=alpha, generator=mf.Generator(4, 8), return_noise=True,
                                   backend="reference")
     assert got.data_ptr() == out.data_ptr()
-    assert_parity(noise.cpu(), want_noise, "noise")
-    assert_parity(got.cpu(), want, "out")
+    assert_backend_parity(got.cpu(), noise.cpu(), want, want_noise, x, sigma, alpha=alpha)
 
 
 @pytest.mark.parametrize("kw", [dict(blur_sigma=3.0), dict(blur_sigma=1.0, blur_radius=9),
@@ -186,8 +183,7 @@ def test_two_pass_blur_matches_reference(kw):
                             backend="triton", **kw)
     want, want_noise = mf.mollify(x, 0.3, alpha=0.9, generator=mf.Generator(5, 3), return_noise=True,
                                   backend="reference", **kw)
-    assert_parity(noise.cpu(), want_noise, "noise")
-    assert_parity(out.cpu(), want, "out")
+    assert_backend_parity(out.cpu(), noise.cpu(), want, want_noise, x, 0.3, alpha=0.9, **kw)
 
 
 @pytest.mark.parametrize("H,W,planes", [(17, 19, 15), (28, 28, 8), (64, 48, 24), (218, 178, 24), (64, 64, 24),
@@ -238,8 +234,7 @@ def test_blur_tiles_odd_shapes_match_reference(shape):
                             return_noise=True, backend="triton")
     want, want_noise = mf.mollify(x, 0.4, alpha=0.7, blur_sigma=1.0, generator=mf.Generator(9, 4),
                                   return_noise=True, backend="reference")
-    assert_parity(noise.cpu(), want_noise, "noise")
-    assert_parity(out.cpu(), want, "out")
+    assert_backend_parity(out.cpu(), noise.cpu(), want, want_noise, x, 0.4, alpha=0.7, blur_sigma=1.0)
 
 
 def test_lending_thread_writes_nothing():

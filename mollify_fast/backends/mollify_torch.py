@@ -5,12 +5,15 @@ PyTorch's own RNG (``Tensor.normal_``), so the numbers differ from the Philox st
 ``mollify_fast.Generator`` the draw is still reproducible: a ``torch.Generator`` is seeded
 from the stream's ``(seed, offset)``.
 
-Memory: the noise is drawn straight into the output buffer and the affine step finishes in
-place, so float32/float64 calls allocate nothing beyond ``out`` (the eager composition
+Memory: the noise is drawn in logical (row-major) order, straight into ``out`` when it is
+contiguous and not x itself, and the affine step finishes in place, so contiguous
+float32/float64 calls allocate nothing beyond ``out`` (the eager composition
 ``alpha * x + sigma * torch.randn_like(x)`` allocates three temporaries). float16/bfloat16
 work through float32 scratch a quarter of the batch at a time, so the result is rounded once
-and the scratch stays below the composition's temporaries. In-place (``out=x``) without blur
-needs one buffer for the noise.
+and the scratch stays below the composition's temporaries. In-place (``out=x``) or an ``out``
+that is not contiguous needs one buffer for the noise. Every form of a call (out= in any
+layout, out=x, return_noise) computes the same ``fl(sigma * eps)`` and the same fused
+``+ alpha * x``, so they agree bit for bit with the out-of-place call.
 
 Blur: :func:`mollify_fast._blur.blur`, separable depthwise ``conv2d`` (width pass, then height
 pass) in the compute dtype over input padded by gathering mirrored indices. Radii beyond the
@@ -25,7 +28,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._blur import blur
-from .._validate import Params, compute_dtype, same_view
+from .._validate import Params, compute_dtype
 from ..generator import torch_generator
 
 
@@ -51,9 +54,21 @@ def _axpy(t: torch.Tensor, a, src: torch.Tensor, out: torch.Tensor) -> torch.Ten
     return torch.add(t, src, alpha=a, out=out)
 
 
+def _draw(shape, acc: torch.dtype, device, gen, buf: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Standard normals in logical (row-major) order: ``normal_()`` on a contiguous buffer
+    (``buf`` if given), whatever the layouts of x and out, so out= in any layout, out=x and
+    return_noise all see the same eps. ``normal_(0, sigma)`` is not used: below 16 elements and
+    on non-contiguous tensors PyTorch's normal kernels round ``sigma * z`` differently."""
+    eps = buf if buf is not None else torch.empty(shape, dtype=acc, device=device)
+    return eps.normal_(generator=gen)
+
+
 def mollify_torch(
     x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream
 ) -> None:
+    """``out = alpha * src + fl(sigma * eps)`` for every call form: ``eps`` from :func:`_draw`,
+    ``sigma * eps`` rounded, then ``torch.add(., src, alpha=a)`` (one fused multiply-add on both
+    its vector and scalar paths) or ``addcmul`` for per-sample alpha, written to out in any layout."""
     gen = torch_generator(x.device, stream)  # one per device per thread: threads reproduce
     acc = compute_dtype(x.dtype)
     a = _bcast(p.alpha, x)
@@ -69,41 +84,34 @@ def mollify_torch(
         chunk = max(1, min(-(-n // 4), (4 << 20) // (4 * per_sample)))
         for n0 in range(0, n, chunk):
             sl = slice(n0, min(n, n0 + chunk))
-            tmp = torch.empty_like(x[sl], dtype=acc).normal_(generator=gen)
+            tmp = _draw(x[sl].shape, acc, x.device, gen)
             if noise is not None:
                 noise[sl].copy_(tmp)
             tmp.mul_(s[sl] if torch.is_tensor(s) else s)
             out[sl].copy_(_axpy(tmp, a[sl] if torch.is_tensor(a) else a, src[sl], out=tmp))
-    elif src is x and same_view(out, x):
-        # In place, no blur: the noise needs its own buffer. Same operation order as the
-        # out-of-place path (sigma*eps, then + alpha*x), so out=x gives identical numbers.
-        eps = noise if noise is not None else torch.empty_like(x)
-        eps.normal_(generator=gen)
-        t = torch.mul(eps, s) if noise is not None else eps.mul_(s)
-        _axpy(t, a, x, out=out)
-    else:
-        if noise is not None:
-            noise.normal_(generator=gen)
-            torch.mul(noise, s, out=out)
-        elif torch.is_tensor(s):
-            out.normal_(generator=gen).mul_(s)
-        else:
-            # normal_(0, s) writes fl(z * s), as normal_() then mul_(s) does (one pass fewer);
-            # below 16 elements PyTorch's scalar normal kernel differs between the two, so the
-            # general path uses the same call as noise_plan's launcher: the same numbers.
-            out.normal_(0.0, s, generator=gen)
-        _axpy(out, a, src, out=out)
+        return
+    # Draw straight into out when it is contiguous and not read afterwards (not src): no scratch.
+    own = out.is_contiguous() and not (src.untyped_storage().data_ptr() == out.untyped_storage().data_ptr())
+    eps = _draw(x.shape, acc, x.device, gen, out if own else None)
+    if noise is not None:
+        noise.copy_(eps)
+    eps.mul_(s)
+    _axpy(eps, a, src, out=out)
 
 
 def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
     """A launcher for repeated noise-only calls with number parameters (mollify's plan cache):
-    ``out = N(0, sigma) + alpha * x`` in two passes, the numbers of the general path above.
+    the numbers of the general path above, drawn into out itself when it is contiguous.
     None for float16/bfloat16 (float32 scratch) and returned noise (the general path keeps eps)."""
     if x.dtype not in (torch.float32, torch.float64) or noise is not None:
         return None
     dev = x.device
-
-    def run(x, out, noise, sigma, alpha, stream):
-        out.normal_(0.0, sigma, generator=torch_generator(dev, stream)).add_(x, alpha=alpha)
+    if out.is_contiguous():
+        def run(x, out, noise, sigma, alpha, stream):
+            out.normal_(generator=torch_generator(dev, stream)).mul_(sigma).add_(x, alpha=alpha)
+    else:
+        def run(x, out, noise, sigma, alpha, stream):
+            eps = torch.empty(x.shape, dtype=x.dtype, device=dev).normal_(generator=torch_generator(dev, stream))
+            torch.add(eps.mul_(sigma), x, alpha=alpha, out=out)
 
     return run

@@ -6,7 +6,8 @@ GPU; the variable must be set before this module is imported). float64 is not su
 the backend is first asked for; without Triton it reports itself unavailable with the error.
 Works with Triton 3.6 to 3.8: only ``tl`` names 3.6 has, and the Philox pieces of
 ``tl.randn4x`` (``philox_impl``, ``uint_to_uniform_float``, ``pair_uniform_to_normal``) called
-directly, so the normals are exactly ``tl.randn4x(seed, offset + j)`` (CONTRACT section 3).
+directly, so the normals are exactly ``tl.randn4x(seed, offset + j)`` (README, "The contract, in
+short": the noise stream).
 
 Host side: :func:`_plan` turns a call into a list of :class:`Launch` (kernel, grid, arguments,
 constexprs, options) without touching a GPU; :func:`mollify_triton` runs them on ``x``'s
@@ -64,6 +65,9 @@ FUSED_MAX_RADIUS = 8  # beyond, the unrolled ring of 2R+1 rows costs too many re
 # spilled 12 B; uncapped 87), R >= 4 (R = 6 float32 uncapped 144: a cap of 128 spilled 72 B).
 FUSED_MAXNREG = {(1, 4): 64, (1, 2): 64, (2, 2): 72, (3, 4): 80}
 INT32_MAX = 2**31 - 1
+# Under TRITON_INTERPRET=1 (read once, at import, like Triton itself), round float32 ->
+# bfloat16 from the bits (see _cast); compiled kernels keep Triton's own conversion.
+_EXACT_BF16 = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def _interpret() -> bool:
@@ -90,6 +94,33 @@ def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
 # ------------------------------------------------------------------------------------------
 # Device helpers
 # ------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _cast(v, ptr):
+    """float32 ``v`` as ``ptr``'s element type, rounded as ``torch.Tensor.to`` rounds (to nearest,
+    ties to even, overflow to inf, subnormals kept). Compiled, that is ``.to`` itself (a
+    ``cvt.rn`` on sm_90). The interpreter's float32 -> bfloat16 conversion truncates (65504 ->
+    65280) and loses subnormals, so there bfloat16 is rounded here from the bits: add half an
+    ulp minus one plus the kept lowest bit, keep the high half; NaN stays a quiet NaN."""
+    if _EXACT_BF16 and ptr.dtype.element_ty == tl.bfloat16:
+        b = v.to(tl.uint32, bitcast=True)
+        r = (b + (0x7FFF + ((b >> 16) & 1))) >> 16
+        r = tl.where(v != v, (b >> 16) | 0x40, r)
+        return r.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return v.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def _f32(v):
+    """A loaded value as float32 (exact). The interpreter's bfloat16 -> float32 conversion flushes
+    bfloat16 subnormals to 0; there the bits are widened instead (a bfloat16 is the high half
+    of a float32). Compiled: ``.to(tl.float32)``."""
+    if _EXACT_BF16 and v.dtype == tl.bfloat16:
+        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        return v.to(tl.float32)
 
 
 @triton.jit
@@ -201,8 +232,10 @@ def _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R: tl.constexpr,
                   BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr):
     """Normalised taps ``w_0 .. w_R`` (``w_-k = w_k``): scalars, or ``[S]`` per-sample vectors.
 
-    A sample whose own radius ``r < R`` gets zero weights beyond ``r``; the normalisation is
-    over its own ``2r + 1`` taps (CONTRACT section 4). ``blur_sigma = 0`` leaves only w_0 = 1.
+    A sample whose own radius ``r < R`` gets zero weights beyond ``r`` (and the kernels drop those
+    taps, see :func:`_tap`, so a NaN there stays out); the normalisation is over its own
+    ``2r + 1`` taps (README, "The contract, in short": the blur). ``blur_sigma = 0`` leaves only
+    w_0 = 1.
     """
     if BLUR_PER_SAMPLE:
         bs = tl.load(blur_ptr + n)
@@ -267,10 +300,10 @@ def _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, 
         ok = ok & (tl.arange(0, c.shape[0]) < c.shape[0] - 1)[:, None]
     mask = rmask[:, None, None] & ok[None, :, :]
     o = (h * osh)[:, None, None] + (cols * osw)[None, :, :]
-    tl.store(out_base[:, None, None] + o, res.to(out_base.dtype.element_ty), mask=mask)
+    tl.store(out_base[:, None, None] + o, _cast(res, out_base), mask=mask)
     if HAS_NOISE:
         o = (h * nsh)[:, None, None] + (cols * nsw)[None, :, :]
-        tl.store(noise_base[:, None, None] + o, eps.to(noise_base.dtype.element_ty), mask=mask)
+        tl.store(noise_base[:, None, None] + o, _cast(eps, noise_base), mask=mask)
 
 
 @triton.jit
@@ -327,11 +360,11 @@ def _mollify_noise_kernel(
         mask = i < numel
         s, a = _params_at(i, numel, sample_numel, sigma_ptr, alpha_ptr, sigma, alpha,
                           SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE)
-        x = tl.load(x_ptr + i, mask=mask, other=0.0).to(tl.float32)
+        x = _f32(tl.load(x_ptr + i, mask=mask, other=0.0))
         res = a * x + s * eps
-        tl.store(out_ptr + i, res.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + i, _cast(res, out_ptr), mask=mask)
         if HAS_NOISE:
-            tl.store(noise_ptr + i, eps.to(noise_ptr.dtype.element_ty), mask=mask)
+            tl.store(noise_ptr + i, _cast(eps, noise_ptr), mask=mask)
     else:
         # Strided: the 4 lanes as four [BLOCK] vectors, in the layout the Philox outputs already
         # have. A [BLOCK, 4] tile with scalar (strided) accesses made Triton 3.8 pick a layout
@@ -371,10 +404,10 @@ def _strided_lane(z, j: tl.constexpr, i0, bx, bo, bn, x_ptr, out_ptr, noise_ptr,
         ox = _dot4(d, xs0, xs1, xs2, xs3)
         oo = _dot4(d, os0, os1, os2, os3)
         on = _dot4(d, ns0, ns1, ns2, ns3)
-    x = tl.load(x_ptr + ox, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + oo, (a * x + s * z).to(out_ptr.dtype.element_ty), mask=mask)
+    x = _f32(tl.load(x_ptr + ox, mask=mask, other=0.0))
+    tl.store(out_ptr + oo, _cast(a * x + s * z, out_ptr), mask=mask)
     if HAS_NOISE:
-        tl.store(noise_ptr + on, z.to(noise_ptr.dtype.element_ty), mask=mask)
+        tl.store(noise_ptr + on, _cast(z, noise_ptr), mask=mask)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
@@ -406,6 +439,10 @@ def _mollify_blur_kernel(
     else:
         c = (pid_c * (BW - 1) + tl.arange(0, BW)) * 4  # the last thread only lends its counter group
     w = _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R, BLUR_PER_SAMPLE, RADIUS_PER_SAMPLE)
+    if RADIUS_PER_SAMPLE:
+        reach = _reach(blur_ptr, radius_ptr, n, BLUR_PER_SAMPLE)[:, None]  # [S, 1]: taps k <= reach count
+    else:
+        reach = R
     sg = _param(sigma_ptr, sigma, n, SIGMA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
     al = _param(alpha_ptr, alpha, n, ALPHA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
     # Mirrored column offsets of the 4 + 2R columns a thread reads, once per program: the
@@ -419,12 +456,12 @@ def _mollify_blur_kernel(
         rp = (x_base + src * xsh)[:, None]
         v = ()
         for e in tl.static_range(4 + 2 * R):
-            v = v + (tl.load(rp + cols[e]).to(tl.float32),)
+            v = v + (_f32(tl.load(rp + cols[e])),)
         lanes = ()
         for j in tl.static_range(4):
             acc = _bc(w[0], S) * v[j + R]
             for k in tl.static_range(1, R + 1):
-                acc += _bc(w[k], S) * (v[j + R - k] + v[j + R + k])
+                acc += _tap(_bc(w[k], S) * (v[j + R - k] + v[j + R + k]), k, reach, RADIUS_PER_SAMPLE)
             lanes = lanes + (acc,)
         rows = rows + (lanes,)
         if t >= 2 * R:
@@ -434,11 +471,31 @@ def _mollify_blur_kernel(
             for j in tl.static_range(4):
                 acc = _bc(w[0], S) * rows[t - R][j]
                 for k in tl.static_range(1, R + 1):
-                    acc += _bc(w[k], S) * (rows[t - R - k][j] + rows[t - R + k][j])
+                    acc += _tap(_bc(w[k], S) * (rows[t - R - k][j] + rows[t - R + k][j]), k, reach,
+                                RADIUS_PER_SAMPLE)
                 vals = vals + (acc,)
             h = h0 + (t - 2 * R)
             _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, sg, al,
                       osh, osw, nsh, nsw, umask & (h < H), ALIGNED, HAS_NOISE, True)
+
+
+@triton.jit
+def _reach(blur_ptr, radius_ptr, n, BLUR_PER_SAMPLE: tl.constexpr):
+    """Per-sample radius ``[S]`` that the taps may read: the sample's own radius, 0 where its
+    blur sigma is 0 (the identity reads no neighbour, whatever ``blur_radius`` says)."""
+    r = tl.load(radius_ptr + n)
+    if BLUR_PER_SAMPLE:
+        r = tl.where(tl.load(blur_ptr + n) == 0.0, 0, r)
+    return r
+
+
+@triton.jit
+def _tap(t, k, reach, MASKED: tl.constexpr):
+    # A tap's term, dropped (not multiplied by a zero weight) beyond a sample's own reach: a
+    # NaN or inf there would otherwise poison the whole window of the widest sample (0 * NaN).
+    if MASKED:
+        t = tl.where(k <= reach, t, 0.0)
+    return t
 
 
 @triton.jit
@@ -475,7 +532,7 @@ def _mollify_blur_axis_kernel(
     else:
         bs = blur_sigma + tl.zeros((S,), tl.float32)
     if RADIUS_PER_SAMPLE:
-        r = tl.load(radius_ptr + n)
+        r = _reach(blur_ptr, radius_ptr, n, BLUR_PER_SAMPLE)
     else:
         r = radius + tl.zeros((S,), tl.int32)
     inv = 1.0 / tl.maximum(2.0 * bs * bs, 1e-30)
@@ -495,7 +552,8 @@ def _mollify_blur_axis_kernel(
             o = (_mirror(h + k, H) * ssh)[:, None, None] + ((c[:, None] + lanes[None, :]) * ssw)[None, :, :]
         else:
             o = (h * ssh)[:, None, None] + (_mirror(c[:, None] + lanes[None, :] + k, W) * ssw)[None, :, :]
-        acc += wk[:, None, None] * tl.load(src_base[:, None, None] + o).to(tl.float32)
+        acc += _tap(wk[:, None, None] * _f32(tl.load(src_base[:, None, None] + o)), tl.abs(k),
+                    r[:, None, None], RADIUS_PER_SAMPLE)
         k += 1
     if FINAL:
         noise_base = noise_ptr + (pd0 * ns0 + pd1 * ns1 + pd2 * ns2)
@@ -521,6 +579,14 @@ def _mollify_blur_axis_kernel(
 
 def _pad(v: List[int], n: int, fill: int) -> List[int]:
     return [fill] * (n - len(v)) + list(v)
+
+
+def _contiguous_strides(shape) -> tuple:
+    st, acc = [], 1
+    for n in reversed(shape):
+        st.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(st))
 
 
 def _max_offset(sizes, strides) -> int:
@@ -646,6 +712,13 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
     tensors = (x, out) if noise is None else (x, out, noise)
     strides = tuple(t.stride() for t in tensors)
     blur = p.blur is not None
+    two_pass = blur and p.max_radius > FUSED_MAX_RADIUS
+    if two_pass:
+        # The two passes also index a float32 scratch in x's logical order (contiguous): its
+        # plane offsets must come from the same plane decomposition as x's and out's, so its
+        # strides join the layout (a slot 3 after x, out and noise; out's strides stand in for
+        # an absent noise, which adds no constraint).
+        strides = strides[:2] + (strides[2] if noise is not None else strides[1], _contiguous_strides(x.shape))
     layout = _blur_layout(tuple(x.shape), strides) if blur else _noise_layout(tuple(x.shape), strides)
     if layout is None:
         xc = x.contiguous()
@@ -676,7 +749,7 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
         raise ValueError(
             f"mollify: the triton blur kernels mirror once, so they need blur radius < min(H, W) = {min(H, W)}, "
             f"got radius {p.max_radius}; larger radii must be routed to another backend")
-    planes, (P1, P2), (xs, os_, ns) = layout
+    planes, (P1, P2), (xs, os_, ns) = layout[0], layout[1], layout[2][:3]
     bl_t, rad_t = torch.is_tensor(p.blur), torch.is_tensor(p.radius)
     bl_p = p.blur if bl_t else dummy
     rad_p = p.radius if rad_t else dummy
@@ -694,11 +767,12 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
         plain = W % 16 == 0 and noise is None and not (sig_t or al_t or bl_t or rad_t) and xs[4] == os_[4] == 1
         return [Launch(_mollify_blur_kernel, grid, args, consts, _fused_options(R, x.element_size(), plain),
                        numel)], []
-    # Two passes through a float32 scratch in x's logical order (contiguous).
+    # Two passes through a float32 scratch in x's logical order (contiguous), indexed with
+    # its own strides over the plane dims shared with x and out (see two_pass above).
     bw, s, _, _, units, cb = _blur_tiles(H, W, planes, False)
     grid = (-(-units // s) * cb,)
     scratch = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    sc_st = _blur_layout(tuple(x.shape), (scratch.stride(),))[2][0]
+    sc_st = layout[2][3]
     tail = (H, W, units, cb, pps, P1, P2)
     width = Launch(_mollify_blur_axis_kernel, grid,
                    (x, scratch, scratch, *head, R, *tail, *xs, *sc_st, *sc_st),
