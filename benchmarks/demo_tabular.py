@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -117,19 +117,22 @@ def run_flow(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor, kind: s
 
 def run_cached(cache_dir: str, ds: str, kind: str, arm: str, seed: int, epochs: int = 150, hidden: int = 512,
                lr: float = 1e-4, batch: int = 100, device: str = "cpu", backend: str = "auto",
-               resume: bool = False) -> dict:
+               resume: bool = False, cached_only: bool = False) -> Optional[dict]:
     """:func:`run_flow` on dataset ``ds`` (arm "vanilla" or "mollified"), its result written
     to ``cache_dir/<ds>_<kind>_<arm>_seed<seed>.json``. With ``resume``, a file already there
     from a run with the same settings is returned instead of training again, so a long
-    ``--full`` run can be continued after an interruption."""
+    ``--full`` run can be continued after an interruption; with ``cached_only`` such a file or
+    ``None``, nothing is trained (a report on the runs finished so far)."""
     path = os.path.join(cache_dir, f"{ds}_{kind}_{arm}_seed{seed}.json")
     settings = {"epochs": epochs, "hidden": hidden, "lr": lr, "batch": batch}
-    if resume and os.path.exists(path):
+    if (resume or cached_only) and os.path.exists(path):
         with open(path) as f:
             res = json.load(f)
         if all(res.get(k) == v for k, v in settings.items()):
             res["resumed"] = True
             return res
+    if cached_only:
+        return None
     train, val, test, _ = split_standardise(load_table(ds))
     res = run_flow(train, val, test, kind, arm == "mollified", seed, epochs, device, batch, lr, hidden, backend)
     res.update(settings, dataset=ds, kind=kind, arm=arm, seed=seed, device=device)
