@@ -23,7 +23,7 @@ mollified with the same budget, over several seeds (mean ± std):
 The default runs red-wine MAF, both arms, 2 seeds, with the real 150-epoch settings (about
 55 s of CPU per run on the 2-core dev VM), and the VAE for 1000 steps, 2 seeds (about 8 s
 per run): about 5 minutes of CPU in all. ``--full`` runs the whole table
-(3 tables x 3 flows x 2 arms x 3 seeds) and the VAE for 4000 steps, 3 seeds, and prints its
+(3 tables x 3 flows x 2 arms x 3 seeds) and the VAE for 3000 steps, 3 seeds, and prints its
 wall time. ``--scale`` multiplies the epochs and VAE steps (a smoke test). Results go to
 ``build/results/demo`` (ignored by git) unless ``--out`` says otherwise; each flow run is
 also written to ``OUT/runs/`` so that ``--resume`` can continue an interrupted run.
@@ -291,13 +291,13 @@ def toy2d_section(args, device, summary, out) -> List[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true",
-                    help="the whole table: every dataset and flow, 3 seeds, and the VAE for 4000 steps")
+                    help="the whole table: every dataset and flow, 3 seeds, and the VAE for 3000 steps")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 2; 3 with --full)")
     ap.add_argument("--datasets", nargs="+", choices=demo_tabular.DATASETS, default=None,
                     help="default: redwine (all three with --full)")
     ap.add_argument("--flows", nargs="+", choices=TabularFlow.KINDS, default=None,
                     help="default: maf (all three with --full)")
-    ap.add_argument("--vae-steps", type=int, default=None, help="VAE Adam steps (default 1000; 4000 with --full)")
+    ap.add_argument("--vae-steps", type=int, default=None, help="VAE Adam steps (default 1000; 3000 with --full)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="multiply the flows' 150 epochs and the VAE steps (below 1: a smoke test only)")
     ap.add_argument("--window", type=float, default=0.6,
@@ -323,7 +323,7 @@ def main(argv=None) -> int:
     args.seeds = args.seeds if args.seeds is not None else (3 if args.full else 2)
     args.datasets = args.datasets or (list(demo_tabular.DATASETS) if args.full else ["redwine"])
     args.flows = args.flows or (list(TabularFlow.KINDS) if args.full else ["maf"])
-    args.vae_steps = args.vae_steps if args.vae_steps is not None else (4000 if args.full else 1000)
+    args.vae_steps = args.vae_steps if args.vae_steps is not None else (3000 if args.full else 1000)
     if args.seeds < 1 or args.scale <= 0 or not 0 < args.window <= 1 or args.vae_steps < 1:
         ap.error("--seeds and --vae-steps must be >= 1, --scale > 0 and --window in (0, 1]")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
