@@ -231,14 +231,23 @@ class Glow(nn.Module):
 
 
 # ---------------------------------------------------------------- VAEs
-class _VAEBase(nn.Module):
-    """Gaussian q(z|x), N(0, I) prior, Gaussian p(x|z) with a learned per-dim log-scale."""
+LOG_SIGMA_MIN = -6.0  # the floor of the closed-form decoder scale (sigma >= 2.5e-3), as sigma-VAE
 
-    def elbo(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+
+class _VAEBase(nn.Module):
+    """Gaussian q(z|x), N(0, I) prior, Gaussian p(x|z) with scale ``exp(log_scale)``."""
+
+    decoder_sigma = "learned"
+
+    def elbo_parts(self, x: torch.Tensor):
+        """``(E_q log p(x|z), KL(q(z|x) || p(z)))`` per sample, one z sample each."""
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        rec = self._log_px(x, z)
         kl = 0.5 * (mu * mu + logvar.exp() - 1 - logvar).sum(1)
+        return self._log_px(x, z), kl
+
+    def elbo(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+        rec, kl = self.elbo_parts(x)
         return rec - beta * kl
 
     def iwae(self, x: torch.Tensor, k: int = 16) -> torch.Tensor:
@@ -256,17 +265,38 @@ class _VAEBase(nn.Module):
     def _log_px(self, x, z):
         mean = self.decode(z)
         ls = self.log_scale
+        if self.decoder_sigma == "optimal" and self.training:
+            # sigma-VAE (Rybkin et al., 2021): the scale that maximises the batch's likelihood,
+            # sqrt(mean squared residual), shared by all pixels; it follows a mollification
+            # schedule at once, where a learned scale moves at the optimiser's step size.
+            with torch.no_grad():
+                ls = (0.5 * torch.log((x - mean).pow(2).mean())).clamp(min=LOG_SIGMA_MIN)
+                self.log_scale.copy_(ls)
         return (-0.5 * ((x - mean) * torch.exp(-ls)) ** 2 - ls - 0.5 * LOG2PI).flatten(1).sum(1)
 
 
 class MLPVAE(_VAEBase):
-    def __init__(self, d: int = 64, z: int = 8, hidden: int = 256):
+    """MLP VAE on [N, d] rows. ``decoder_sigma``: "learned" (a per-dimension log-scale
+    parameter, trained with the rest), "optimal" (one closed-form scale, refitted on every
+    training batch; in eval mode the last fitted one, see :meth:`fit_decoder_sigma`), or a
+    number (a fixed scale)."""
+
+    def __init__(self, d: int = 64, z: int = 8, hidden: int = 256, decoder_sigma="learned"):
         super().__init__()
         self.enc = nn.Sequential(nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                                  nn.Linear(hidden, 2 * z))
         self.dec = nn.Sequential(nn.Linear(z, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                                  nn.Linear(hidden, d))
-        self.log_scale = nn.Parameter(torch.full((d,), -1.0))
+        if decoder_sigma == "learned":
+            self.log_scale = nn.Parameter(torch.full((d,), -1.0))
+        elif decoder_sigma == "optimal":
+            self.register_buffer("log_scale", torch.tensor(0.0))
+        elif isinstance(decoder_sigma, (int, float)) and decoder_sigma > 0:
+            self.register_buffer("log_scale", torch.tensor(math.log(decoder_sigma)))
+        else:
+            raise ValueError(f'MLPVAE: decoder_sigma must be "learned", "optimal" or a positive number, '
+                             f"got {decoder_sigma!r}")
+        self.decoder_sigma = decoder_sigma
         self.z = z
 
     def encode(self, x):
@@ -274,6 +304,16 @@ class MLPVAE(_VAEBase):
 
     def decode(self, z):
         return self.dec(z)
+
+    @torch.no_grad()
+    def fit_decoder_sigma(self, x: torch.Tensor) -> None:
+        """For ``decoder_sigma="optimal"``: fit the scale on the rows ``x`` (e.g. the clean
+        training set) for evaluation; a no-op for the other decoders."""
+        if self.decoder_sigma == "optimal":
+            was = self.training
+            self.train()
+            self.elbo(x)
+            self.train(was)
 
 
 class ConvVAE(_VAEBase):
@@ -314,27 +354,40 @@ def build_image_model(name: str) -> Tuple[nn.Module, callable]:
 
 
 # ---------------------------------------------------------------- tabular flows
-# The paper's UCI experiments (its authors' uci/flows.py follows ikostrikov/pytorch-flows):
-# MAF = 5 x (MADE, batch norm, reverse), RealNVP = 5 x (coupling, batch norm), Glow = 5 x
-# (batch norm, LU 1x1, coupling). Here actnorm (per-dimension affine, data-initialised) stands in
-# for batch norm: it is an exact bijection, so log p(x) of one row never depends on the batch.
-class ActNorm1d(nn.Module):
-    """y = (x + loc) * exp(logs) per dimension; log|det| = sum(logs). Initialised on the first
-    batch to zero mean and unit variance (Kingma & Dhariwal, 2018)."""
+# The paper's UCI experiments, as its authors' released code builds them (their flows follow
+# ikostrikov/pytorch-flows): MAF = 5 x (MADE, batch norm, reverse), RealNVP = 5 x (coupling,
+# batch norm), Glow = 5 x (batch norm, LU 1x1, coupling), 512 hidden units, every Linear
+# weight orthogonal-initialised and every bias zero.
+class BatchNormFlow(nn.Module):
+    """Batch normalisation as a flow layer (Dinh et al., 2017; Papamakarios et al., 2017):
+    ``y = exp(log_gamma) (x - mean) / sqrt(var) + beta``, ``log|det| = sum(log_gamma - log(var) / 2)``.
 
-    def __init__(self, d: int):
+    In training mode it uses the batch's mean and (biased) variance + eps, so a row's log p(x)
+    depends on its batch; in eval mode the running statistics, a fixed bijection. As the
+    authors' code, the running statistics are not updated during the training steps; they are
+    re-estimated from one pass over the clean training set after every epoch
+    (:meth:`TabularFlow.reestimate_batchnorm`)."""
+
+    def __init__(self, d: int, eps: float = 1e-5):
         super().__init__()
-        self.loc = nn.Parameter(torch.zeros(d))
-        self.logs = nn.Parameter(torch.zeros(d))
-        self.register_buffer("initialised", torch.tensor(False))
+        self.log_gamma = nn.Parameter(torch.zeros(d))
+        self.beta = nn.Parameter(torch.zeros(d))
+        self.eps = eps
+        self.register_buffer("running_mean", torch.zeros(d))
+        self.register_buffer("running_var", torch.ones(d))
+        self.record = False  # True only inside reestimate_batchnorm
 
     def forward(self, x):
-        if not bool(self.initialised):
-            with torch.no_grad():
-                self.loc.copy_(-x.mean(0))
-                self.logs.copy_(-torch.log(x.std(0) + 1e-6))
-                self.initialised.fill_(True)
-        return (x + self.loc) * torch.exp(self.logs), self.logs.sum().expand(x.shape[0])
+        if self.training:
+            mean = x.mean(0)
+            var = (x - mean).pow(2).mean(0) + self.eps
+            if self.record:
+                self.running_mean.copy_(mean.detach())
+                self.running_var.copy_(var.detach())
+        else:
+            mean, var = self.running_mean, self.running_var
+        y = torch.exp(self.log_gamma) * (x - mean) / var.sqrt() + self.beta
+        return y, (self.log_gamma - 0.5 * torch.log(var)).sum().expand(x.shape[0])
 
 
 class Reverse(nn.Module):
@@ -366,16 +419,10 @@ class _MaskedLinear(nn.Linear):
         return F.linear(x, self.weight * self.mask, self.bias)
 
 
-def _soft_clamp(a: torch.Tensor, bound: float = 3.0) -> torch.Tensor:
-    # Log-scales bounded to +-3 per layer (e^15 over 5 layers): without it an unlucky early
-    # step on a near-degenerate table (breast cancer: two columns at |corr| 0.998) sends
-    # exp(-a) to inf and the run to NaN.
-    return bound * torch.tanh(a / bound)
-
-
 class MADE(nn.Module):
     """Masked autoencoder (Germain et al., 2015) as a MAF layer (Papamakarios et al., 2017):
-    u_i = (x_i - m_i(x_<i)) * exp(-a_i(x_<i)), log|det du/dx| = -sum_i a_i."""
+    u_i = (x_i - m_i(x_<i)) * exp(-a_i(x_<i)), log|det du/dx| = -sum_i a_i. Unbounded a_i,
+    as the authors' code."""
 
     def __init__(self, d: int, hidden: int):
         super().__init__()
@@ -386,53 +433,58 @@ class MADE(nn.Module):
         m3 = (deg_in[:, None] > deg_h[None]).float().repeat(2, 1)
         self.net = nn.Sequential(_MaskedLinear(d, hidden, m1), nn.ReLU(), _MaskedLinear(hidden, hidden, m2),
                                  nn.ReLU(), _MaskedLinear(hidden, 2 * d, m3))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x):
         m, a = self.net(x).chunk(2, 1)
-        a = _soft_clamp(a)
         return (x - m) * torch.exp(-a), -a.sum(1)
 
 
 class Coupling1d(nn.Module):
-    """RealNVP affine coupling on vectors with an alternating binary mask b:
-    y = b*x + (1-b)*(x*exp(s(b*x)) + t(b*x)), s = tanh-bounded; log|det| = sum((1-b)*s)."""
+    """RealNVP affine coupling on vectors with a binary mask b (b_i = (i + parity) % 2):
+    y = x * exp(s) + t with s = (1-b) * S(b*x), t = (1-b) * T(b*x); log|det| = sum(s).
+    S is an MLP with tanh activations, T one with ReLU, as the authors' code."""
 
     def __init__(self, d: int, hidden: int, parity: int):
         super().__init__()
-        self.register_buffer("mask", (torch.arange(d) % 2 == parity).to(torch.get_default_dtype()))
-        self.net = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, 2 * d))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.register_buffer("mask", ((torch.arange(d) + parity) % 2).to(torch.get_default_dtype()))
+
+        def mlp(act):
+            return nn.Sequential(nn.Linear(d, hidden), act(), nn.Linear(hidden, hidden), act(), nn.Linear(hidden, d))
+
+        self.scale_net, self.translate_net = mlp(nn.Tanh), mlp(nn.ReLU)
 
     def forward(self, x):
         b = self.mask
-        s, t = self.net(x * b).chunk(2, 1)
-        s = _soft_clamp(s) * (1 - b)
-        return x * b + (1 - b) * (x * torch.exp(s) + t), s.sum(1)
+        s = self.scale_net(x * b) * (1 - b)
+        t = self.translate_net(x * b) * (1 - b)
+        return x * torch.exp(s) + t, s.sum(1)
 
 
 class TabularFlow(nn.Module):
     """A flow on [N, D] rows: ``kind`` "maf", "realnvp" or "glow" (the paper's three UCI
-    flows), ``blocks`` blocks; ``forward`` gives log p(x) per row in nats (N(0, I) base)."""
+    flows), ``blocks`` blocks of ``hidden`` units; ``forward`` gives log p(x) per row in nats
+    (N(0, I) base). In training mode its batch norms use batch statistics; call
+    :meth:`reestimate_batchnorm` on the clean training set before evaluating in eval mode."""
 
     KINDS = ("maf", "realnvp", "glow")
 
-    def __init__(self, d: int, kind: str = "maf", blocks: int = 5, hidden: int = 128):
+    def __init__(self, d: int, kind: str = "maf", blocks: int = 5, hidden: int = 512):
         super().__init__()
         if kind not in self.KINDS:
             raise ValueError(f"TabularFlow: kind must be one of {self.KINDS}, got {kind!r}")
         layers: List[nn.Module] = []
         for i in range(blocks):
             if kind == "maf":
-                layers += [MADE(d, hidden), ActNorm1d(d), Reverse()]
+                layers += [MADE(d, hidden), BatchNormFlow(d), Reverse()]
             elif kind == "realnvp":
-                layers += [Coupling1d(d, hidden, i % 2), ActNorm1d(d)]
+                layers += [Coupling1d(d, hidden, i % 2), BatchNormFlow(d)]
             else:
-                layers += [ActNorm1d(d), LUInvertibleLinear(d), Coupling1d(d, hidden, i % 2)]
+                layers += [BatchNormFlow(d), LUInvertibleLinear(d), Coupling1d(d, hidden, i % 2)]
         self.layers = nn.ModuleList(layers)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.orthogonal_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def encode(self, x: torch.Tensor):
         """x [N, D] -> (z [N, D], log|det dz/dx| [N])."""
@@ -445,3 +497,21 @@ class TabularFlow(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z, logdet = self.encode(x)
         return std_normal_logp(z) + logdet
+
+    @torch.no_grad()
+    def reestimate_batchnorm(self, train: torch.Tensor) -> torch.Tensor:
+        """Set every batch norm's running mean and variance to those of its input over the
+        whole ``train`` set in one pass (the authors' per-epoch step), leaving the module in
+        the train/eval mode it was in. Returns that pass's log p(x) per training row, which
+        equals the eval-mode log p(x) with the new statistics (the batch is the whole set)."""
+        was = self.training
+        bns = [m for m in self.modules() if isinstance(m, BatchNormFlow)]
+        self.train()
+        for m in bns:
+            m.record = True
+        try:
+            return self(train)
+        finally:
+            for m in bns:
+                m.record = False
+            self.train(was)

@@ -13,8 +13,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.demo_digits import (DigitsClassifier, digits_split, feature_distance,  # noqa: E402
                                     frechet_distance, gaussian_stats, load_or_train_classifier,
                                     train_classifier)
-from benchmarks.demo_tabular import split_standardise  # noqa: E402
-from benchmarks.models import Glow, MLPVAE, RealNVP2D, RealNVPImage, TabularFlow, squeeze  # noqa: E402
+from benchmarks.demo_tabular import load_table, run_flow, split_standardise  # noqa: E402
+from benchmarks.models import (BatchNormFlow, Glow, MLPVAE, RealNVP2D, RealNVPImage, TabularFlow,  # noqa: E402
+                               squeeze)
 
 
 def _perturb(model, scale=0.3):
@@ -105,15 +106,22 @@ def test_iwae_bound_is_tighter_than_elbo_on_average():
 
 
 # ---------------------------------------------------------------- tabular flows
+def _tabular_eval(kind, d, seed, blocks=3, hidden=16):
+    """A perturbed flow in eval mode, its batch norms estimated on a shifted, scaled sample."""
+    torch.manual_seed(seed)
+    model = TabularFlow(d, kind, blocks=blocks, hidden=hidden).double()
+    _perturb(model, 0.1)
+    model.reestimate_batchnorm(torch.randn(256, d, dtype=torch.float64) * 1.5 + 0.5)
+    return model.eval()
+
+
 @pytest.mark.parametrize("kind", TabularFlow.KINDS)
 def test_tabular_flow_log_likelihood_matches_change_of_variables(kind):
-    """log p(x) = log N(f(x); 0, I) + log|det df/dx| with the Jacobian from autograd, per row:
-    catches a wrong MADE mask (the Jacobian would not be triangular) or a missing log-det term."""
-    torch.manual_seed(0)
+    """log p(x) = log N(f(x); 0, I) + log|det df/dx| with the Jacobian from autograd, per row,
+    in eval mode (batch norms a fixed bijection): catches a wrong MADE mask (the Jacobian would
+    not be triangular) or a missing log-det term."""
     d = 5
-    model = TabularFlow(d, kind, blocks=3, hidden=16).double()
-    model(torch.randn(64, d, dtype=torch.float64) * 2 + 1)  # actnorm's data-dependent init
-    _perturb(model, 0.2)  # the zero-initialised output layers would make every flow affine
+    model = _tabular_eval(kind, d, 0)
     x = torch.randn(4, d, dtype=torch.float64)
     got = model(x)
     for i in range(x.shape[0]):
@@ -121,6 +129,18 @@ def test_tabular_flow_log_likelihood_matches_change_of_variables(kind):
         z = model.encode(x[i:i + 1])[0][0]
         want = (-0.5 * (z * z + math.log(2 * math.pi))).sum() + torch.linalg.slogdet(jac)[1]
         assert torch.allclose(got[i], want, rtol=1e-10, atol=1e-10), (kind, i, got[i].item(), want.item())
+
+
+@pytest.mark.parametrize("kind", TabularFlow.KINDS)
+def test_tabular_flow_density_integrates_to_one(kind):
+    """exp(log p) of a 2-D flow summed over a fine grid is 1: the density is normalised."""
+    model = _tabular_eval(kind, 2, 1, blocks=2)
+    n, lim = 400, 9.0
+    xs = torch.linspace(-lim, lim, n, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        mass = model(grid).exp().sum().item() * (xs[1] - xs[0]).item() ** 2
+    assert abs(mass - 1) < 0.01, (kind, mass)
 
 
 def test_maf_layer_is_autoregressive():
@@ -134,27 +154,61 @@ def test_maf_layer_is_autoregressive():
     assert torch.count_nonzero(jac.diagonal()) == 6
 
 
-def test_standardisation_uses_training_statistics_only():
+def test_split_and_standardisation_follow_the_authors_rules():
+    """No shuffling; the last int(0.1 N) rows are test, the last int(0.1 N') of the rest are
+    validation; standardised by the mean and population std of training + validation rows."""
+    n = 1599
+    x = torch.stack([torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64) ** 2 % 97], 1)
+    train, val, test, stats = split_standardise(x)
+    assert (train.shape[0], val.shape[0], test.shape[0]) == (1296, 144, 159)  # red-wine's sizes
+    back = lambda t: t.double() * stats["std"] + stats["mean"]  # noqa: E731
+    # Row order kept: column 0 (the row index) comes back as consecutive blocks.
+    assert torch.allclose(back(train)[:, 0], torch.arange(0, 1296, dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(back(val)[:, 0], torch.arange(1296, 1440, dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(back(test)[:, 0], torch.arange(1440, n, dtype=torch.float64), atol=1e-3)
+    rest = x[:1440]
+    m = rest.sum(0) / 1440
+    assert torch.allclose(stats["mean"], m, atol=1e-9)
+    assert torch.allclose(stats["std"], ((rest - m) ** 2).sum(0).div(1440).sqrt(), atol=1e-9)
+    # The shipped tables have the shapes of the authors' files.
+    for name, shape in (("redwine", (1599, 11)), ("whitewine", (4898, 11)), ("parkinsons", (5875, 15))):
+        assert tuple(load_table(name).shape) == shape
+
+
+def test_batchnorm_is_reestimated_on_the_clean_training_set(one_thread):
+    """After a mollified epoch (epoch 0: the batches are pure noise, N(0, 1)), the batch norm
+    in front of a Glow flow holds the statistics of the clean training rows (mean 5, std 0.1),
+    and the reported training log-likelihood is the eval-mode one on those rows."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(50, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1]) + 7
-    train, test, stats = split_standardise(x, test_frac=0.2, seed=3)
-    assert train.shape == (40, 3) and test.shape == (10, 3)
-    raw_train = train.double() * stats["std"] + stats["mean"]
-    raw_test = test.double() * stats["std"] + stats["mean"]
-    # The statistics are those of the training rows, computed here by hand.
-    n = raw_train.shape[0]
-    mean = raw_train.sum(0) / n
-    assert torch.allclose(stats["mean"], mean, atol=1e-12)
-    assert torch.allclose(stats["std"], ((raw_train - mean) ** 2).sum(0).div(n).sqrt(), atol=1e-12)
-    # Making the test rows wild (the rows that came back as test, found by value) changes
-    # neither the training output nor the statistics.
-    is_test = (x[:, None, :] - raw_test[None]).abs().amax(-1).min(1).values < 1e-5
-    assert int(is_test.sum()) == 10
-    x2 = x.clone()
-    x2[is_test] = 1e6
-    train2, test2, stats2 = split_standardise(x2, test_frac=0.2, seed=3)
-    assert torch.equal(train2, train) and torch.equal(stats2["mean"], stats["mean"])
-    assert (test2 > 1e3).all()
+    train = 5 + 0.1 * torch.randn(300, 3, generator=g)
+    val, test = train[:50], train[50:100]
+    r = run_flow(train, val, test, "glow", True, seed=0, epochs=1, hidden=8, keep_model=True)
+    bn = r["model"].layers[0]
+    assert isinstance(bn, BatchNormFlow)
+    assert torch.allclose(bn.running_mean, train.mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, train.var(0, unbiased=False) + bn.eps, rtol=1e-4)
+    with torch.no_grad():
+        assert abs(r["model"].eval()(train).mean().item() - r["train_ll"]) < 1e-3
+    assert len(r["test_ll_per_epoch"]) == 1 and r["best_val_epoch"] == 1
+
+
+def test_optimal_decoder_sigma_maximises_the_batch_likelihood():
+    """The closed-form decoder scale is sqrt(mean squared residual) of the batch, and no other
+    shared scale gives the batch a higher reconstruction likelihood."""
+    torch.manual_seed(0)
+    m = MLPVAE(d=16, z=4, hidden=32, decoder_sigma="optimal")
+    x, z = torch.rand(64, 16), torch.randn(64, 4)
+    with torch.no_grad():
+        best = m._log_px(x, z).sum().item()
+        mse = (x - m.decode(z)).pow(2).mean()
+        assert torch.allclose(m.log_scale.exp(), mse.sqrt())
+        fixed = MLPVAE(d=16, z=4, hidden=32, decoder_sigma=1.0)
+        fixed.load_state_dict({k: v for k, v in m.state_dict().items() if k != "log_scale"}, strict=False)
+        for s in (0.5, 0.9, 1.1, 2.0):
+            fixed.log_scale.fill_(math.log(s) + m.log_scale.item())
+            assert fixed._log_px(x, z).sum().item() < best
+    with pytest.raises(ValueError, match="decoder_sigma"):
+        MLPVAE(decoder_sigma="big")
 
 
 # ---------------------------------------------------------------- Fréchet distance
@@ -218,7 +272,6 @@ def one_thread():
     # ~50 tiny steps: a second intra-op thread only spins, and on a busy 2-core machine that
     # made this test 10x slower.
     n = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
 
