@@ -28,13 +28,17 @@ $(INSTALLED): $(STAMP) $(wildcard csrc/* kernels/*) CMakeLists.txt setup.py pypr
 # The suite: interpreted Triton, host-run CUDA kernels, the sm_90 budgets of a representative
 # subset of the kernel variants; then the Triton tests again under the lowest supported Triton
 # (installed into .triton-min/ on first use). The full budget matrix is `make sass-check`.
+# Tests run in parallel on the machine's cores (pytest-xdist; PYTEST_WORKERS=0 runs them in one
+# process); a test that must not share its process's work (the SASS report) names its group.
+PYTEST_WORKERS ?= auto
+PYTEST_PAR = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadgroup)
 test: install
 	$(PY) -m mollify_fast info
-	$(PY) -m pytest -ra tests
+	$(PY) -m pytest -ra $(PYTEST_PAR) tests
 	$(MAKE) test-triton-min
 
 test-triton-min: install
-	PYTHON=$(PY) bash tests/triton_min_version.sh
+	PYTHON=$(PY) bash tests/triton_min_version.sh $(PYTEST_PAR)
 
 # Every kernel variant against benchmarks/sass_budgets.json, under Triton 3.8 and again 3.6
 # (about 10 + 13 minutes of compiling on 2 cores from an empty cache; CI runs it after make test).
@@ -69,7 +73,7 @@ demo: install
 	$(PY) -m benchmarks.demo $(DEMO_ARGS)
 
 demo-full: install
-	$(PY) -m benchmarks.demo --full $(DEMO_ARGS)
+	$(PY) -m benchmarks.demo --full --resume $(DEMO_ARGS)
 
 # Size sweep 2^8..2^26 elements (per-call overhead and small batches), CSV + plot.
 bench-sweep: install

@@ -70,6 +70,10 @@ def _check(report, backend):
     return matched
 
 
+# One worker compiles the report for both tests (pytest-xdist --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("sass_report")
+
+
 def test_triton_kernels_meet_sass_budgets(report):
     rows = [r for r in report["rows"] if r["backend"] == "triton"]
     n = _check(report, "triton")
