@@ -164,11 +164,8 @@ def test_checkpoint_recomputation_replays_the_noise(kind, reentrant):
     assert offsets[0] == offsets[1]
 
 
-def test_checkpoint_twice_in_a_row_each_step_gets_its_own_noise():
-    """Two training steps whose CPU RNG state is the same at the checkpoint: the second step's
-    recomputation must replay the second step's draw, not the first's."""
-    _backend_ok("cpu")
-    g = mf.Generator(5)
+def _recording_block(g):
+    """A checkpointable block that mollifies its input with ``g`` and records each draw."""
     lin = torch.nn.Linear(6, 6)
     seen = []
 
@@ -176,6 +173,16 @@ def test_checkpoint_twice_in_a_row_each_step_gets_its_own_noise():
         y = mf.mollify(h.detach(), 0.5, generator=g, backend="cpu")
         seen.append(y)
         return lin(h + y)
+
+    return block, seen
+
+
+def test_checkpoint_twice_in_a_row_each_step_gets_its_own_noise():
+    """Two training steps whose CPU RNG state is the same at the checkpoint: the second step's
+    recomputation must replay the second step's draw, not the first's."""
+    _backend_ok("cpu")
+    g = mf.Generator(5)
+    block, seen = _recording_block(g)
 
     for _ in range(2):
         torch.manual_seed(1)
@@ -287,14 +294,8 @@ def test_checkpoint_replays_each_step_in_a_long_loop(reentrant, preserve):
     the RNG state and object ids replayed the first step's draw in 19 of 20 steps)."""
     _backend_ok("cpu")
     g = mf.Generator(5)
-    lin = torch.nn.Linear(6, 6)
     x = torch.rand(3, 6, requires_grad=True)
-    seen = []
-
-    def block(h):
-        y = mf.mollify(h.detach(), 0.5, generator=g, backend="cpu")
-        seen.append(y)
-        return lin(h + y)
+    block, seen = _recording_block(g)
 
     for step in range(20):
         seen.clear()
