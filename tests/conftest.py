@@ -13,6 +13,10 @@ import math  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# The limit for a test's subprocess: long enough that only a hang reaches it, never a slow or
+# loaded machine (a failure then reads "timed out after 1800 seconds", not like a test failure).
+SUBPROCESS_LIMIT_S = 1800
+
 # Machine epsilon (spacing at 1.0) per dtype: the rounding unit tolerances are built from.
 EPS = {
     torch.float16: 2.0**-10,

@@ -11,6 +11,7 @@ import torch
 
 import mollify_fast as mf
 from mollify_fast import generator as mgen
+from conftest import SUBPROCESS_LIMIT_S  # noqa: E402
 
 
 def _draw(g, n=16, backend="reference"):
@@ -273,7 +274,7 @@ def test_forked_child_after_a_multithreaded_cpu_call_does_not_hang():
         p = ctx.Process(target=_child_mollify_cpu, args=(x, q))
         p.start()
         try:
-            got = q.get(timeout=30)  # (read before join: the child exits once its result is read)
+            got = q.get(timeout=SUBPROCESS_LIMIT_S)  # (read before join: the child exits once its result is read)
         except queue.Empty:
             pytest.fail("the forked child hung in the cpu backend (OpenMP after fork)")
         finally:

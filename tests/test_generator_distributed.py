@@ -12,6 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 import mollify_fast as mf
+from conftest import SUBPROCESS_LIMIT_S  # noqa: E402
 
 WORLD = 2
 X = torch.zeros(2, 8)  # 4 counter groups per call
@@ -83,7 +84,7 @@ def _run_forked(path: str) -> torch.Tensor:
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(SUBPROCESS_LIMIT_S)  # a hang, never a slow machine
     assert [p.exitcode for p in procs] == [0] * WORLD
     assert mol.generator.state_dict()["offset"] == 0, "a rank moved the launcher's generator"
     return torch.load(path)

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 import mollify_fast as mf
 
 from _worker_dataset import NoiseDataset, draw_in_child
+from conftest import SUBPROCESS_LIMIT_S  # noqa: E402
 
 ITEMS = 8
 
@@ -67,7 +68,7 @@ def test_generator_sent_to_a_spawned_process(tmp_path):
     path = str(tmp_path / "child.pt")
     p = multiprocessing.get_context("spawn").Process(target=draw_in_child, args=(g, path, 4))
     p.start()
-    p.join(60)
+    p.join(SUBPROCESS_LIMIT_S)  # a hang, never a slow machine
     assert p.exitcode == 0
     child = torch.load(path)
     assert g.state_dict() == {"seed": 77, "offset": 2}, "the child moved the parent's counter"

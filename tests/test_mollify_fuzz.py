@@ -13,7 +13,8 @@ streams anywhere in 64 bits.
 * ``torch`` draws other numbers: out equals ``alpha * B(x) + sigma * eps`` from its returned
   ``eps`` and the reference's blur, to the rounding of out and eps.
 
-Example counts and deadlines are bounded so the file runs in well under a minute.
+Example counts are bounded so the file runs in well under a minute; no per-example deadline (a
+wall-clock limit that a loaded machine could reach).
 """
 import os
 
@@ -30,7 +31,7 @@ from conftest import EPS, assert_backend_parity, assert_within, backend_or_skip,
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
-SLOW = dict(deadline=10_000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SLOW = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 def _param(draw, values, n, ndim):
@@ -159,7 +160,7 @@ def two_pass_cases(draw):
     return shape, perm, step, blur, sigma, draw(st.integers(0, 2**64 - 1))
 
 
-@settings(max_examples=3, **dict(SLOW, deadline=None))  # the first interpreted run includes Triton's setup
+@settings(max_examples=3, **SLOW)
 @given(two_pass_cases())
 def test_triton_two_pass_blur_layouts_fuzz(case):
     backend_or_skip("triton")

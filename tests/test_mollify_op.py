@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import mollify_fast as mf
+from conftest import SUBPROCESS_LIMIT_S  # noqa: E402
 
 
 def _args(x, g, *, sigma_t=None, blur=0.0, has_blur=False, return_noise=True, backend="torch"):
@@ -75,7 +76,7 @@ def test_compile_with_generator_and_per_sample_params():
 
 
 def test_info_cli():
-    r = subprocess.run([sys.executable, "-m", "mollify_fast", "info"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "mollify_fast", "info"], capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S)
     assert r.returncode == 0, r.stderr
     for word in ("mollify_fast", "torch", "triton", "torch ", "cpu", "cuda", "auto order"):
         assert word in r.stdout
@@ -87,7 +88,7 @@ def test_info_cli():
 
 def _run_py(code: str) -> str:
     env = dict(__import__("os").environ)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S, env=env)
     assert r.returncode == 0, r.stderr
     return r.stdout
 

@@ -28,7 +28,7 @@ import torch
 import mollify_fast as mf
 from mollify_fast import reference as R
 
-from conftest import assert_backend_parity, assert_parity, backend_or_skip
+from conftest import SUBPROCESS_LIMIT_S, assert_backend_parity, assert_parity, backend_or_skip
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 BACKENDS = ["cpu", "triton", "cuda"]
@@ -300,7 +300,7 @@ def test_plan_runs_on_cpu_tensors_without_gpu():
         """
     )
     env = dict(os.environ, TRITON_INTERPRET="0", CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S, env=env)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
 
 
@@ -344,7 +344,7 @@ def test_stream_does_not_change_the_specialisation():
     Triton specialises on neither their value (1, multiples of 16) nor their width."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="0", CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run([sys.executable, "-c", SPECIALISATION_SCRIPT], capture_output=True, text=True, timeout=300,
+    r = subprocess.run([sys.executable, "-c", SPECIALISATION_SCRIPT], capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S,
                        env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     counts = json.loads(r.stdout.strip().splitlines()[-1])

@@ -19,6 +19,7 @@ triton = pytest.importorskip("triton")
 
 from mollify_fast._validate import Params  # noqa: E402
 from mollify_fast.backends import mollify_triton as M  # noqa: E402
+from conftest import SUBPROCESS_LIMIT_S  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 KERNEL_LAYOUT = M._kernel_layout
@@ -174,7 +175,7 @@ def test_kernel_layout_matches_the_signature():
     import sys
 
     env = dict(os.environ, TRITON_INTERPRET="0", CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run([sys.executable, "-c", KERNEL_LAYOUT_SCRIPT], capture_output=True, text=True, timeout=300,
+    r = subprocess.run([sys.executable, "-c", KERNEL_LAYOUT_SCRIPT], capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S,
                        env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
@@ -231,7 +232,7 @@ def test_equal_keys_mean_equal_triton_specialisation():
     import sys
 
     env = dict(os.environ, TRITON_INTERPRET="0", CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run([sys.executable, "-c", KEY_SCRIPT], capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run([sys.executable, "-c", KEY_SCRIPT], capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["worst"] == 1, f"a key covers {got['worst']} different Triton specialisations"

@@ -23,6 +23,7 @@ import mollify_fast as mf
 from mollify_fast import backends
 from mollify_fast.__main__ import version_note
 from mollify_fast.backends import _native, mollify_cuda
+from conftest import SUBPROCESS_LIMIT_S  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,7 +117,7 @@ def sdist(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sdist")
     src = _copy_checkout(tmp / "src")
     r = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--skip-dependency-check",
-                        "--outdir", str(tmp / "out"), str(src)], capture_output=True, text=True, timeout=120)
+                        "--outdir", str(tmp / "out"), str(src)], capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S)
     assert r.returncode == 0, r.stdout + r.stderr
     (path,) = (tmp / "out").glob("*.tar.gz")
     return path
@@ -143,7 +144,7 @@ def _wheel_without_extension(tmp_path, env_extra):
     env = {**os.environ, **env_extra}
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-v",
                         "--wheel-dir", str(tmp_path / "wheels"), str(src)],
-                       capture_output=True, text=True, timeout=300, env=env)
+                       capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S, env=env)
     return r, list((tmp_path / "wheels").glob("*.whl"))
 
 
@@ -207,7 +208,7 @@ def _installed_copy(tmp_path, status):
     script.write_text(_MISSING)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MOLLIFY_FAST_CPU_ISA")}
     env["PYTHONPATH"] = str(tmp_path / "site")
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S,
                        env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     return str(script), r.stdout.splitlines()
@@ -277,7 +278,7 @@ def test_set_cpu_isa_refuses_unknown_names():
 
 def _run(code, **env_extra):
     env = {**os.environ, **env_extra}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -318,7 +319,7 @@ def test_wide_registers_only_in_their_own_copies():
     if ext.cpu_isas_compiled() != ["baseline", "avx2", "avx512"]:
         pytest.skip(f"a single-copy build ({ext.cpu_isas_compiled()})")
     dis = subprocess.run([objdump, "-d", "--no-show-raw-insn", ext.__file__], capture_output=True, text=True,
-                         check=True, timeout=120).stdout
+                         check=True, timeout=SUBPROCESS_LIMIT_S).stdout
     func, seen, outside = None, set(), {}
     for line in dis.splitlines():
         m = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
