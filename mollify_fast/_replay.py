@@ -88,6 +88,16 @@ def _checkpoint_call(hooks) -> Optional[Any]:
     return None
 
 
+def _attached(call, name: str) -> dict:
+    """The dict stored on ``call`` under ``name`` (made on first use; AttributeError where the
+    object takes no attributes)."""
+    d = getattr(call, name, None)
+    if d is None:
+        d = {}
+        setattr(call, name, d)
+    return d
+
+
 def take(state: torch.Tensor, numel: int) -> Tuple[int, int]:
     """:func:`take_stream`, replayed for a checkpoint's recomputation (module docstring)."""
     hooks = None
@@ -102,21 +112,14 @@ def take(state: torch.Tensor, numel: int) -> Tuple[int, int]:
     if call is None:
         return take_stream(state, numel)
     try:
-        record = getattr(call, _RECORD, None)
-        if record is None:
-            record = {}
-            setattr(call, _RECORD, record)
+        draws = _attached(call, _RECORD).setdefault(id(state), [])
     except AttributeError:  # an object that takes no attributes: a plain draw
         return take_stream(state, numel)
-    draws = record.setdefault(id(state), [])
     if task == -1:  # the checkpointed forward: draw and record
         stream = take_stream(state, numel)
         draws.append(stream)
         return stream
-    replayed = getattr(call, _REPLAYED, None)
-    if replayed is None:
-        replayed = {}
-        setattr(call, _REPLAYED, replayed)
+    replayed = _attached(call, _REPLAYED)
     k = (task, id(state))
     i = replayed.get(k, 0)
     replayed[k] = i + 1

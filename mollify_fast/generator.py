@@ -148,10 +148,8 @@ def _derive(v, settle: bool = False) -> None:
     """
     if int(v[OWNER]) == -_PID and not settle and not (_DIST and torch.distributed.is_initialized()):
         return  # provisional, and still no process group: keep the key (one check per draw)
+    _fix_seed(v)
     flags = int(v[FLAGS])
-    if flags & _PENDING:
-        v[BASE] = to_signed64(draw_default_seed(torch.device("cpu")))
-        flags &= ~_PENDING
     key = to_unsigned64(v[BASE])
     fold_rank = flags & _FOLD_RANK
     provisional = False

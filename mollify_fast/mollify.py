@@ -378,6 +378,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
 
 
 _functorch_active = torch._C._are_functorch_transforms_active
+_tracing_state = torch._C._get_tracing_state
 _DEFAULT_TORCH_FUNCTION = torch.Tensor.__torch_function__.__func__
 _DEFAULT_TORCH_DISPATCH = torch.Tensor.__torch_dispatch__
 
@@ -392,7 +393,6 @@ def _wrapper_subclass(x) -> bool:
         return False
     tf = getattr(getattr(cls, "__torch_function__", None), "__func__", None)
     return tf is _DEFAULT_TORCH_FUNCTION or getattr(tf, "__module__", "").startswith("torchvision.tv_tensors")
-_tracing_state = torch._C._get_tracing_state
 
 
 def _plain_eager(x: torch.Tensor) -> bool:
@@ -402,9 +402,9 @@ def _plain_eager(x: torch.Tensor) -> bool:
     implementation gives the shape-only result there, and no stream is taken)."""
     return (
         type(x) is torch.Tensor
-        and not torch.compiler.is_compiling()
-        and torch._C._len_torch_dispatch_stack() == 0
-        and not torch._C._is_torch_function_mode_enabled()
+        and not _is_compiling()
+        and _dispatch_depth() == 0
+        and not _function_mode()
         and not _functorch_active()
         and _tracing_state() is None
         and not x.is_meta
