@@ -98,6 +98,12 @@ def _attached(call, name: str) -> dict:
     return d
 
 
+def untracked() -> bool:
+    """True when :func:`take` would draw plainly (no checkpoint to record for or replay), so a
+    caller may take the stream itself."""
+    return _grad_enabled() and _top_hooks(False) is None and _graph_task() == -1
+
+
 def take(state: torch.Tensor, numel: int) -> Tuple[int, int]:
     """:func:`take_stream`, replayed for a checkpoint's recomputation (module docstring)."""
     hooks = None

@@ -41,7 +41,7 @@ from . import backends
 from ._blur import blur as blur_planes
 from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, Params, check_out_memory, check_static, compute_dtype,
                         resolve_params, same_view)
-from ._replay import take as take_replayable
+from ._replay import take as take_replayable, untracked as replay_untracked
 from .generator import Generator, draw_default_seed
 
 Number = Union[int, float]  # also numpy floating scalars and 0-d ndarrays
@@ -301,7 +301,7 @@ _FLOAT64_MAX = 1.7976931348623157e308
 
 
 def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
-    """Build and cache the plan for ``key``: ``(name, run, numel, limit)``, or None when this
+    """Build and cache the plan for ``key``: ``(name, run, run_gen, numel, limit)``, or None when this
     layout always takes the general path (not a float dtype, empty, more dims than the kernels
     take, a backend unavailable or not planned for x). Writes nothing but the cache."""
     plan = None
@@ -314,7 +314,8 @@ def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
             run = None  # the general path raises the error at each call
         if run is not None:
             # Largest finite parameter: float32 compute unless x is float64 (README, "Errors and limits, in one place").
-            plan = (name, run, x.numel(), _FLOAT64_MAX if x.dtype == torch.float64 else FLOAT32_MAX)
+            plan = (name, run, getattr(run, "with_generator", None), x.numel(),
+                    _FLOAT64_MAX if x.dtype == torch.float64 else FLOAT32_MAX)
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
     _plans[key] = plan
@@ -351,7 +352,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
         plan = _new_plan(key, x, return_noise, backend)
     if plan is None:
         return None
-    name, run, numel, limit = plan
+    name, run, run_gen, numel, limit = plan
     s = _scalar(sigma, x)
     if s is None:
         return None
@@ -367,6 +368,11 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
     out = torch.empty_like(x)
     noise = torch.empty_like(x) if return_noise else None
     if generator is not None:
+        # No checkpoint around the call: cpu and cuda take the stream inside the launch call.
+        if run_gen is not None and replay_untracked() and run_gen(x, out, noise, float(s), float(a),
+                                                                  generator._state.data_ptr()):
+            _last_backend = name
+            return (out, noise) if return_noise else out
         stream = take_replayable(generator._state, numel)
     elif name == "torch":
         stream = None

@@ -60,10 +60,17 @@ def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]
     caller has checked. Same kernel and arguments as :func:`mollify_cpu`; the layout part of
     them is built once, here, into a ``_C.Plan``."""
     ext, _ = extension()
-    cplan, launch = make_plan(x, out, noise), ext.mollify_cpu_plan
+    cplan, launch, launch_gen = make_plan(x, out, noise), ext.mollify_cpu_plan, ext.mollify_cpu_plan_gen
 
     def run(x, out, noise, sigma, alpha, stream):
         launch(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma, alpha,
                stream[0], stream[1], _threads())
 
+    def run_gen(x, out, noise, sigma, alpha, state_ptr):
+        # The stream taken from the generator state inside the launch call (one atomic step, as
+        # generator.take_stream); False: nothing done, the caller takes it the long way.
+        return launch_gen(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma,
+                          alpha, state_ptr, _threads())
+
+    run.with_generator = run_gen
     return run

@@ -178,7 +178,7 @@ def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]
     if x.device.type != "cuda":
         return None
     ext, _ = extension()
-    cplan, launch = make_plan(x, out, noise), ext.mollify_cuda_plan
+    cplan, launch, launch_gen = make_plan(x, out, noise), ext.mollify_cuda_plan, ext.mollify_cuda_plan_gen
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
     raw_stream = torch._C._cuda_getCurrentRawStream
 
@@ -189,4 +189,16 @@ def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]
         if os.environ.get(SYNC_ENV, "").strip() == "1":
             torch.cuda.current_stream(dev).synchronize()  # a fault in the kernel raises here, at the call
 
+    def run_gen(x, out, noise, sigma, alpha, state_ptr):
+        # As run, with the stream taken from the generator state inside the launch call (see the
+        # cpu backend's noise_plan); False: nothing done.
+        s = raw_stream(dev)
+        if not launch_gen(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma,
+                          alpha, state_ptr, s, dev):
+            return False
+        if os.environ.get(SYNC_ENV, "").strip() == "1":
+            torch.cuda.current_stream(dev).synchronize()
+        return True
+
+    run.with_generator = run_gen
     return run
