@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: venv install test test-triton-min sass sass-check bench bench-sweep bench-training demo demo-full info clean
+.PHONY: venv install test test-triton-min typecheck sass sass-check bench bench-sweep bench-training demo demo-full info clean
 
 venv: $(STAMP)
 $(STAMP): requirements-dev.txt
@@ -41,9 +41,14 @@ test: install
 test-triton-min: install
 	PYTHON=$(PY) bash tests/triton_min_version.sh $(PYTEST_PAR)
 
+# mypy (configured in pyproject.toml) on the package and on tests/typing/check_public_api.py,
+# whose assert_type lines pin the public API's types (mollify's overloads on return_noise).
+typecheck: install
+	$(PY) -m mypy
+
 # Every kernel variant against benchmarks/sass_budgets.json, under Triton 3.8 and, at the same
 # time (ptxas is single-threaded), under Triton 3.6 (its lines prefixed); about 12 and 13 minutes
-# of compiling from an empty cache on the 2-core machine. CI runs it after make test.
+# of compiling from an empty cache on the 2-core machine. CI runs it after make test and make typecheck.
 SASS_OUT ?= build/results/sass
 sass-check: install
 	PYTHON=$(PY) bash tests/triton_min_version.sh --run true

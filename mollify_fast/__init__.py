@@ -14,6 +14,8 @@ Public API::
 
 Nothing here imports Triton or touches CUDA at import time.
 """
+from typing import Dict, Tuple
+
 from . import reference, schedules
 from ._blur import MAX_BLUR_RADIUS
 from .backends import BACKENDS, BackendUnavailableError
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 
-def available_backends() -> dict:
+def available_backends() -> Dict[str, Tuple[bool, str]]:
     """``{name: (available, reason)}`` for every backend in this process."""
     from .backends import availability
 

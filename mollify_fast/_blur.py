@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +101,7 @@ def sample_weights(s: Tuple[float, ...], r: Tuple[int, ...], n: int) -> torch.Te
     Cached: a training loop repeats its blur sigmas, and building the taps costs ~40 us of
     small-op overhead per call (measured, 2-core dev VM). Callers must not modify the result.
     """
-    pairs = {}
+    pairs: Dict[Tuple[float, int], int] = {}
     inv = [pairs.setdefault((sv, rv), len(pairs)) for sv, rv in zip(s, r)]
     keys = list(pairs)
     uniq = _rows([k[0] for k in keys], [k[1] for k in keys], n)
@@ -161,7 +161,7 @@ def blur(x: torch.Tensor, p, acc: torch.dtype) -> torch.Tensor:
         r = [0 if sv == 0 else int(rv) for sv, rv in zip(s, p.radius_host.tolist())]
     else:
         s, r = [float(p.blur)], [int(p.radius)]
-    groups = {}
+    groups: Dict[Tuple[int, int], List[int]] = {}
     for i, rv in enumerate(r):
         groups.setdefault((min(rv, W - 1), min(rv, H - 1)), []).append(i)
     res = planes if len(groups) == 1 else torch.empty_like(planes)

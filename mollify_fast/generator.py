@@ -27,7 +27,7 @@ import secrets
 import threading
 import warnings
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, SupportsInt, Tuple, Union, cast
 
 import torch
 import torch.utils.data
@@ -67,7 +67,7 @@ def to_signed64(v: int) -> int:
     return v - (1 << 64) if v >= (1 << 63) else v
 
 
-def to_unsigned64(v: int) -> int:
+def to_unsigned64(v: SupportsInt) -> int:
     return int(v) & MASK64
 
 
@@ -135,10 +135,10 @@ def _view(state: torch.Tensor):
     if cached is not None and cached[1] == ptr:
         return cached[0]
     try:
-        v = memoryview(state.numpy())
+        v: Union[memoryview, torch.Tensor] = memoryview(state.numpy())  # type: ignore[arg-type]  # numpy: __buffer__ on Python >= 3.12 only
     except (RuntimeError, TypeError):  # no numpy here, or a tensor numpy refuses
         v = state
-    state._mf_view = (v, ptr)
+    state._mf_view = (v, ptr)  # type: ignore[attr-defined]  # our cache, in the tensor's __dict__
     return v
 
 
@@ -278,7 +278,7 @@ class Generator:
         ckpt = g.state_dict()          # {'seed': 1234, 'offset': ceil(x.numel() / 4)}
     """
 
-    def __init__(self, seed: Optional[int] = 0, offset: int = 0):
+    def __init__(self, seed: Optional[int] = 0, offset: int = 0) -> None:
         self._state = torch.zeros(_SLOTS, dtype=torch.int64)
         self.manual_seed(seed, offset)
 
@@ -315,7 +315,7 @@ class Generator:
         return self
 
     @property
-    def seed(self) -> "_Seed":
+    def seed(self) -> Union["_Seed", "_PendingSeed"]:
         """``g.seed()`` (torch.Generator's meaning): reseed from the operating system's entropy,
         offset 0, and return the new seed.
 
@@ -382,7 +382,7 @@ class Generator:
                 "Generator.load_state_dict: state must be a dict with keys 'seed' and 'offset' "
                 f"(from Generator.state_dict()), got {state!r}"
             )
-        self.manual_seed(state["seed"], state["offset"])
+        self.manual_seed(state["seed"], cast(int, state["offset"]))
 
     def _fold_rank(self) -> None:
         """Make this a rank-folded stream (a Mollifier's): on torch.distributed rank r != 0 it
@@ -426,7 +426,9 @@ class Generator:
 class _Seed(int):
     """``Generator.seed`` read as a value: the seed (an int); called: ``Generator.seed()``."""
 
-    def __new__(cls, value: int, generator: Generator):
+    _generator: Generator
+
+    def __new__(cls, value: int, generator: Generator) -> "_Seed":
         obj = super().__new__(cls, value)
         obj._generator = generator
         return obj
@@ -434,7 +436,7 @@ class _Seed(int):
     def __call__(self) -> int:
         return self._generator._reseed()
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[type, Tuple[int]]:
         return int, (int(self),)  # pickles as the plain number
 
 
@@ -449,10 +451,10 @@ class _PendingSeed:
     def __call__(self) -> int:
         return self._generator._reseed()
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return other is None or isinstance(other, _PendingSeed)
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # unhashable (equal to None, not its hash)
 
     def __bool__(self) -> bool:
         return False

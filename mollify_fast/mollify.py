@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Optional, Tuple, Union
+from typing import Literal, Optional, Tuple, Union, cast, overload
 
 import torch
 
@@ -172,7 +172,7 @@ def _run_unfused(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[tor
     launch(src, res, eps, replace(p, blur=None, radius=0, max_radius=0, blur_host=None, radius_host=None), stream)
     out.copy_(res)
     if noise is not None:
-        noise.copy_(eps)
+        noise.copy_(cast(torch.Tensor, eps))
 
 
 @torch.library.custom_op("mollify_fast::mollify", mutates_args=("gen_state",))
@@ -385,7 +385,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
 
 _functorch_active = torch._C._are_functorch_transforms_active
 _tracing_state = torch._C._get_tracing_state
-_DEFAULT_TORCH_FUNCTION = torch.Tensor.__torch_function__.__func__
+_DEFAULT_TORCH_FUNCTION = torch.Tensor.__torch_function__.__func__  # type: ignore[attr-defined]  # a classmethod (torch's stubs: a callable)
 _DEFAULT_TORCH_DISPATCH = torch.Tensor.__torch_dispatch__
 
 
@@ -417,6 +417,18 @@ def _plain_eager(x: torch.Tensor) -> bool:
     )
 
 
+@overload
+def mollify(x: torch.Tensor, sigma: ParamLike, *, alpha: Optional[ParamLike] = ..., blur_sigma: Optional[ParamLike] = ...,
+            blur_radius: Optional[int] = ..., generator: Optional[Generator] = ..., out: Optional[torch.Tensor] = ...,
+            return_noise: Literal[False] = ..., backend: str = ...) -> torch.Tensor: ...
+@overload
+def mollify(x: torch.Tensor, sigma: ParamLike, *, alpha: Optional[ParamLike] = ..., blur_sigma: Optional[ParamLike] = ...,
+            blur_radius: Optional[int] = ..., generator: Optional[Generator] = ..., out: Optional[torch.Tensor] = ...,
+            return_noise: Literal[True], backend: str = ...) -> Tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def mollify(x: torch.Tensor, sigma: ParamLike, *, alpha: Optional[ParamLike] = ..., blur_sigma: Optional[ParamLike] = ...,
+            blur_radius: Optional[int] = ..., generator: Optional[Generator] = ..., out: Optional[torch.Tensor] = ...,
+            return_noise: bool = ..., backend: str = ...) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]: ...
 def mollify(
     x: torch.Tensor,
     sigma: ParamLike,
@@ -489,7 +501,7 @@ def mollify(
                       return_noise=return_noise, backend=backend)
         if return_noise:
             return (res[0].as_subclass(cls) if out is None else out), res[1].as_subclass(cls)
-        return res.as_subclass(cls) if out is None else out
+        return cast(torch.Tensor, res).as_subclass(cls) if out is None else out
     s, a, b = check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend,
                            backends.NAMES)
     vp = a is None

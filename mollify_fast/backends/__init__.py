@@ -17,7 +17,7 @@ import functools
 import importlib
 import json
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -62,7 +62,7 @@ def launcher(name: str) -> Callable:
 
 
 @functools.lru_cache(maxsize=None)
-def auto_table() -> Dict[str, Dict[str, List[str]]]:
+def auto_table() -> Dict[str, Any]:
     """Backend preference per device type and op, fastest first, from ``auto_table.json``.
 
     The table is written from measured results (``benchmarks/``) and says which file it came

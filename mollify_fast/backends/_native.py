@@ -7,7 +7,8 @@ import json
 import os
 import sys
 import warnings
-from typing import List, Optional, Tuple
+from types import FrameType
+from typing import List, Optional, Tuple, Union
 
 import torch
 
@@ -55,6 +56,7 @@ def _caller_stacklevel() -> int:
     """The stacklevel of the first frame outside mollify_fast and torch: the user's call."""
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     skip = (pkg, os.path.dirname(os.path.abspath(torch.__file__)))
+    frame: Optional[FrameType]
     frame, level = sys._getframe(1), 1  # the caller, extension(), is stacklevel 1 of its warn
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
         frame, level = frame.f_back, level + 1
@@ -70,7 +72,7 @@ def extension():
     (auto, baseline, avx2, avx512) picks the CPU kernels' instruction set; one this build or
     CPU lacks makes the extension unavailable, with the reason."""
     try:
-        from .. import _C  # noqa: F401
+        from .. import _C  # type: ignore[attr-defined]  # noqa: F401  (the compiled extension has no stubs)
     except ImportError as e:
         why = _missing_reason(e)
         warnings.warn(f"mollify_fast: {why}. Until then `backend='auto'` runs the slower pure-PyTorch backend "
@@ -112,7 +114,8 @@ def _ptr_num(v) -> Tuple[int, float]:
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(shape: tuple, strides: tuple, has_blur: bool):
+def _layout(shape: Union[Tuple[int, ...], List[int]], strides: Union[Tuple[Tuple[int, ...], ...], List[List[int]]],
+            has_blur: bool):
     """Kernel sizes and per-tensor strides for one layout (cached: training loops repeat them)."""
     shape = list(shape)
     strides = [list(s) for s in strides]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, cast
 
 import torch
 
@@ -119,7 +119,7 @@ def _device_check(index: int) -> Tuple[bool, str]:
     ext, _ = extension()
     name = torch.cuda.get_device_name(index)
     ok, why = code_runs_on(getattr(ext, "cuda_archs", "80-real;90"), getattr(ext, "cuda_toolkit_version", "13.0"),
-                           tuple(torch.cuda.get_device_capability(index)), driver_version())
+                           cast(Tuple[int, int], tuple(torch.cuda.get_device_capability(index))), driver_version())
     return ok, why if ok else f"cuda:{index} ({name}): {why}"
 
 
