@@ -309,12 +309,12 @@ def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
             and backend in backends.NAMES):
         try:
             name, _ = backends.resolve(backend, x, _PLAN_PARAMS)
-            run = backends.noise_plan(name, x, torch.empty_like(x), torch.empty_like(x) if return_noise else None)
+            launchers = backends.noise_plan(name, x, torch.empty_like(x), torch.empty_like(x) if return_noise else None)
         except (backends.BackendUnavailableError, ValueError):
-            run = None  # the general path raises the error at each call
-        if run is not None:
+            launchers = None  # the general path raises the error at each call
+        if launchers is not None:
             # Largest finite parameter: float32 compute unless x is float64 (README, "Errors and limits, in one place").
-            plan = (name, run, getattr(run, "with_generator", None), x.numel(),
+            plan = (name, launchers.run, launchers.run_gen, x.numel(),
                     _FLOAT64_MAX if x.dtype == torch.float64 else FLOAT32_MAX)
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()

@@ -72,7 +72,7 @@ def extension():
     (auto, baseline, avx2, avx512) picks the CPU kernels' instruction set; one this build or
     CPU lacks makes the extension unavailable, with the reason."""
     try:
-        from .. import _C  # type: ignore[attr-defined]  # noqa: F401  (the compiled extension has no stubs)
+        from .. import _C  # noqa: F401
     except ImportError as e:
         why = _missing_reason(e)
         warnings.warn(f"mollify_fast: {why}. Until then `backend='auto'` runs the slower pure-PyTorch backend "

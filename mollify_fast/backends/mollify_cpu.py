@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._validate import Params
+from . import NoisePlan
 from ._native import extension, kernel_args, make_plan
 
 
@@ -72,5 +73,4 @@ def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]
         return launch_gen(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma,
                           alpha, state_ptr, _threads())
 
-    run.with_generator = run_gen
-    return run
+    return NoisePlan(run, run_gen)

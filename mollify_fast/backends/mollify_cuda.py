@@ -27,6 +27,7 @@ from typing import List, Optional, Tuple, cast
 import torch
 
 from .._validate import Params
+from . import NoisePlan
 from ._native import extension, kernel_args, make_plan
 
 EMULATE_ENV = "MOLLIFY_FAST_CUDA_EMULATE"
@@ -200,5 +201,4 @@ def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]
             torch.cuda.current_stream(dev).synchronize()
         return True
 
-    run.with_generator = run_gen
-    return run
+    return NoisePlan(run, run_gen)
