@@ -1,7 +1,7 @@
 """Gaussian blur helpers shared by the pure-PyTorch paths: weight folding for any radius.
 
-The blur (CONTRACT section 4) reads ``x[reflect(i + k)]`` for ``k = -r..r``, where ``reflect``
-mirrors without repeating the edge pixel. Along an axis of length ``n`` it has period
+The blur (README, "The contract, in short": the blur) reads ``x[reflect(i + k)]`` for
+``k = -r..r``, where ``reflect`` mirrors without repeating the edge pixel. Along an axis of length ``n`` it has period
 ``P = 2(n-1)``: taps ``k`` and ``k + P`` read the same pixel for every ``i``. So the ``2r+1``
 weights can be *folded*: summed per residue class ``k mod P``. The folded filter has radius
 ``min(r, n-1)`` and gives exactly the same sum (up to the order of float additions):

@@ -667,7 +667,7 @@ class Launch:
     """One kernel launch, fully specified: ``kernel[grid](*args, **constexprs, **options)``.
 
     The plan/launch split lets tools compile every launch variant with exactly the
-    specialisation a real call gets (benchmarks/sass_report.py) without a GPU.
+    specialisation a real call gets (benchmarks/sass/report.py) without a GPU.
     """
 
     kernel: "triton.JITFunction"  # the @triton.jit function
