@@ -22,7 +22,7 @@ from .backends import BACKENDS, BackendUnavailableError
 from .backends._native import ExtensionMissingWarning
 from .generator import Generator
 from .mollifier import Mollifier
-from .mollify import last_backend, mollify
+from ._op import last_backend, mollify
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ import torch
 from . import schedules
 from .backends import NAMES as BACKEND_NAMES
 from .generator import Generator
-from .mollify import mollify
+from ._op import mollify
 
 MODES = ("noise", "blur", "noise+blur")
 _STATE_KEYS = ("mollify_steps", "schedule", "schedule_kwargs", "mode", "blur_sigma_max", "generator")

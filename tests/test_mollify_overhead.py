@@ -22,7 +22,7 @@ import mollify_fast as mf
 from conftest import assert_parity, backend_or_skip
 from test_mollify_validation import CASES
 
-MOD = importlib.import_module("mollify_fast.mollify")
+MOD = importlib.import_module("mollify_fast._op")
 
 
 def _general(x, sigma, **kw):

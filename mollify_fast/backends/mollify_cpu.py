@@ -56,7 +56,7 @@ def mollify_cpu(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
 
 
 def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
-    """A launcher for repeated noise-only calls on x's layout (see ``mollify._fast``):
+    """A launcher for repeated noise-only calls on x's layout (see ``_op._fast``):
     ``run(x, out, noise, sigma, alpha, (seed, offset))`` with Python-float parameters that the
     caller has checked. Same kernel and arguments as :func:`mollify_cpu`; the layout part of
     them is built once, here, into a ``_C.Plan``."""

@@ -171,7 +171,7 @@ def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tenso
 
 
 def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
-    """A launcher for repeated noise-only calls on a CUDA x's layout (see ``mollify._fast``), or
+    """A launcher for repeated noise-only calls on a CUDA x's layout (see ``_op._fast``), or
     None (CPU tensors: the host emulation reads its environment variable at each call).
     ``run(x, out, noise, sigma, alpha, (seed, offset))`` launches on PyTorch's current stream
     for x's device, read at each call through ``torch._C._cuda_getCurrentRawStream`` (what
