@@ -79,18 +79,18 @@ def sigmoid(u: Union[_Number, Value], start: float = 0.0, end: float = 3.0, tau:
     """
     if tau <= 0 or end == start:
         raise ValueError(f"sigmoid: need tau > 0 and end != start, got tau={tau}, start={start}, end={end}")
-    u64, finish = _as_float64(u, "sigmoid")
     width = (end - start) / tau
     c = start / tau
     den = (1.0 / (1.0 + math.exp(c))) * math.expm1(-width)
-    if torch.is_tensor(u64):
-        b = u64 * width + c
-        num: Union[float, torch.Tensor] = torch.sigmoid(-b) * torch.expm1((u64 - 1.0) * width)
-    else:
-        b = u64 * width + c
-        s_neg_b = 1.0 / (1.0 + math.exp(b)) if b < 700 else 0.0  # exp overflows past ~709
-        num = s_neg_b * math.expm1((u64 - 1.0) * width)
-    return finish(_clip(num / den, clip_min, 1.0))
+    # A float u (a training loop's step / steps) stays on plain float arithmetic: inside a
+    # training loop every extra Python call costs microseconds with the caches cold.
+    u64, finish = (u, float) if type(u) is float else _as_float64(u, "sigmoid")
+    if isinstance(u64, torch.Tensor):
+        b_t = u64 * width + c
+        return finish(_clip(torch.sigmoid(-b_t) * torch.expm1((u64 - 1.0) * width) / den, clip_min, 1.0))
+    b = u64 * width + c
+    s_neg_b = 1.0 / (1.0 + math.exp(b)) if b < 700 else 0.0  # exp overflows past ~709
+    return finish(min(max(s_neg_b * math.expm1((u64 - 1.0) * width) / den, clip_min), 1.0))
 
 
 @overload
@@ -101,6 +101,8 @@ def linear(u: np.ndarray, clip_min: float = ...) -> np.ndarray: ...
 def linear(u: torch.Tensor, clip_min: float = ...) -> torch.Tensor: ...
 def linear(u: Union[_Number, Value], clip_min: float = 1e-9) -> Value:
     r""":math:`\gamma(u) = 1 - u`, clipped to ``[clip_min, 1]``."""
+    if type(u) is float:  # the training loop's case, on plain floats (see sigmoid)
+        return min(max(1.0 - u, clip_min), 1.0)
     u64, finish = _as_float64(u, "linear")
     return finish(_clip(1.0 - u64, clip_min, 1.0))
 
@@ -113,6 +115,9 @@ def cosine(u: np.ndarray, clip_min: float = ...) -> np.ndarray: ...
 def cosine(u: torch.Tensor, clip_min: float = ...) -> torch.Tensor: ...
 def cosine(u: Union[_Number, Value], clip_min: float = 1e-9) -> Value:
     r""":math:`\gamma(u) = \cos(\pi u / 2)^2`, clipped to ``[clip_min, 1]``."""
+    if type(u) is float:  # the training loop's case, on plain floats (see sigmoid)
+        cf = math.cos(u * math.pi / 2)
+        return min(max(cf * cf, clip_min), 1.0)
     u64, finish = _as_float64(u, "cosine")
     c = torch.cos(u64 * (math.pi / 2)) if torch.is_tensor(u64) else math.cos(u64 * math.pi / 2)
     return finish(_clip(c * c, clip_min, 1.0))
