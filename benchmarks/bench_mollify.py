@@ -188,6 +188,27 @@ def run_case(x, op, blur_sigma, dev, budget_s, min_rounds, compile_times) -> Dic
     return round_robin(providers(x, op, blur_sigma, dev, compile_times), dev, budget_s, min_rounds)
 
 
+def loop_parser(doc: str, rounds: int, quick_help: str) -> argparse.ArgumentParser:
+    """The command line of the interleaved per-call benchmarks (bench_in_loop, bench_uint8)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--sigma", type=float, default=0.5)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--out", default=os.path.join(ROOT, "build", "results"),
+                    help="output folder (default build/results, ignored by git; benchmarks/results to commit)")
+    return ap
+
+
+def run_meta(dev: str) -> dict:
+    """The columns every row of one run shares: run id, time, machine, versions."""
+    ver = versions()
+    return {"run_id": uuid.uuid4().hex[:8],
+            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "device": device_name(dev), "cpu": cpu_model(), "threads": torch.get_num_threads(),
+            "torch": ver["torch"], "mollify_fast": ver["mollify_fast"]}
+
+
 def pct(v: List[float], q: float) -> float:
     s = sorted(v)
     return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]

@@ -245,6 +245,56 @@ def test_philox_backends_strided_uint8_and_float16_out(philox_backend):
     assert_parity(out, want, name)
 
 
+NATIVE = {"triton": "noise", "cpu": "noise", "cuda": "noise"}  # kernels that apply the map themselves (None: not yet)
+
+
+@pytest.mark.parametrize("philox_backend", PHILOX, indirect=True)
+@pytest.mark.parametrize("xd", [torch.uint8, torch.float16, torch.float32])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_map_alone_is_bit_exact_and_fused(philox_backend, xd, layout, monkeypatch):
+    """sigma = 0, alpha = 1: out is x_f itself, so the kernel's uniforms and the map's three
+    roundings must be the reference's exactly; where the kernel has the map, no temporary."""
+    name = philox_backend
+    if NATIVE[name] is None:
+        pytest.skip(f"the {name} kernel has no input map of its own yet")
+    import importlib
+
+    mollify_module = importlib.import_module("mollify_fast.mollify")
+
+    def no_temporary(*a, **k):
+        raise AssertionError("the mapped temporary ran")
+
+    monkeypatch.setattr(mollify_module, "_run_mapped", no_temporary)
+    base = _images((3, 5, 7, 6)) if xd == torch.uint8 else (torch.randn(3, 5, 7, 6) * 100).to(xd)
+    x = base if layout == "contiguous" else base.transpose(1, 3)[:, ::2]
+    kw = dict(alpha=1.0, input_scale=2 / 255, input_shift=-1.0, dequantize=True, out_dtype=torch.float32)
+    g = mf.Generator(17, 2**32 - 3)
+    out, eps = mf.mollify(x, 0.0, generator=g, backend=name, return_noise=True, **kw)
+    want, want_eps = mf.mollify(x, 0.0, generator=mf.Generator(17, 2**32 - 3), backend="reference",
+                                return_noise=True, **kw)
+    assert torch.equal(out, want)
+    assert g.offset == 2**32 - 3 + 2 * _groups(x.numel())
+    from conftest import assert_noise_parity
+
+    assert_noise_parity(eps, want_eps, name)
+
+
+@pytest.mark.parametrize("philox_backend", PHILOX, indirect=True)
+@pytest.mark.parametrize("od", [torch.float32, torch.float64])
+def test_per_sample_parameters_with_the_map(philox_backend, od):
+    name = philox_backend
+    if name == "triton" and od == torch.float64:
+        pytest.skip("triton refuses a float64 compute dtype")
+    x = _images((5, 3, 4, 6))
+    sigma = torch.tensor([0.0, 0.1, 0.5, 1.0, 2.0])
+    alpha = torch.tensor([1.0, -0.5, 0.25, 0.0, 3.0])
+    kw = dict(alpha=alpha, input_scale=1 / 127.5, input_shift=-1.0, dequantize=True, out_dtype=od, return_noise=True)
+    out, eps = mf.mollify(x, sigma, generator=mf.Generator(8, 3), backend=name, **kw)
+    want, want_eps = mf.mollify(x, sigma, generator=mf.Generator(8, 3), backend="reference", **kw)
+    xf = _mapped_reference(x, 8, 3, 1 / 127.5, -1.0, True, od)
+    assert_backend_parity(out, eps, want, want_eps, xf, sigma, alpha=alpha, what=name)
+
+
 # ---- the torch backend: same semantics, PyTorch's RNG ----
 
 def test_torch_backend_dequantisation_distribution():
@@ -429,3 +479,18 @@ def test_mollifier_state_dict_round_trips_with_a_map():
 def test_mollifier_refuses_a_bad_map(kw, err):
     with pytest.raises(err):
         mf.Mollifier(5, **kw)
+
+
+def test_bench_uint8_quick_writes_its_csv(tmp_path):
+    import csv
+
+    from benchmarks import bench_uint8
+
+    assert bench_uint8.main(["--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "uint8_cpu.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["provider"] for r in rows} == {"eager", "fused"}
+    by = {r["provider"]: r for r in rows}
+    assert int(by["fused"]["bytes_per_element"]) == 5
+    assert int(by["eager"]["bytes_per_element"]) == sum(bench_uint8.EAGER_PASSES.values()) > 5
+    assert float(by["eager"]["ratio_vs_eager"]) == 1.0 and float(by["fused"]["p50"]) > 0
