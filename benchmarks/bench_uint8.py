@@ -90,7 +90,12 @@ def run_shape(shape, dev: str, rounds: int, sigma: float):
 
 
 def main(argv=None) -> int:
-    args = loop_parser(__doc__, 60, "smoke run: 3 rounds, the small shape only").parse_args(argv)
+    ap = loop_parser(__doc__, 60, "smoke run: 3 rounds, the small shape only")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch.set_num_threads for the run (0: leave it; 1 is steadier on a shared machine)")
+    args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     dev = args.device
     rounds = 3 if args.quick else args.rounds
     shapes = SHAPES[:1] if args.quick else SHAPES
