@@ -9,14 +9,17 @@ Path from the call to a kernel::
         -> _run                               value checks, backend choice, stream
           -> backends.mollify_<name>(...)     launcher -> kernel
           (or _run_unfused: a blur radius >= min(H, W), or more than 8 dims that do not
-           merge on cpu/cuda: folded blur into a temporary, then the backend's noise kernel)
+           merge on cpu/cuda: folded blur into a temporary, then the backend's noise kernel;
+           or _run_mapped: an input map that the backend's kernel does not apply itself, as
+           with a blur: x_f into a temporary in the compute dtype, then the plain op on it)
 
 The custom ops have fake (meta) implementations, so a step that calls ``mollify`` compiles
 under ``torch.compile(fullgraph=True)``; the op stays opaque to the compiler, which is the
 point: it is already one fused pass.
 
-Fast path (``_fast``): an eager noise-only call with Python-number or 0-d-tensor parameters
-and no ``out`` looks up a launch plan cached per (shape, strides, dtype, device, alpha given,
+Fast path (``_fast``): an eager noise-only call with Python-number or 0-d-tensor parameters,
+no ``out`` and no input map options (``input_scale``, ``input_shift``, ``dequantize``,
+``out_dtype``; a uint8 x has no plan either) looks up a launch plan cached per (shape, strides, dtype, device, alpha given,
 return_noise, backend). The plan holds the resolved backend and, for ``cpu``/``cuda``, the
 kernel's layout arguments already packed (``_C.Plan``); a call then checks its numbers in one
 comparison each, allocates, takes the stream and makes one extension call. Whatever the fast

@@ -516,3 +516,27 @@ def test_cpu_mapped_kernel_same_bits_on_every_instruction_set():
         for (o, e), (o0, e0) in zip(res, first):
             assert torch.equal(o.view(torch.int32), o0.view(torch.int32)) and torch.equal(e, e0), isa
     assert torch.equal(first[0][0], first[1][0])  # the strided and the contiguous loop agree bit for bit
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "torch"])
+def test_in_place_with_a_map_equals_out_of_place(backend):
+    backend_or_skip(backend)
+    x = torch.randn(3, 4, 5, 6)
+    kw = dict(alpha=0.5, input_scale=2.0, input_shift=-1.0, dequantize=True, backend=backend)
+    want = mf.mollify(x, 0.3, generator=mf.Generator(9), **kw)
+    y = x.clone()
+    assert mf.mollify(y, 0.3, generator=mf.Generator(9), out=y, **kw) is y
+    assert torch.equal(y, want)
+    y = x.clone()
+    mf.mollify(y, 0.3, generator=mf.Generator(9), out=y, blur_sigma=0.8, **kw)
+    assert torch.equal(y, mf.mollify(x, 0.3, generator=mf.Generator(9), blur_sigma=0.8, **kw))
+
+
+def test_vmap_merges_the_slices_with_the_map():
+    x = _images((2, 3, 4, 5))
+    kw = dict(dequantize=True, input_scale=2 / 255, input_shift=-1.0, backend="reference")
+    g = mf.Generator(12)
+    got = torch.func.vmap(lambda t: mf.mollify(t, 0.2, generator=g, **kw), randomness="different")(x)
+    want = mf.mollify(x.reshape(6, 4, 5), 0.2, generator=mf.Generator(12), **kw).reshape(x.shape)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert g.offset == 2 * _groups(x.numel())
