@@ -5,21 +5,28 @@
 * :func:`pct` reads percentiles of the per-call times;
 * :func:`device_name`, :func:`device_slug`, :func:`cpu_model` and :func:`versions` label every
   row with the machine and the software it ran on;
-* :func:`append_csv` appends rows to a long-format CSV atomically.
+* :func:`append_csv` appends rows to a long-format CSV atomically;
+* :func:`loop_parser` and :func:`run_meta`: the command line and the shared row columns of the
+  interleaved per-call benchmarks (``bench_in_loop``, ``bench_uint8``).
 
 Used by every script in ``benchmarks/micro/`` (and ``benchmarks/demo`` for its labels).
 """
 from __future__ import annotations
 
+import argparse
 import csv
+import datetime as _dt
 import os
 import platform
 import time
+import uuid
 from typing import Callable, Dict, List
 
 import torch
 
 import mollify_fast as mf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def device_name(dev: str) -> str:
@@ -112,3 +119,24 @@ def round_robin(provs: Dict[str, Callable], dev: str, budget_s: float, min_round
 def pct(v: List[float], q: float) -> float:
     s = sorted(v)
     return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
+
+
+def loop_parser(doc: str, rounds: int, quick_help: str) -> argparse.ArgumentParser:
+    """The command line of the interleaved per-call benchmarks (bench_in_loop, bench_uint8)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--sigma", type=float, default=0.5)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--out", default=os.path.join(ROOT, "build", "results"),
+                    help="output folder (default build/results, ignored by git; benchmarks/results to commit)")
+    return ap
+
+
+def run_meta(dev: str) -> dict:
+    """The columns every row of one run shares: run id, time, machine, versions."""
+    ver = versions()
+    return {"run_id": uuid.uuid4().hex[:8],
+            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "device": device_name(dev), "cpu": cpu_model(), "threads": torch.get_num_threads(),
+            "torch": ver["torch"], "mollify_fast": ver["mollify_fast"]}

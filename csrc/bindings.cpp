@@ -18,6 +18,7 @@ namespace py = pybind11;
 
 namespace mollify_fast {
 void mollify_cpu(const MollifyArgs& a, int num_threads);  // csrc/cpu_dispatch.cpp
+void mollify_cpu_mapped(const MollifyArgs& a, const MapArgs& m, int num_threads);
 int64_t set_parallel_grain(int64_t elements_per_thread);
 int threads_for_call(int64_t numel, int max_threads);
 std::string cpu_isa();
@@ -25,8 +26,10 @@ std::vector<std::string> cpu_isas();
 std::vector<std::string> cpu_isas_compiled();
 std::string set_cpu_isa(const std::string& name);
 void mollify_cuda_emulated(const MollifyArgs& a);  // csrc/mollify_cuda_host.cpp, always built
+void mollify_cuda_emulated_mapped(const MollifyArgs& a, const MapArgs& m);
 #ifdef MOLLIFY_FAST_WITH_CUDA
 void mollify_cuda(const MollifyArgs& a, uintptr_t stream, int device);
+void mollify_cuda_mapped(const MollifyArgs& a, const MapArgs& m, uintptr_t stream, int device);
 std::string cuda_runtime_info();
 #endif
 }  // namespace mollify_fast
@@ -140,6 +143,17 @@ bool take_groups(uintptr_t state, int64_t numel, uint64_t& seed, uint64_t& offse
   make_args(dtype, sizes, xs, os, ns, x, out, noise, numel, batch, sample_numel, sigma, alpha, blur_sigma, \
             sigma_p, alpha_p, blur_p, has_blur, radius, radius_p, max_radius, seed, offset)
 
+// The input map's extra arguments (csrc/mollify_args.h, MapArgs), after MOLLIFY_PARAMS.
+#define MAP_PARAMS int x_dtype, double scale, double shift, bool dequant
+#define MAP_ARGS py::arg("x_dtype"), py::arg("scale"), py::arg("shift"), py::arg("dequant")
+
+namespace {
+mollify_fast::MapArgs make_map(int x_dtype, double scale, double shift, bool dequant) {
+  if (x_dtype < 0 || x_dtype > mollify_fast::kUInt8) throw std::invalid_argument("x dtype code must be 0..4");
+  return mollify_fast::MapArgs{x_dtype, scale, shift, dequant ? 1 : 0};
+}
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "mollify_fast compiled kernels (CPU, the CUDA kernels' host emulation, and CUDA when built with it)";
   m.def(
@@ -150,6 +164,17 @@ PYBIND11_MODULE(_C, m) {
         mollify_fast::mollify_cpu(a, num_threads);
       },
       MOLLIFY_ARGS, py::arg("num_threads"));
+  m.def(
+      "mollify_cpu_mapped",
+      [](MOLLIFY_PARAMS, MAP_PARAMS, int num_threads) {
+        MollifyArgs a = MOLLIFY_MAKE_ARGS;
+        const mollify_fast::MapArgs map = make_map(x_dtype, scale, shift, dequant);
+        py::gil_scoped_release release;
+        mollify_fast::mollify_cpu_mapped(a, map, num_threads);
+      },
+      MOLLIFY_ARGS, MAP_ARGS, py::arg("num_threads"),
+      "mollify_cpu with an input map (README, 'The input map'): x of dtype code x_dtype (4: uint8), out and "
+      "noise of `dtype`; no blur.");
   py::class_<Plan>(m, "Plan",
                    "MollifyArgs of one layout (pointers, scalar parameters and stream left to each call); "
                    "built from the same arguments as mollify_cpu, whose pointers and values it ignores.")
@@ -226,6 +251,15 @@ PYBIND11_MODULE(_C, m) {
         mollify_fast::mollify_cuda_emulated(a);
       },
       MOLLIFY_ARGS);
+  m.def(
+      "mollify_cuda_emulated_mapped",
+      [](MOLLIFY_PARAMS, MAP_PARAMS) {
+        MollifyArgs a = MOLLIFY_MAKE_ARGS;
+        const mollify_fast::MapArgs map = make_map(x_dtype, scale, shift, dequant);
+        py::gil_scoped_release release;
+        mollify_fast::mollify_cuda_emulated_mapped(a, map);
+      },
+      MOLLIFY_ARGS, MAP_ARGS);
 #ifdef MOLLIFY_FAST_WITH_CUDA
   m.attr("with_cuda") = true;
   m.def(
@@ -235,6 +269,13 @@ PYBIND11_MODULE(_C, m) {
         mollify_fast::mollify_cuda(a, stream, device);
       },
       MOLLIFY_ARGS, py::arg("stream"), py::arg("device"));
+  m.def(
+      "mollify_cuda_mapped",
+      [](MOLLIFY_PARAMS, MAP_PARAMS, uintptr_t stream, int device) {
+        MollifyArgs a = MOLLIFY_MAKE_ARGS;
+        mollify_fast::mollify_cuda_mapped(a, make_map(x_dtype, scale, shift, dequant), stream, device);
+      },
+      MOLLIFY_ARGS, MAP_ARGS, py::arg("stream"), py::arg("device"));
   m.def(
       "mollify_cuda_plan",
       [](const Plan& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uint64_t seed,

@@ -20,6 +20,7 @@ namespace mollify_fast {
 #define MF_DECLARE_ISA(ns) \
   namespace ns {           \
   void mollify_cpu(const MollifyArgs& a, int nthreads); \
+  void mollify_cpu_mapped(const MollifyArgs& a, const MapArgs& m, int nthreads); \
   }
 MF_DECLARE_ISA(isa_baseline)
 #ifdef MOLLIFY_FAST_HAVE_AVX2
@@ -32,11 +33,13 @@ MF_DECLARE_ISA(isa_avx512)
 namespace {
 
 using Kernel = void (*)(const MollifyArgs&, int);
+using MappedKernel = void (*)(const MollifyArgs&, const MapArgs&, int);
 
 struct Isa {
   const char* name;
   Kernel kernel;
   bool (*runs_here)();
+  MappedKernel mapped;
 };
 
 bool always() { return true; }
@@ -70,12 +73,12 @@ bool has_v4() {
 // Narrowest first.
 const std::vector<Isa>& compiled() {
   static const std::vector<Isa> isas = {
-      {MOLLIFY_FAST_BASELINE_NAME, &isa_baseline::mollify_cpu, &always},
+      {MOLLIFY_FAST_BASELINE_NAME, &isa_baseline::mollify_cpu, &always, &isa_baseline::mollify_cpu_mapped},
 #ifdef MOLLIFY_FAST_HAVE_AVX2
-      {"avx2", &isa_avx2::mollify_cpu, &has_v3},
+      {"avx2", &isa_avx2::mollify_cpu, &has_v3, &isa_avx2::mollify_cpu_mapped},
 #endif
 #ifdef MOLLIFY_FAST_HAVE_AVX512
-      {"avx512", &isa_avx512::mollify_cpu, &has_v4},
+      {"avx512", &isa_avx512::mollify_cpu, &has_v4, &isa_avx512::mollify_cpu_mapped},
 #endif
   };
   return isas;
@@ -112,6 +115,10 @@ int64_t set_parallel_grain(int64_t elements_per_thread) {
 
 void mollify_cpu(const MollifyArgs& a, int num_threads) {
   g_isa.load(std::memory_order_relaxed)->kernel(a, threads_for_call(a.numel, num_threads));
+}
+
+void mollify_cpu_mapped(const MollifyArgs& a, const MapArgs& m, int num_threads) {
+  g_isa.load(std::memory_order_relaxed)->mapped(a, m, threads_for_call(a.numel, num_threads));
 }
 
 std::string cpu_isa() { return g_isa.load()->name; }

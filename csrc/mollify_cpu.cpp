@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #if defined(__linux__)
@@ -26,6 +27,7 @@ namespace mollify_fast {
 MF_ISA_BEGIN  // compiled once per instruction set: csrc/cpu_dispatch.cpp picks one
 
 void normals_cpu(uint64_t seed, uint64_t group0, int64_t ngroups, float* out);
+void uniforms_cpu(uint64_t seed, uint64_t group0, int64_t ngroups, float* out);
 
 namespace {
 
@@ -41,6 +43,21 @@ inline float* draw(const MollifyArgs& a, int64_t i0, int64_t len, float* buf) {
   const int64_t g0 = i0 >> 2, g1 = (i0 + len + 3) >> 2;
   normals_cpu(a.seed, a.offset + static_cast<uint64_t>(g0), g1 - g0, buf);
   return buf + (i0 & 3);
+}
+
+// Work item `item` of a noise kernel (segments of kSegment elements of the coalesced last dim,
+// segs per row of W): its length, its memory offsets in x, out and noise, and its first logical
+// index (returned).
+inline int64_t segment(const MollifyArgs& a, int64_t item, int64_t segs, int64_t W, int64_t& len, int64_t& ox,
+                       int64_t& oo, int64_t& on) {
+  const int last = a.ndim - 1;
+  const int64_t row = item / segs, w0 = (item % segs) * kSegment;
+  len = std::min(kSegment, W - w0);
+  unravel_offsets(a, last, row, ox, oo, on);
+  ox += w0 * a.x_strides[last];
+  oo += w0 * a.out_strides[last];
+  on += w0 * a.noise_strides[last];
+  return row * W + w0;
 }
 
 // ---- noise: out = alpha * x + sigma * eps over segments of the coalesced last dim ----
@@ -61,14 +78,8 @@ void noise_kernel(const MollifyArgs& a, int nthreads) {
     std::vector<float> buf(kSegment + 8);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
-      const int64_t row = item / segs, w0 = (item % segs) * kSegment;
-      const int64_t len = std::min(kSegment, W - w0);
-      int64_t ox, oo, on;
-      unravel_offsets(a, last, row, ox, oo, on);
-      ox += w0 * sx;
-      oo += w0 * so;
-      on += w0 * sn;
-      const int64_t i0 = row * W + w0;
+      int64_t len, ox, oo, on;
+      const int64_t i0 = segment(a, item, segs, W, len, ox, oo, on);
       const float* eps = draw(a, i0, len, buf.data());
       // Split the segment where the sample (and so the parameters) changes; scalar parameters
       // never change, so the segment stays whole. (Split per sample, a (4096, 4) tabular batch
@@ -279,7 +290,96 @@ void advise_huge_pages(const void* p, int64_t bytes) {
 
 int64_t element_size(int32_t dtype) { return dtype == kFloat64 ? 8 : dtype == kFloat32 ? 4 : 2; }
 
+// ---- the input map: x of any dtype (uint8 too) in, out of another dtype (README, "The input map") ----
+
+template <typename TI> struct MapLoad {
+  template <typename A> static A get(const TI* p) { return static_cast<A>(Io<TI>::load(p)); }
+};
+template <> struct MapLoad<uint8_t> {
+  template <typename A> static A get(const uint8_t* p) { return static_cast<A>(*p); }
+};
+
+// out = alpha * x_f + sigma * eps, x_f = ((x + u) * scale) + shift in A (double when x or out is
+// double), one rounding per step (no contraction: -ffp-contract=off), rounded once to TO. Same
+// work items as noise_kernel; the uniforms of a segment come from counter groups ceil(numel / 4)
+// after its normals'. Plain scalar loops: the map serves image pipelines, whose cost is the
+// normals and the memory traffic (uint8 in: a quarter of float32's read).
+template <typename TI, typename TO>
+void mapped_noise_kernel(const MollifyArgs& a, const MapArgs& m, int nthreads) {
+  using A = typename std::conditional<std::is_same<TI, double>::value || std::is_same<TO, double>::value, double,
+                                      float>::type;
+  using S = typename Io<TO>::acc;
+  const int last = a.ndim - 1;
+  const int64_t W = a.sizes[last], segs = (W + kSegment - 1) / kSegment, items = (a.numel / W) * segs;
+  const int64_t sx = a.x_strides[last], so = a.out_strides[last], sn = a.noise_strides[last];
+  const TI* x = static_cast<const TI*>(a.x);
+  TO *out = static_cast<TO*>(a.out), *noise = static_cast<TO*>(a.noise);
+  const A scale = static_cast<A>(m.scale), shift = static_cast<A>(m.shift);
+  const uint64_t ugroup0 = a.offset + static_cast<uint64_t>((a.numel + 3) >> 2);
+  const bool per_sample = a.alpha_p || a.sigma_p;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+  {
+    // Without dequantisation u is a segment of zeros: x + 0 is exact, and the loop stays one
+    // branch-free body that gcc vectorises on unit strides.
+    std::vector<float> buf(kSegment + 8), ubuf(kSegment + 8, 0.0f);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      int64_t len, ox, oo, on;
+      const int64_t i0 = segment(a, item, segs, W, len, ox, oo, on);
+      const float* eps = draw(a, i0, len, buf.data());
+      const float* u = ubuf.data();
+      if (m.dequant) {
+        const int64_t g0 = i0 >> 2, g1 = (i0 + len + 3) >> 2;
+        uniforms_cpu(a.seed, ugroup0 + static_cast<uint64_t>(g0), g1 - g0, ubuf.data());
+        u += i0 & 3;
+      }
+      // Split where the sample changes, as noise_kernel: the parameters are fixed inside a run.
+      for (int64_t j = 0; j < len;) {
+        const int64_t n = (i0 + j) / a.sample_numel;
+        const int64_t stop = per_sample ? std::min(len, (n + 1) * a.sample_numel - i0) : len;
+        const A al = param<A>(a.alpha_p, a.alpha, n), sg = param<A>(a.sigma_p, a.sigma, n);
+        const TI* xs = x + ox;
+        TO* os = out + oo;
+#pragma omp simd
+        for (int64_t k = j; k < stop; ++k) {
+          const A v = (MapLoad<TI>::template get<A>(xs + k * sx) + static_cast<A>(u[k])) * scale + shift;
+          Io<TO>::store(os + k * so, static_cast<S>(al * v + sg * static_cast<A>(eps[k])));
+        }
+        if (noise)
+          for (int64_t k = j; k < stop; ++k) Io<TO>::store(noise + on + k * sn, static_cast<S>(eps[k]));
+        j = stop;
+      }
+    }
+  }
+}
+
+template <typename TI>
+void mapped_out(const MollifyArgs& a, const MapArgs& m, int nthreads) {
+  switch (a.dtype) {
+    case kFloat16: mapped_noise_kernel<TI, Half>(a, m, nthreads); break;
+    case kBFloat16: mapped_noise_kernel<TI, BF16>(a, m, nthreads); break;
+    case kFloat32: mapped_noise_kernel<TI, float>(a, m, nthreads); break;
+    case kFloat64: mapped_noise_kernel<TI, double>(a, m, nthreads); break;
+    default: throw std::invalid_argument("mollify_cpu_mapped: unsupported out dtype code");
+  }
+}
+
 }  // namespace
+
+// The noise op with an input map (no blur), nthreads as for mollify_cpu.
+void mollify_cpu_mapped(const MollifyArgs& a, const MapArgs& m, int nthreads) {
+  if (a.numel == 0) return;
+  if (a.has_blur) throw std::invalid_argument("mollify_cpu_mapped: no blur (the map runs unfused there)");
+  if (a.ndim < 1 || a.ndim > kMaxDims) throw std::invalid_argument("mollify_cpu_mapped: ndim out of range");
+  switch (m.x_dtype) {
+    case kUInt8: mapped_out<uint8_t>(a, m, nthreads); break;
+    case kFloat16: mapped_out<Half>(a, m, nthreads); break;
+    case kBFloat16: mapped_out<BF16>(a, m, nthreads); break;
+    case kFloat32: mapped_out<float>(a, m, nthreads); break;
+    case kFloat64: mapped_out<double>(a, m, nthreads); break;
+    default: throw std::invalid_argument("mollify_cpu_mapped: unsupported x dtype code");
+  }
+}
 
 // nthreads: from threads_for_call (csrc/cpu_dispatch.cpp), at least 1.
 void mollify_cpu(const MollifyArgs& a, int nthreads) {

@@ -73,6 +73,19 @@ void emulate(const MollifyArgs& a) {
 
 }  // namespace
 
+// The mapped noise kernel's grid (as kernels/mollify_cuda.cu launches it), block by block.
+void mollify_cuda_emulated_mapped(const MollifyArgs& a, const MapArgs& m) {
+  if (a.numel == 0) return;
+  const int64_t groups = (a.numel + 3) / 4;
+  const int64_t blocks = std::min<int64_t>((groups + kThreads - 1) / kThreads, kMaxNoiseBlocks);
+  const int64_t stride = blocks * kThreads;
+  with_map_types(m.x_dtype, a.dtype, [&](auto xi, auto xo) {
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int t = 0; t < kThreads; ++t)
+        mapped_noise_thread<decltype(xi), decltype(xo)>(a, m, b * kThreads + t, stride);
+  });
+}
+
 void mollify_cuda_emulated(const MollifyArgs& a) {
   if (a.numel == 0) return;
   switch (a.dtype) {

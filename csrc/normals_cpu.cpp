@@ -184,5 +184,24 @@ void normals_cpu(uint64_t seed, uint64_t group0, int64_t ngroups, float* out) {
   }
 }
 
+// The uniforms u0..u3 of counter groups group0 .. group0 + ngroups - 1, four per group in
+// order (the dequantisation uniforms: README, "The noise stream"), by the normals' word map.
+void uniforms_cpu(uint64_t seed, uint64_t group0, int64_t ngroups, float* out) {
+  alignas(64) uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+  const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
+  for (int64_t base = 0; base < ngroups; base += kLanes) {
+    const int64_t n = ngroups - base < kLanes ? ngroups - base : kLanes;
+    philox_lanes(key0, key1, group0 + static_cast<uint64_t>(base), static_cast<int>((n + 15) & ~int64_t(15)), c0,
+                 c1, c2, c3);
+    float* o = out + 4 * base;
+    for (int64_t i = 0; i < n; ++i) {
+      o[4 * i + 0] = word_to_uniform(c0[i]);
+      o[4 * i + 1] = word_to_uniform(c1[i]);
+      o[4 * i + 2] = word_to_uniform(c2[i]);
+      o[4 * i + 3] = word_to_uniform(c3[i]);
+    }
+  }
+}
+
 MF_ISA_END
 }  // namespace mollify_fast

@@ -65,6 +65,12 @@ __global__ void __launch_bounds__(kThreads) mollify_blur_direct_kernel(const Mol
                         static_cast<int64_t>(gridDim.x) * blockDim.x);
 }
 
+template <typename TI, typename TO>
+__global__ void __launch_bounds__(kThreads) mollify_mapped_noise_kernel(const MollifyArgs a, const MapArgs m) {
+  mapped_noise_thread<TI, TO>(a, m, blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+                              static_cast<int64_t>(gridDim.x) * blockDim.x);
+}
+
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string("mollify_cuda: ") + what + ": " + cudaGetErrorString(err));
 }
@@ -127,6 +133,28 @@ void mollify_cuda(const MollifyArgs& a, uintptr_t stream_handle, int device) {
       case kFloat64: launch<double>(a, sms, stream); break;
       default: throw std::invalid_argument("mollify_cuda: unsupported dtype code");
     }
+  } catch (...) {
+    if (previous != device) cudaSetDevice(previous);
+    throw;
+  }
+  if (previous != device) check(cudaSetDevice(previous), "cudaSetDevice (restore)");
+}
+
+// The noise op with an input map (no blur): x of dtype code m.x_dtype (uint8 too), out of a.dtype.
+void mollify_cuda_mapped(const MollifyArgs& a, const MapArgs& m, uintptr_t stream_handle, int device) {
+  if (a.numel == 0) return;
+  if (a.has_blur) throw std::invalid_argument("mollify_cuda_mapped: no blur (the map runs unfused there)");
+  int previous = -1;
+  check(cudaGetDevice(&previous), "cudaGetDevice");
+  if (previous != device) check(cudaSetDevice(device), "cudaSetDevice");
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  try {
+    const int64_t groups = (a.numel + 3) / 4;
+    const unsigned grid = static_cast<unsigned>(std::min<int64_t>((groups + kThreads - 1) / kThreads, kMaxNoiseBlocks));
+    with_map_types(m.x_dtype, a.dtype, [&](auto xi, auto xo) {
+      mollify_mapped_noise_kernel<decltype(xi), decltype(xo)><<<grid, kThreads, 0, stream>>>(a, m);
+    });
+    check(cudaGetLastError(), "launching the mapped noise kernel");
   } catch (...) {
     if (previous != device) cudaSetDevice(previous);
     throw;

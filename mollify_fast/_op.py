@@ -9,14 +9,17 @@ Path from the call to a kernel::
         -> _run                               value checks, backend choice, stream
           -> backends.mollify_<name>(...)     launcher -> kernel
           (or _run_unfused: a blur radius >= min(H, W), or more than 8 dims that do not
-           merge on cpu/cuda: folded blur into a temporary, then the backend's noise kernel)
+           merge on cpu/cuda: folded blur into a temporary, then the backend's noise kernel;
+           or _run_mapped: an input map that the backend's kernel does not apply itself, as
+           with a blur: x_f into a temporary in the compute dtype, then the plain op on it)
 
 The custom ops have fake (meta) implementations, so a step that calls ``mollify`` compiles
 under ``torch.compile(fullgraph=True)``; the op stays opaque to the compiler, which is the
 point: it is already one fused pass.
 
-Fast path (``_fast``): an eager noise-only call with Python-number or 0-d-tensor parameters
-and no ``out`` looks up a launch plan cached per (shape, strides, dtype, device, alpha given,
+Fast path (``_fast``): an eager noise-only call with Python-number or 0-d-tensor parameters,
+no ``out`` and no input map options (``input_scale``, ``input_shift``, ``dequantize``,
+``out_dtype``; a uint8 x has no plan either) looks up a launch plan cached per (shape, strides, dtype, device, alpha given,
 return_noise, backend). The plan holds the resolved backend and, for ``cpu``/``cuda``, the
 kernel's layout arguments already packed (``_C.Plan``); a call then checks its numbers in one
 comparison each, allocates, takes the stream and makes one extension call. Whatever the fast
@@ -41,6 +44,8 @@ from . import backends
 from ._blur import blur as blur_planes
 from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, Params, check_out_memory, check_static, compute_dtype,
                         resolve_params, same_view)
+from ._validate import check_input_map, check_map_values, check_x, map_compute_dtype
+from . import reference as _reference
 from ._replay import take as take_replayable, untracked as replay_untracked
 from .generator import Generator, draw_default_seed
 
@@ -89,13 +94,20 @@ def _run(
     blur_radius: int,
     gen_state: Optional[torch.Tensor],
     backend: str,
+    in_scale: float = 1.0,
+    in_shift: float = 0.0,
+    dequant: bool = False,
 ) -> None:
-    """Everything that reads values, in an order that writes nothing until all checks pass."""
+    """Everything that reads values, in an order that writes nothing until all checks pass.
+    The output dtype is out's; ``in_scale``/``in_shift``/``dequant`` are the input map."""
     global _last_backend
     if _capturing(x):
         _refuse_capture()
-    p: Params = resolve_params(x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius)
-    name, launch = backends.resolve(backend, x, p)
+    p: Params = resolve_params(_dtype_carrier(x, out), sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur,
+                               blur_radius)
+    p = _with_map(p, x, out, in_scale, in_shift, dequant)
+    mapped = p.maps(x, out)
+    name, launch = backends.resolve(backend, _map_probe(x, out) if mapped else x, p)
     # A lazily negated view (``z.conj().imag``) reads and writes with its sign flipped; the
     # kernels see raw memory, so they get a resolved x and write a temporary that is copied
     # into such an out (copy_ honours the sign).
@@ -109,9 +121,9 @@ def _run(
     if x.is_neg():
         x = x.resolve_neg()
     # Decided before the stream is taken: nothing below refuses a call.
-    unfused = x.numel() != 0 and name not in _PURE and _needs_unfused(name, x, out, noise, p)
+    unfused = x.numel() != 0 and name not in _PURE and not mapped and _needs_unfused(name, x, out, noise, p)
     if gen_state is not None:
-        stream = take_replayable(gen_state, x.numel())
+        stream = take_replayable(gen_state, _stream_elements(x.numel(), dequant))
     elif name == "torch":
         stream = None  # the torch backend draws from PyTorch's default generator directly
     else:
@@ -119,7 +131,9 @@ def _run(
     _last_backend = name
     if x.numel() == 0:
         return
-    if unfused:
+    if mapped and not backends.maps_input(name, x, out, p):
+        _run_mapped(name, launch, x, out, noise, p, stream)
+    elif unfused:
         _run_unfused(launch, x, out, noise, p, stream)
     else:
         if p.blur is not None and same_view(out, x):
@@ -132,6 +146,61 @@ def _run(
 
 
 _PURE = ("torch", "reference")  # handle any radius and rank themselves
+
+
+# ---- the input map (README, "The contract, in short"): uint8 in, floats out ----
+
+def _dtype_carrier(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The tensor whose dtype gives the compute dtype to :func:`resolve_params`: x for the plain
+    op and float64 x, else out (float64 compute exactly when x or the output is float64)."""
+    return x if x.dtype == out.dtype or x.dtype == torch.float64 else out
+
+
+def _with_map(p: Params, x: torch.Tensor, out: torch.Tensor, in_scale: float, in_shift: float,
+              dequant: bool) -> Params:
+    """``p`` with the input map, its values checked (finite, within the compute dtype)."""
+    if not dequant and in_scale == 1.0 and in_shift == 0.0:
+        return p
+    check_map_values(in_scale, in_shift, map_compute_dtype(x.dtype, out.dtype))
+    return replace(p, in_scale=float(in_scale), in_shift=float(in_shift), dequant=bool(dequant))
+
+
+def _map_probe(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """A storage-free stand-in for x_f (x's shape and device, the compute dtype) for a backend's
+    ``supports``: a backend without its own input map runs on x_f (:func:`_run_mapped`)."""
+    acc = map_compute_dtype(x.dtype, out.dtype)
+    return torch.empty(1, dtype=acc, device=x.device).expand(x.shape)
+
+
+def _stream_elements(numel: int, dequant: bool) -> int:
+    """The element count whose groups a call takes from its stream: ``ceil(numel / 4)`` groups
+    for the normals, twice that with ``dequant`` (README, "The noise stream")."""
+    return 8 * ((numel + 3) >> 2) if dequant else numel
+
+
+def _run_mapped(name: str, launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params,
+                stream) -> None:
+    """A call with an input map on a backend whose kernel has none: x_f (the map, with the
+    stream's dequantisation uniforms) into a contiguous temporary in the compute dtype, then
+    the plain op on it, written straight into out where out has the compute dtype, else into
+    a temporary rounded once into out. Same numbers as the fused map, one more pass."""
+    acc = map_compute_dtype(x.dtype, out.dtype)
+    u = None
+    if p.dequant:
+        seed, offset = stream
+        u = _reference.dequant_uniforms(seed, offset, x.numel()).reshape(x.shape).to(x.device)
+    xf = _reference.input_map(x, acc, p.in_scale, p.in_shift, u).contiguous()
+    pf = replace(p, in_scale=1.0, in_shift=0.0, dequant=False)
+    res = out if out.dtype == acc else torch.empty_like(xf)
+    eps = noise if noise is None or noise.dtype == acc else torch.empty_like(xf)
+    if _needs_unfused(name, xf, res, eps, pf):
+        _run_unfused(launch, xf, res, eps, pf, stream)
+    else:
+        launch(xf, res, eps, pf, stream)
+    if res is not out:
+        out.copy_(res)
+    if noise is not None and eps is not noise:
+        noise.copy_(cast(torch.Tensor, eps))
 
 
 def _needs_unfused(name: str, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params) -> bool:
@@ -190,18 +259,24 @@ def _mollify_op(
     gen_state: Optional[torch.Tensor],
     return_noise: bool,
     backend: str,
+    input_scale: float = 1.0,
+    input_shift: float = 0.0,
+    dequantize: bool = False,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    out = torch.empty_like(x)
-    noise = torch.empty_like(x) if return_noise else x.new_empty(0)
+    dt = x.dtype if out_dtype is None else out_dtype
+    out = torch.empty_like(x, dtype=dt)
+    noise = torch.empty_like(x, dtype=dt) if return_noise else x.new_empty(0, dtype=dt)
     _run(x, out, noise if return_noise else None, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t,
-         has_blur, blur_radius, gen_state, backend)
+         has_blur, blur_radius, gen_state, backend, input_scale, input_shift, dequantize)
     return out, noise
 
 
 @_mollify_op.register_fake
 def _mollify_fake(x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius, gen_state,
-                  return_noise, backend):
-    return torch.empty_like(x), (torch.empty_like(x) if return_noise else x.new_empty(0))
+                  return_noise, backend, input_scale=1.0, input_shift=0.0, dequantize=False, out_dtype=None):
+    dt = x.dtype if out_dtype is None else out_dtype
+    return torch.empty_like(x, dtype=dt), (torch.empty_like(x, dtype=dt) if return_noise else x.new_empty(0, dtype=dt))
 
 
 @torch.library.custom_op("mollify_fast::mollify_out", mutates_args=("out", "noise", "gen_state"))
@@ -220,17 +295,21 @@ def _mollify_out_op(
     blur_radius: int,
     gen_state: Optional[torch.Tensor],
     backend: str,
+    input_scale: float = 1.0,
+    input_shift: float = 0.0,
+    dequantize: bool = False,
 ) -> None:
     # x=None means "x is out" (in place); the op never receives two aliased arguments.
+    # The output dtype is out's (checked by the public function).
     src = out if x is None else x
     check_out_memory(src, out, noise)
     _run(src, out, noise, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
-         gen_state, backend)
+         gen_state, backend, input_scale, input_shift, dequantize)
 
 
 @_mollify_out_op.register_fake
 def _mollify_out_fake(out, x, noise, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
-                      gen_state, backend):
+                      gen_state, backend, input_scale=1.0, input_shift=0.0, dequantize=False):
     return None
 
 
@@ -264,7 +343,8 @@ def _per_row(t: Optional[torch.Tensor], dim: Optional[int], b: int, n: int) -> O
 
 
 def _mollify_vmap(info, in_dims, x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
-                  gen_state, return_noise, backend):
+                  gen_state, return_noise, backend, input_scale=1.0, input_shift=0.0, dequantize=False,
+                  out_dtype=None):
     """randomness='different': the B slices of ``[N, ...]`` run as one ``[B * N, ...]`` batch,
     so slice ``b`` draws the stream's elements ``b * slice_numel ...`` (noise of its own) and
     the generator advances once, by the whole batch."""
@@ -275,7 +355,8 @@ def _mollify_vmap(info, in_dims, x, sigma, sigma_t, alpha, alpha_t, vp, blur, bl
     merged = xb.reshape(b * n, *xb.shape[2:])
     out, noise = torch.ops.mollify_fast.mollify(
         merged, sigma, _per_row(sigma_t, in_dims[2], b, n), alpha, _per_row(alpha_t, in_dims[4], b, n), vp,
-        blur, _per_row(blur_t, in_dims[7], b, n), has_blur, blur_radius, gen_state, return_noise, backend)
+        blur, _per_row(blur_t, in_dims[7], b, n), has_blur, blur_radius, gen_state, return_noise, backend,
+        input_scale, input_shift, dequantize, out_dtype)
     if return_noise:
         return (out.reshape(xb.shape), noise.reshape(xb.shape)), (0, 0)
     return (out.reshape(xb.shape), noise), (0, None)
@@ -420,15 +501,18 @@ def _plain_eager(x: torch.Tensor) -> bool:
 @overload
 def mollify(x: torch.Tensor, sigma: ParamLike, *, alpha: Optional[ParamLike] = ..., blur_sigma: Optional[ParamLike] = ...,
             blur_radius: Optional[int] = ..., generator: Optional[Generator] = ..., out: Optional[torch.Tensor] = ...,
-            return_noise: Literal[False] = ..., backend: str = ...) -> torch.Tensor: ...
+            return_noise: Literal[False] = ..., input_scale: Optional[Number] = ..., input_shift: Number = ...,
+            dequantize: bool = ..., out_dtype: Optional[torch.dtype] = ..., backend: str = ...) -> torch.Tensor: ...
 @overload
 def mollify(x: torch.Tensor, sigma: ParamLike, *, alpha: Optional[ParamLike] = ..., blur_sigma: Optional[ParamLike] = ...,
             blur_radius: Optional[int] = ..., generator: Optional[Generator] = ..., out: Optional[torch.Tensor] = ...,
-            return_noise: Literal[True], backend: str = ...) -> Tuple[torch.Tensor, torch.Tensor]: ...
+            return_noise: Literal[True], input_scale: Optional[Number] = ..., input_shift: Number = ...,
+            dequantize: bool = ..., out_dtype: Optional[torch.dtype] = ..., backend: str = ...) -> Tuple[torch.Tensor, torch.Tensor]: ...
 @overload
 def mollify(x: torch.Tensor, sigma: ParamLike, *, alpha: Optional[ParamLike] = ..., blur_sigma: Optional[ParamLike] = ...,
             blur_radius: Optional[int] = ..., generator: Optional[Generator] = ..., out: Optional[torch.Tensor] = ...,
-            return_noise: bool = ..., backend: str = ...) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]: ...
+            return_noise: bool = ..., input_scale: Optional[Number] = ..., input_shift: Number = ...,
+            dequantize: bool = ..., out_dtype: Optional[torch.dtype] = ..., backend: str = ...) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]: ...
 def mollify(
     x: torch.Tensor,
     sigma: ParamLike,
@@ -439,21 +523,27 @@ def mollify(
     generator: Optional[Generator] = None,
     out: Optional[torch.Tensor] = None,
     return_noise: bool = False,
+    input_scale: Optional[Number] = None,
+    input_shift: Number = 0.0,
+    dequantize: bool = False,
+    out_dtype: Optional[torch.dtype] = None,
     backend: str = "auto",
 ):
-    r"""Mollify a batch: ``out = alpha * B(x) + sigma * eps`` in one fused pass.
+    r"""Mollify a batch: ``out = alpha * B(x_f) + sigma * eps`` in one fused pass.
 
     .. math::
 
-        \mathrm{out}_i = \alpha_{n(i)}\,(B x)_i + \sigma_{n(i)}\,\varepsilon_i,
+        \mathrm{out}_i = \alpha_{n(i)}\,(B x_f)_i + \sigma_{n(i)}\,\varepsilon_i,
         \qquad \varepsilon_i \sim \mathcal N(0, 1),
 
-    where ``n(i)`` is the sample (dim-0 index) of element ``i`` and ``B`` is a Gaussian blur
-    of the last two dims (identity when ``blur_sigma`` is None or 0).
+    where ``n(i)`` is the sample (dim-0 index) of element ``i``, ``B`` is a Gaussian blur
+    of the last two dims (identity when ``blur_sigma`` is None or 0) and
+    ``x_f = (x + u) * input_scale + input_shift`` is the input map (``x_f = x`` by default for
+    floating x; ``u`` the dequantisation uniform, 0 unless ``dequantize``).
 
     Args:
-        x: ``[N, ...]`` float16/bfloat16/float32/float64 tensor, any strides. Must not require
-            grad (the op is autograd-free; pass ``x.detach()``).
+        x: ``[N, ...]`` uint8/float16/bfloat16/float32/float64 tensor, any strides. Must not
+            require grad (the op is autograd-free; pass ``x.detach()``).
         sigma: noise scale: a Python or numpy number (a Python float may change every call
             under ``torch.compile``: no recompile), a 0-d tensor or ndarray, or one value per
             sample as ``[N]`` or ``[N, 1, ..., 1]`` (a tensor on x's device or the CPU, or an
@@ -467,22 +557,37 @@ def mollify(
         blur_radius: taps on each side; default ``ceil(3 * blur_sigma)`` per sample. At most
             ``MAX_BLUR_RADIUS`` (2**20). Radii ``>= min(H, W)`` fold the weights onto the
             mirrored image (exact) and run unfused: a blur pass, then the noise kernel.
-        generator: a :class:`mollify_fast.Generator` stream, advanced by ``ceil(numel / 4)``.
-            None draws a seed from PyTorch's default generator for x's device.
-        out: tensor to write (x's shape, dtype, device); may be ``x`` itself.
-        return_noise: also return ``eps`` (rounded to x.dtype).
+        generator: a :class:`mollify_fast.Generator` stream, advanced by ``ceil(numel / 4)``
+            (twice that with ``dequantize``). None draws a seed from PyTorch's default generator for x's device.
+        out: tensor to write (x's shape and device, the output dtype); may be ``x`` itself
+            when that has the output dtype (never a uint8 x).
+        return_noise: also return ``eps`` (rounded to the output dtype).
+        input_scale: a finite Python or numpy number; default 1 for floating x, 1/255 for
+            uint8 (to [0, 1]), 1/256 for uint8 with ``dequantize`` (to [0, 1)). Under
+            ``torch.compile`` it and ``input_shift`` are specialised (constants: a new value
+            recompiles).
+        input_shift: a finite Python or numpy number added after the scale (e.g.
+            ``input_scale=2/255, input_shift=-1`` maps uint8 images to [-1, 1]).
+        dequantize: add ``u ~ U[0, 1)`` per element before the scale (the flows'
+            dequantisation), drawn from the stream after the normals: the call takes
+            ``2 * ceil(numel / 4)`` counter groups (README, "The noise stream").
+        out_dtype: the output dtype, any floating dtype; default x.dtype for floating x,
+            float32 for uint8.
         backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"``, ``"cuda"`` or
             ``"reference"``.
 
     Returns:
-        ``out`` (x's shape and dtype; a new tensor with x's layout unless ``out`` is given),
-        or ``(out, eps)`` when ``return_noise``.
+        ``out`` (x's shape, the output dtype; a new tensor with x's layout unless ``out`` is
+        given), or ``(out, eps)`` when ``return_noise``.
 
-    The arithmetic is float32 (float64 for float64 input), rounded once to x.dtype. Every
+    The arithmetic, the input map included, is float32 (float64 when x or the output dtype is
+    float64), rounded once to the output dtype. Every
     backend but ``torch`` draws ``eps`` from the same Philox stream, so for one generator
     state they agree to float32 rounding on CPU and GPU alike.
     """
     if (blur_sigma is None and blur_radius is None and out is None and type(x) is torch.Tensor
+            and input_scale is None and dequantize is False and out_dtype is None
+            and type(input_shift) is float and input_shift == 0.0
             and (generator is None or type(generator) is Generator) and (return_noise is False or return_noise is True)
             and not _is_compiling() and _dispatch_depth() == 0 and not _function_mode()
             and not _functorch_active() and _tracing_state() is None):
@@ -498,12 +603,16 @@ def mollify(
         res = mollify(x.as_subclass(torch.Tensor), sigma, alpha=alpha, blur_sigma=blur_sigma,
                       blur_radius=blur_radius, generator=generator,
                       out=None if out is None else out.as_subclass(torch.Tensor),
-                      return_noise=return_noise, backend=backend)
+                      return_noise=return_noise, input_scale=input_scale, input_shift=input_shift,
+                      dequantize=dequantize, out_dtype=out_dtype, backend=backend)
         if return_noise:
             return (res[0].as_subclass(cls) if out is None else out), res[1].as_subclass(cls)
         return cast(torch.Tensor, res).as_subclass(cls) if out is None else out
+    check_x(x)
+    in_scale, in_shift, dequantize, out_dtype = check_input_map(x, input_scale, input_shift, dequantize, out_dtype)
     s, a, b = check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend,
-                           backends.NAMES)
+                           backends.NAMES, out_dtype)
+    imap = (in_scale, in_shift, dequantize)
     vp = a is None
     a_num, a_t = (0.0, None) if vp else a
     has_blur = b is not None
@@ -515,22 +624,22 @@ def mollify(
         # Same implementation as the custom ops, minus ~60 us of Python dispatch per call
         # (measured on the 2-core dev CPU); tracing, fake tensors and modes take the ops below.
         if out is None:
-            res = torch.empty_like(x)
-            noise = torch.empty_like(x) if return_noise else None
-            _run(x, res, noise, *args, backend)
+            res = torch.empty_like(x, dtype=out_dtype)
+            noise = torch.empty_like(x, dtype=out_dtype) if return_noise else None
+            _run(x, res, noise, *args, backend, *imap)
             return (res, noise) if return_noise else res
-        noise = torch.empty_like(x) if return_noise else None
+        noise = torch.empty_like(x, dtype=out_dtype) if return_noise else None
         check_out_memory(x, out, noise)
-        _run(x, out, noise, *args, backend)
+        _run(x, out, noise, *args, backend, *imap)
         # The kernels write through raw pointers: tell autograd that out (maybe x) changed, so a
         # backward that saved it raises "modified by an inplace operation" instead of using the
         # mollified values. (The custom op below does this itself for its mutated arguments.)
         _increment_version(out)
         return (out, noise) if return_noise else out
     if out is None:
-        res, noise = torch.ops.mollify_fast.mollify(x, *args, return_noise, backend)
+        res, noise = torch.ops.mollify_fast.mollify(x, *args, return_noise, backend, *imap, out_dtype)
         return (res, noise) if return_noise else res
-    noise = torch.empty_like(x) if return_noise else None
+    noise = torch.empty_like(x, dtype=out_dtype) if return_noise else None
     inplace = out is x or (not torch.compiler.is_compiling() and same_view(out, x))
-    torch.ops.mollify_fast.mollify_out(out, None if inplace else x, noise, *args, backend)
+    torch.ops.mollify_fast.mollify_out(out, None if inplace else x, noise, *args, backend, *imap)
     return (out, noise) if return_noise else out

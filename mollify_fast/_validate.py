@@ -45,9 +45,9 @@ def check_x(x, name: str = "x") -> None:
     if not torch.is_tensor(x):
         raise TypeError(f"mollify: {name} must be a torch.Tensor, got {type(x).__name__}")
     _check_layout(x, name)
-    if x.dtype not in FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES and x.dtype != torch.uint8:
         raise TypeError(
-            f"mollify: {name} must be float16, bfloat16, float32 or float64, got {x.dtype}; "
+            f"mollify: {name} must be uint8, float16, bfloat16, float32 or float64, got {x.dtype}; "
             f"convert it first, e.g. {name}.float()"
         )
     if x.dim() < 1:
@@ -138,8 +138,10 @@ def _is_0d_ndarray(v) -> bool:
     return type(v).__module__ == "numpy" and getattr(v, "ndim", None) == 0 and getattr(v.dtype, "kind", "") in "fiu"
 
 
-def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend, names):
-    """Type/shape/device checks; returns the split parameters. Raises before any write."""
+def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend, names,
+                 out_dtype: Optional[torch.dtype] = None):
+    """Type/shape/device checks; returns the split parameters. Raises before any write.
+    ``out_dtype``: the output dtype (:func:`check_input_map`); None means x.dtype."""
     from .generator import Generator
 
     check_x(x)
@@ -178,8 +180,9 @@ def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, retur
         if not torch.is_tensor(out):
             raise TypeError(f"mollify: out must be a torch.Tensor, got {type(out).__name__}")
         _check_layout(out, "out")
-        if out.dtype != x.dtype:
-            raise TypeError(f"mollify: out must have x's dtype {x.dtype}, got {out.dtype}")
+        want = x.dtype if out_dtype is None else out_dtype
+        if out.dtype != want:
+            raise _out_dtype_error(x, out, want)
         if out.shape != x.shape:
             raise ValueError(f"mollify: out must have x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
         if out.device != x.device:
@@ -193,6 +196,69 @@ def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, retur
                 "normal tensor as out (e.g. out=x.clone())"
             )
     return s, a, b
+
+
+def default_out_dtype(x_dtype: torch.dtype) -> torch.dtype:
+    """The output dtype when ``out_dtype`` is None: x.dtype for floating x, float32 for uint8."""
+    return torch.float32 if x_dtype == torch.uint8 else x_dtype
+
+
+def map_compute_dtype(x_dtype: torch.dtype, out_dtype: torch.dtype) -> torch.dtype:
+    """The arithmetic dtype of a call: float64 when x or the output is float64, else float32."""
+    return torch.float64 if torch.float64 in (x_dtype, out_dtype) else torch.float32
+
+
+def _map_number(name: str, v) -> float:
+    """``input_scale``/``input_shift``: a Python or numpy real number (or 0-d ndarray), as a float."""
+    if isinstance(v, _SYM):
+        return v  # type: ignore[return-value]  # traced: a SymFloat stands for the float, checked inside the op
+    if isinstance(v, bool) or not (isinstance(v, numbers.Real) or _is_0d_ndarray(v)):
+        raise TypeError(f"mollify: {name} must be a Python or numpy number, got {type(v).__name__}"
+                        + ("; pass its value with .item()" if torch.is_tensor(v) else ""))
+    return _number(name, v)
+
+
+def check_input_map(x: torch.Tensor, input_scale, input_shift, dequantize, out_dtype
+                    ) -> Tuple[float, float, bool, torch.dtype]:
+    """Types of the input map's arguments (README, "The contract, in short"); returns
+    ``(input_scale, input_shift, dequantize, out_dtype)`` with the defaults filled in. Their
+    values (finite) are checked by :func:`check_map_values`, inside the op."""
+    if not isinstance(dequantize, bool):
+        raise TypeError(f"mollify: dequantize must be a bool, got {type(dequantize).__name__}")
+    if out_dtype is None:
+        out_dtype = default_out_dtype(x.dtype)
+    elif not isinstance(out_dtype, torch.dtype) or out_dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"mollify: out_dtype must be None or a floating dtype (float16, bfloat16, float32 or float64), "
+            f"got {out_dtype}"
+        )
+    if input_scale is None:
+        from .reference import default_input_scale
+
+        scale = default_input_scale(x.dtype, dequantize)
+    else:
+        scale = _map_number("input_scale", input_scale)
+    return scale, _map_number("input_shift", input_shift), dequantize, out_dtype
+
+
+def check_map_values(input_scale: float, input_shift: float, acc: torch.dtype) -> None:
+    """The input map's values: finite and representable in the compute dtype ``acc``."""
+    for name, v in (("input_scale", input_scale), ("input_shift", input_shift)):
+        if not math.isfinite(v):
+            raise ValueError(f"mollify: {name} must be finite, got {v}")
+        if abs(v) > _limit(acc):
+            raise ValueError(f"mollify: {name}={v:.4g} does not fit in float32, the compute dtype "
+                             f"(|{name}| <= {FLOAT32_MAX:.4g}); use out_dtype=torch.float64")
+
+
+def _out_dtype_error(x: torch.Tensor, out: torch.Tensor, out_dtype: torch.dtype) -> TypeError:
+    if out_dtype == x.dtype:
+        return TypeError(f"mollify: out must have x's dtype {x.dtype}, got {out.dtype}")
+    why = ""
+    if x.dtype == torch.uint8 and out is x:
+        why = " (a uint8 x cannot be its own out: the result is floating; pass a float tensor as out)"
+    return TypeError(f"mollify: out must have the output dtype out_dtype={out_dtype} (for {x.dtype} x), "
+                     f"got {out.dtype}{why}")
 
 
 def _extent(t: torch.Tensor) -> Tuple[int, int]:
@@ -231,6 +297,8 @@ def shares_elements(a: torch.Tensor, b: torch.Tensor) -> bool:
     (alo, ahi), (blo, bhi) = _extent(a), _extent(b)
     if not (alo < bhi and blo < ahi):
         return False
+    if a.element_size() != b.element_size():
+        return True  # a uint8 x and a float out of one buffer: any overlap of their bytes counts
     e = a.element_size()
     d = a.data_ptr() - b.data_ptr()
     g = 0
@@ -287,6 +355,15 @@ class Params:
     max_radius: int
     blur_host: Optional[torch.Tensor] = None
     radius_host: Optional[torch.Tensor] = None
+    # The input map (README, "The contract, in short"): x_f = ((x + u) * in_scale) + in_shift,
+    # u the dequantisation uniform when ``dequant``. The output dtype is out's.
+    in_scale: float = 1.0
+    in_shift: float = 0.0
+    dequant: bool = False
+
+    def maps(self, x: torch.Tensor, out: torch.Tensor) -> bool:
+        """True when the call is not the plain float op: an input map, or out's dtype not x's."""
+        return self.dequant or self.in_scale != 1.0 or self.in_shift != 0.0 or x.dtype != out.dtype
 
 
 def _limit(acc: torch.dtype) -> float:

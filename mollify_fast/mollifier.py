@@ -106,6 +106,31 @@ def _full_kwargs(fn: Callable, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in bound.arguments.items() if k != first}
 
 
+def _input_map_kwargs(input_scale, input_shift, dequantize, out_dtype) -> Dict[str, Any]:
+    """The input map's arguments for :func:`mollify`, checked (types, finite values); only
+    those that differ from mollify's defaults, so a Mollifier without a map passes none."""
+    from ._validate import FLOAT_DTYPES, _map_number
+
+    if not isinstance(dequantize, bool):
+        raise TypeError(f"Mollifier: dequantize must be a bool, got {type(dequantize).__name__}")
+    if out_dtype is not None and (not isinstance(out_dtype, torch.dtype) or out_dtype not in FLOAT_DTYPES):
+        raise TypeError(f"Mollifier: out_dtype must be None or a floating dtype, got {out_dtype}")
+    kw: Dict[str, Any] = {}
+    for name, v in (("input_scale", input_scale), ("input_shift", input_shift)):
+        if v is None:
+            continue
+        f = _map_number(name, v)
+        if not math.isfinite(f):
+            raise ValueError(f"Mollifier: {name} must be finite, got {f}")
+        if name == "input_scale" or f != 0.0:
+            kw[name] = f
+    if dequantize:
+        kw["dequantize"] = True
+    if out_dtype is not None:
+        kw["out_dtype"] = out_dtype
+    return kw
+
+
 class Mollifier(torch.nn.Module):
     r"""Anneal data mollification over the first ``mollify_steps`` training steps.
 
@@ -116,7 +141,11 @@ class Mollifier(torch.nn.Module):
     * ``"blur"``: ``x_t = B_s(x)`` with ``s = blur_sigma_max * sqrt(gamma)``;
     * ``"noise+blur"``: ``x_t = sqrt(1 - gamma) * B_s(x) + sqrt(gamma) * eps``, in one pass.
 
-    For ``step >= mollify_steps`` it returns ``x`` itself: no copy, no kernel. ``x`` is a batch,
+    For ``step >= mollify_steps`` it returns ``x`` itself: no copy, no kernel; except with an
+    input map (any of ``input_scale``, ``input_shift``, ``dequantize``, ``out_dtype`` given, or a
+    uint8 ``x``), where it applies the map alone: ``mollify(x, 0.0, alpha=1.0, ...)``, no blur,
+    dequantised when ``dequantize`` (so a uint8 batch still becomes floats; the generator moves
+    as for any call). ``x`` is a batch,
     dim 0 the samples; the blur modes need images ``[N, ..., H, W]`` and refuse a 2-D
     ``[N, D]`` (tabular) batch, whose rows a blur would mix.
 
@@ -133,6 +162,10 @@ class Mollifier(torch.nn.Module):
             (read at the first draw), so ranks draw different noise while following the same
             schedule; rank 0 draws the generator's own stream.
         backend: passed to :func:`mollify` (checked here, against ``backends.NAMES``).
+        input_scale, input_shift, dequantize, out_dtype: the input map, passed to
+            :func:`mollify` at every step (README, "The input map"), e.g. uint8 images to
+            [-1, 1] with ``input_scale=2/255, input_shift=-1``. Construction settings, like
+            ``backend``: not part of ``state_dict()``.
 
     ``step`` is an integer: a Python int, a numpy integer, a 0-d integer array or a 0-d integer
     tensor. A custom schedule must return the variance in [0, 1]: values within 1e-12 outside
@@ -171,6 +204,10 @@ class Mollifier(torch.nn.Module):
         blur_sigma_max: Optional[float] = None,
         generator: Optional[Generator] = None,
         backend: str = "auto",
+        input_scale: Optional[float] = None,
+        input_shift: float = 0.0,
+        dequantize: bool = False,
+        out_dtype: Optional[torch.dtype] = None,
         **schedule_kwargs: Any,
     ):
         super().__init__()
@@ -204,6 +241,7 @@ class Mollifier(torch.nn.Module):
         self.backend = backend
         self.generator = generator if generator is not None else Generator(None)
         self.generator._fold_rank()
+        self._map = _input_map_kwargs(input_scale, input_shift, dequantize, out_dtype)
 
     @staticmethod
     def _check_step(step: Step) -> int:
@@ -245,11 +283,11 @@ class Mollifier(torch.nn.Module):
     def _mollify(self, x: torch.Tensor, sigma):
         """One mollify call for noise scale ``sigma`` (a float or a 0-d tensor)."""
         if self.mode == "noise":
-            return mollify(x, sigma, generator=self.generator, backend=self.backend)
+            return mollify(x, sigma, generator=self.generator, backend=self.backend, **self._map)
         blur = self.blur_sigma_max * sigma
         if self.mode == "blur":
-            return mollify(x, 0.0, blur_sigma=blur, generator=self.generator, backend=self.backend)
-        return mollify(x, sigma, blur_sigma=blur, generator=self.generator, backend=self.backend)
+            return mollify(x, 0.0, blur_sigma=blur, generator=self.generator, backend=self.backend, **self._map)
+        return mollify(x, sigma, blur_sigma=blur, generator=self.generator, backend=self.backend, **self._map)
 
     def _apply_traced(self, x: torch.Tensor, step: torch.Tensor):
         # Under torch.compile: no Python branch on the step's value (it would be a graph break
@@ -270,6 +308,9 @@ class Mollifier(torch.nn.Module):
             return self._apply_traced(x, step if torch.is_tensor(step) else torch.tensor(step))
         step = self._check_step(step)
         if step >= self.mollify_steps:
+            if self._map or (torch.is_tensor(x) and x.dtype == torch.uint8):
+                # The map alone (class docstring): a uint8 batch still becomes floats.
+                return mollify(x, 0.0, alpha=1.0, generator=self.generator, backend=self.backend, **self._map)
             return x
         self._check_batch(x)
         return self._mollify(x, math.sqrt(self._variance(step)))

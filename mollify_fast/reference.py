@@ -21,13 +21,22 @@ reinterpret it as int32 ``i``, take ``~i`` where ``i < 0``, convert to float32 a
 and likewise for ``(u2, u3)``: four standard normals for the logical elements ``4j .. 4j+3``.
 The logical index of an element is its row-major index over ``x.shape``, whatever the memory
 layout. This is bit-for-bit Triton's ``tl.randn4x(seed, offset + j)`` up to the last ulp of
-the float32 transcendental functions. A call uses ``ceil(numel / 4)`` groups.
+the float32 transcendental functions. A call uses ``G = ceil(numel / 4)`` groups.
+
+With ``dequantize=True`` a call uses ``2 G`` groups: groups ``offset .. offset + G - 1`` give
+the normals as above, and group ``offset + G + j`` gives the dequantisation uniforms of the
+logical elements ``4j .. 4j+3``: uniform ``k`` (the same word-to-uniform map) for element
+``4j + k`` (:func:`dequant_uniforms`).
 
 The op
 ------
 ``out = alpha * B(x) + sigma * eps`` with per-sample (dim 0) or scalar ``alpha`` and
-``sigma``, computed in float32 (float64 for float64 input; the normals themselves are always
-float32 values) and rounded once to ``x.dtype``. ``B`` is the separable Gaussian blur over the
+``sigma``, computed in float32 (float64 for float64 input or float64 ``out_dtype``; the
+normals themselves are always float32 values) and rounded once to ``out_dtype`` (default
+x.dtype for floating x, float32 for uint8 x). The input map comes first, in the compute dtype
+and in this order, one rounding per step: ``x_f = ((x + u) * input_scale) + input_shift``
+with ``u = 0``, or the dequantisation uniform of the element when ``dequantize``; ``B`` and
+the op then read ``x_f``. ``B`` is the separable Gaussian blur over the
 last two dims of an ``[N, ..., H, W]`` tensor with mirrored ("reflect") borders, for any
 radius: tap by tap for ``r < n`` along an axis of length ``n``, and with the weights folded
 onto the mirrored axis for ``r >= n`` (exact; see :func:`mollify_fast._blur.fold`).
@@ -51,6 +60,9 @@ __all__ = [
     "uniforms",
     "normals",
     "noise_like",
+    "dequant_uniforms",
+    "default_input_scale",
+    "input_map",
     "reflect_index",
     "gaussian_weights",
     "blur_radius_for",
@@ -150,6 +162,37 @@ def normals(seed: int, offset: int, numel: int) -> torch.Tensor:
 def noise_like(x: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
     """Normals for every element of ``x`` by logical (row-major) index: float32, x's shape, CPU."""
     return normals(seed, offset, x.numel()).reshape(x.shape)
+
+
+def dequant_uniforms(seed: int, offset: int, numel: int) -> torch.Tensor:
+    """The dequantisation uniforms of a call on stream ``(seed, offset)`` with ``numel``
+    elements: float32 ``[numel]`` in [0, 1), element ``4j + k`` taking uniform ``k`` of counter
+    group ``offset + G + j`` (``G = ceil(numel / 4)``, the groups of the normals come first)."""
+    groups = -(-numel // 4)
+    return uniforms(seed, (offset & _MASK64) + groups, groups).reshape(-1)[:numel]
+
+
+def default_input_scale(dtype: torch.dtype, dequantize: bool) -> float:
+    """``input_scale`` when none is given: 1 for floating x, 1/255 for uint8 (to [0, 1]) and
+    1/256 for uint8 with ``dequantize`` (``(x + u) / 256`` lies in [0, 1))."""
+    if dtype == torch.uint8:
+        return 1.0 / 256.0 if dequantize else 1.0 / 255.0
+    return 1.0
+
+
+def input_map(x: torch.Tensor, acc: torch.dtype, input_scale: float, input_shift: float,
+              u: Optional[torch.Tensor]) -> torch.Tensor:
+    """``((x + u) * input_scale) + input_shift`` in ``acc`` on x's device, one rounding per step;
+    ``u`` (float32, x's shape and device) is None for no dequantisation, and the scale and shift
+    are taken at ``acc``'s precision. With scale 1, shift 0 and no ``u`` this is ``x.to(acc)``."""
+    xf = x.detach().to(acc)
+    if u is not None:
+        xf = xf + u.to(acc)
+    if float(input_scale) != 1.0:
+        xf = xf * torch.tensor(float(input_scale), dtype=acc)
+    if float(input_shift) != 0.0:
+        xf = xf + torch.tensor(float(input_shift), dtype=acc)
+    return xf
 
 
 def reflect_index(i: torch.Tensor, n: int) -> torch.Tensor:
@@ -274,30 +317,43 @@ def mollify(
     seed: int = 0,
     offset: int = 0,
     return_noise: bool = False,
+    input_scale: Optional[Number] = None,
+    input_shift: Number = 0.0,
+    dequantize: bool = False,
+    out_dtype: Optional[torch.dtype] = None,
 ):
-    """Exact ``alpha * B(x) + sigma * eps`` for stream ``(seed, offset)``.
+    """Exact ``alpha * B(x_f) + sigma * eps`` for stream ``(seed, offset)``.
 
-    Shapes: ``x`` is ``[N, ...]``; ``sigma``, ``alpha`` and ``blur_sigma`` are numbers, 0-d
-    tensors or ``[N]`` tensors. ``alpha=None`` means ``sqrt(1 - sigma^2)`` (computed in float64).
+    Shapes: ``x`` is ``[N, ...]`` (uint8 or floating); ``sigma``, ``alpha`` and ``blur_sigma``
+    are numbers, 0-d tensors or ``[N]`` tensors. ``alpha=None`` means ``sqrt(1 - sigma^2)``
+    (computed in float64). ``x_f`` is :func:`input_map` of x (``input_scale`` defaulting to
+    :func:`default_input_scale`), with the :func:`dequant_uniforms` when ``dequantize``.
     No argument checking beyond what the math needs: the public ``mollify_fast.mollify`` does it.
 
     Returns:
-        ``out`` (x.dtype, on the CPU, contiguous), and ``eps`` (x.dtype) when ``return_noise``.
+        ``out`` (``out_dtype``, on the CPU, contiguous), and ``eps`` (``out_dtype``) when
+        ``return_noise``. ``out_dtype`` defaults to x.dtype for floating x, float32 for uint8.
     """
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if out_dtype is None:
+        out_dtype = torch.float32 if x.dtype == torch.uint8 else x.dtype
+    acc = torch.float64 if torch.float64 in (x.dtype, out_dtype) else torch.float32
+    if input_scale is None:
+        input_scale = default_input_scale(x.dtype, dequantize)
     if alpha is None:
         s64 = sigma.detach().to("cpu", torch.float64) if torch.is_tensor(sigma) else torch.tensor(float(sigma), dtype=torch.float64)
         alpha = torch.sqrt(1.0 - s64 * s64)
     a = _per_sample(alpha, x, acc)
     s = _per_sample(sigma, x, acc)
     eps = noise_like(x, seed, offset)
+    u = dequant_uniforms(seed, offset, x.numel()).reshape(x.shape) if dequantize else None
+    xf = input_map(x.detach().cpu(), acc, input_scale, input_shift, u)
     if blur_sigma is not None and not _is_zero(blur_sigma):
-        xb = blur(x, blur_sigma, blur_radius)
+        xb = blur(xf, blur_sigma, blur_radius)
     else:
-        xb = x.detach().to("cpu", acc)
-    out = (a * xb + s * eps.to(acc)).to(x.dtype)
+        xb = xf
+    out = (a * xb + s * eps.to(acc)).to(out_dtype)
     if return_noise:
-        return out, eps.to(x.dtype)
+        return out, eps.to(out_dtype)
     return out
 
 

@@ -37,7 +37,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mollify_fast as mf  # noqa: E402
-from benchmarks.harness import append_csv, cpu_model, device_name, device_slug, pct, versions  # noqa: E402
+from benchmarks.harness import append_csv, device_slug, loop_parser, pct, run_meta  # noqa: E402
 from benchmarks.progress import progress  # noqa: E402
 
 SHAPES = [(64, 1, 8, 8), (64, 3, 32, 32), (256, 16)]
@@ -96,21 +96,10 @@ def run_shape(shape, dev: str, rounds: int, sigma: float):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--rounds", type=int, default=200)
-    ap.add_argument("--sigma", type=float, default=0.5)
-    ap.add_argument("--quick", action="store_true", help="smoke run: 5 rounds")
-    ap.add_argument("--out", default=os.path.join(ROOT, "build", "results"),
-                    help="output folder (default build/results, ignored by git; benchmarks/results to commit)")
-    args = ap.parse_args(argv)
+    args = loop_parser(__doc__, 200, "smoke run: 5 rounds").parse_args(argv)
     dev = args.device
     rounds = 5 if args.quick else args.rounds
-    ver = versions()
-    meta = {"run_id": uuid.uuid4().hex[:8],
-            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "device": device_name(dev), "cpu": cpu_model(), "threads": torch.get_num_threads(),
-            "torch": ver["torch"], "mollify_fast": ver["mollify_fast"]}
+    meta = run_meta(dev)
     rows, lines, worst = [], [], 0.0
     for shape in SHAPES:
         times = run_shape(shape, dev, rounds, args.sigma)

@@ -6,7 +6,9 @@ and by ``python -m benchmarks.sass.report --check`` (``make sass-check``: every 
 
 A row is the per-variant summary the report writes with ``--json``. A budget matches rows on
 (backend, kernel family ``noise``/``blur`` from the kernel name, variant, dtype, layout) and,
-where given, one exact kernel instance (e.g. one radius of a templated CUDA blur).
+where given, one exact kernel instance (e.g. one radius of a templated CUDA blur). The CUDA
+noise kernel with an input map (``mollify_mapped_noise_kernel<x dtype, out dtype>``, uint8 x
+included) is its own family, ``map``: the plain noise budgets do not apply to it.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ BUDGETS = os.path.join(ROOT, "benchmarks", "sass", "budgets.json")
 
 
 def family(kernel: str) -> str:
-    return "blur" if "blur" in kernel.lower() else "noise"
+    k = kernel.lower()
+    return "blur" if "blur" in k else ("map" if "mapped" in k else "noise")
 
 
 def load(path: str = BUDGETS) -> List[Dict[str, object]]:

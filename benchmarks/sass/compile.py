@@ -139,7 +139,7 @@ def cuda_compile(source: str, root: str, include_root: Optional[str] = None) -> 
     return path, spill_bytes(open(path + ".ptxas").read()), flags
 
 
-_BUILTIN = {"f": "float32", "d": "float64", "i": "int", "b": "bool", "l": "long", "j": "unsigned"}
+_BUILTIN = {"f": "float32", "d": "float64", "i": "int", "b": "bool", "l": "long", "j": "unsigned", "h": "uint8"}
 _DTYPES = {"float": "float32", "Half": "float16", "BF16": "bfloat16", "half": "float16", "__half": "float16",
            "__nv_bfloat16": "bfloat16", "double": "float64"}
 
@@ -177,6 +177,10 @@ def demangle_kernel(sym: str) -> Optional[Tuple[str, List[str]]]:
                 start = pos + len(mm.group(0))
                 args.append(_DTYPES.get(s[start:start + ln], s[start:start + ln]))
                 pos = s.index("E", start + ln) + 1
+            elif c == "S" and args:  # a substitution: in our kernels' arguments, the type just named again
+                mm = re.match(r"S\w*?_", s[pos:])
+                args.append(args[-1])
+                pos += len(mm.group(0))
             elif c in _BUILTIN:
                 args.append(_DTYPES.get({"f": "float", "d": "double"}.get(c, c), _BUILTIN[c]))
                 pos += 1

@@ -164,7 +164,9 @@ def run_cuda(src_root: str, rows: list, log) -> None:
         name, targs = dm
         params = C.template_params(text, name)
         tmpl = dict(zip(params, targs))
-        dtype = next((a for a in targs if a in DTYPE_BYTES), None)
+        # The stored dtype counts the elements: the first dtype argument, but the last one (out's)
+        # for the input-map kernel <x dtype, out dtype>.
+        dtype = next((a for a in (targs[::-1] if "mapped" in name else targs) if a in DTYPE_BYTES), None)
         if dtype is None:
             continue
         flags_s = ", ".join(f"{k}={v}" for k, v in tmpl.items() if v not in DTYPE_BYTES)

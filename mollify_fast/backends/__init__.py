@@ -5,6 +5,9 @@ Each backend module ``mollify_<name>.py`` exposes
 * ``availability() -> (bool, reason)``: can it run at all in this process (built? GPU?);
 * ``supports(x, params) -> (bool, reason)``: can it run on this tensor (device, dtype);
 * ``mollify_<name>(x, out, noise, params, stream)``: write ``out`` (and ``noise``);
+* optionally ``maps_input(x, out, params) -> bool``: whether its launcher applies the input map
+  (``params.in_scale``/``in_shift``/``dequant``, x of another dtype than out) itself; where
+  not, mollify runs it on the mapped input in the compute dtype (``_op._run_mapped``);
 * optionally ``noise_plan(x, out, noise)``: a faster launcher for repeated noise-only calls with
   scalar parameters on x's layout, ``run(x, out, noise, sigma, alpha, stream)`` or a
   :class:`NoisePlan`, or None.
@@ -99,6 +102,12 @@ def resolve(name: str, x: torch.Tensor, params) -> Tuple[str, Callable]:
         if cand in BACKENDS and availability(cand)[0] and _module(cand).supports(x, params)[0]:
             return cand, launcher(cand)
     return "torch", launcher("torch")
+
+
+def maps_input(name: str, x: torch.Tensor, out: torch.Tensor, params) -> bool:
+    """True when backend ``name`` applies the call's input map in its own kernel."""
+    fn = getattr(_module(name), "maps_input", None)
+    return fn is not None and bool(fn(x, out, params))
 
 
 def noise_plan(name: str, x: torch.Tensor, out: torch.Tensor, noise) -> Optional[NoisePlan]:

@@ -16,6 +16,7 @@ from .._validate import Params
 from ..generator import draw_default_seed
 
 DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+X_DTYPE_CODES = {**DTYPE_CODES, torch.uint8: 4}  # x of a call with an input map (csrc/mollify_args.h)
 MAX_DIMS = 8
 
 
@@ -150,7 +151,7 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
     bl_p, bl = _ptr_num(p.blur)
     rad_p, rad = _ptr_num(p.radius)
     return (
-        DTYPE_CODES[x.dtype],
+        DTYPE_CODES[out.dtype],  # x's, except with an input map (then X_DTYPE_CODES[x.dtype] follows)
         sizes,
         strides[0],
         strides[1],

@@ -15,7 +15,7 @@ import torch
 
 from .._validate import Params
 from . import NoisePlan
-from ._native import extension, kernel_args, make_plan
+from ._native import X_DTYPE_CODES, extension, kernel_args, make_plan
 
 
 _threads = torch.get_num_threads
@@ -50,8 +50,18 @@ def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
     return True, ""
 
 
+def maps_input(x: torch.Tensor, out: torch.Tensor, p: Params) -> bool:
+    """The noise kernel applies the input map itself (``_C.mollify_cpu_mapped``); a blur with a
+    map runs on the mapped temporary (``_op._run_mapped``)."""
+    return p.blur is None
+
+
 def mollify_cpu(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
     ext, _ = extension()
+    if p.maps(x, out):
+        ext.mollify_cpu_mapped(*kernel_args(x, out, noise, p, stream), X_DTYPE_CODES[x.dtype], p.in_scale,
+                               p.in_shift, p.dequant, _threads())
+        return
     ext.mollify_cpu(*kernel_args(x, out, noise, p, stream), _threads())
 
 

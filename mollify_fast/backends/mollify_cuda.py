@@ -28,7 +28,7 @@ import torch
 
 from .._validate import Params
 from . import NoisePlan
-from ._native import extension, kernel_args, make_plan
+from ._native import X_DTYPE_CODES, extension, kernel_args, make_plan
 
 EMULATE_ENV = "MOLLIFY_FAST_CUDA_EMULATE"
 SYNC_ENV = "MOLLIFY_FAST_CUDA_SYNC"
@@ -158,14 +158,24 @@ def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
                    f"x is on {x.device}")
 
 
+def maps_input(x: torch.Tensor, out: torch.Tensor, p: Params) -> bool:
+    """The noise kernel applies the input map itself (``mapped_noise_thread``); a blur with a
+    map runs on the mapped temporary (``_op._run_mapped``)."""
+    return p.blur is None
+
+
 def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
     ext, _ = extension()
+    args = kernel_args(x, out, noise, p, stream)
+    mapped = p.maps(x, out)
+    if mapped:
+        args = args + (X_DTYPE_CODES[x.dtype], p.in_scale, p.in_shift, p.dequant)
     if x.is_cpu:
-        ext.mollify_cuda_emulated(*kernel_args(x, out, noise, p, stream))
+        (ext.mollify_cuda_emulated_mapped if mapped else ext.mollify_cuda_emulated)(*args)
         return
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
     cuda_stream = torch.cuda.current_stream(dev)
-    ext.mollify_cuda(*kernel_args(x, out, noise, p, stream), cuda_stream.cuda_stream, dev)
+    (ext.mollify_cuda_mapped if mapped else ext.mollify_cuda)(*args, cuda_stream.cuda_stream, dev)
     if os.environ.get(SYNC_ENV, "").strip() == "1":
         cuda_stream.synchronize()  # a fault in the kernel raises here, at the call
 

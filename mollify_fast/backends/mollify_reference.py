@@ -22,6 +22,10 @@ def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
     return True, ""
 
 
+def maps_input(x: torch.Tensor, out: torch.Tensor, params: Params) -> bool:
+    return True  # reference.mollify defines the input map
+
+
 def _cpu(v):
     return v.cpu() if torch.is_tensor(v) else v
 
@@ -37,6 +41,10 @@ def mollify_reference(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.
         seed=seed,
         offset=offset,
         return_noise=True,
+        input_scale=p.in_scale,
+        input_shift=p.in_shift,
+        dequantize=p.dequant,
+        out_dtype=out.dtype,
     )
     out.copy_(res[0])
     if noise is not None:

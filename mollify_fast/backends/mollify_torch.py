@@ -28,7 +28,8 @@ from typing import Optional, Tuple
 import torch
 
 from .._blur import blur
-from .._validate import Params, compute_dtype
+from .._validate import Params, compute_dtype, map_compute_dtype
+from ..reference import input_map
 from ..generator import torch_generator
 
 
@@ -38,6 +39,18 @@ def availability() -> Tuple[bool, str]:
 
 def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
     return True, ""
+
+
+def maps_input(x: torch.Tensor, out: torch.Tensor, params: Params) -> bool:
+    return True  # mollify_torch applies the input map itself
+
+
+def _mapped_input(x: torch.Tensor, out: torch.Tensor, p: Params, gen) -> torch.Tensor:
+    """x_f = ((x + u) * in_scale) + in_shift in the compute dtype (README, "The contract, in
+    short"), u from ``torch.rand`` with the call's generator (drawn before the normals)."""
+    acc = map_compute_dtype(x.dtype, out.dtype)
+    u = torch.rand(x.shape, dtype=acc, device=x.device, generator=gen) if p.dequant else None
+    return input_map(x, acc, p.in_scale, p.in_shift, u)
 
 
 def _bcast(v, x: torch.Tensor):
@@ -70,6 +83,8 @@ def mollify_torch(
     ``sigma * eps`` rounded, then ``torch.add(., src, alpha=a)`` (one fused multiply-add on both
     its vector and scalar paths) or ``addcmul`` for per-sample alpha, written to out in any layout."""
     gen = torch_generator(x.device, stream)  # one per device per thread: threads reproduce
+    if p.maps(x, out):
+        x = _mapped_input(x, out, p, gen)  # now in the compute dtype
     acc = compute_dtype(x.dtype)
     a = _bcast(p.alpha, x)
     s = _bcast(p.sigma, x)
@@ -91,7 +106,8 @@ def mollify_torch(
             out[sl].copy_(_axpy(tmp, a[sl] if torch.is_tensor(a) else a, src[sl], out=tmp))
         return
     # Draw straight into out when it is contiguous and not read afterwards (not src): no scratch.
-    own = out.is_contiguous() and not (src.untyped_storage().data_ptr() == out.untyped_storage().data_ptr())
+    own = (out.is_contiguous() and out.dtype == acc
+           and not (src.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()))
     eps = _draw(x.shape, acc, x.device, gen, out if own else None)
     if noise is not None:
         noise.copy_(eps)

@@ -133,15 +133,36 @@ def _stream_key(seed_lo, seed_hi, off_lo, off_hi):
 
 
 @triton.jit
-def _normals4(counter, k0, k1):
-    """``tl.randn4x`` for 64-bit counters ``counter`` (any shape): 4 float32 normals each."""
+def _uniforms4(counter, k0, k1):
+    """``tl.rand4x`` for 64-bit counters ``counter`` (any shape): 4 float32 uniforms each, by
+    ``uint_to_uniform_float`` (the word as int32, ``~i`` where negative, times 4.6566127342e-10:
+    the README's word-to-uniform map)."""
     c0 = counter.to(tl.uint32)  # truncation keeps the low word
     c1 = (counter >> 32).to(tl.uint32)
     zero = c0 * 0
     w0, w1, w2, w3 = philox_impl(c0, c1, zero, zero, k0, k1)
-    z0, z1 = _box_muller(uint_to_uniform_float(w0), uint_to_uniform_float(w1))
-    z2, z3 = _box_muller(uint_to_uniform_float(w2), uint_to_uniform_float(w3))
+    return uint_to_uniform_float(w0), uint_to_uniform_float(w1), uint_to_uniform_float(w2), uint_to_uniform_float(w3)
+
+
+@triton.jit
+def _normals4(counter, k0, k1):
+    """``tl.randn4x`` for 64-bit counters ``counter`` (any shape): 4 float32 normals each."""
+    u0, u1, u2, u3 = _uniforms4(counter, k0, k1)
+    z0, z1 = _box_muller(u0, u1)
+    z2, z3 = _box_muller(u2, u3)
     return z0, z1, z2, z3
+
+
+@triton.jit
+def _map_in(x, u, in_scale, in_shift, MAP: tl.constexpr, DEQUANT: tl.constexpr):
+    """The input map (README, "The input map"): ``((x + u) * in_scale) + in_shift`` in float32,
+    one rounding per step (MAP launches compile without fp fusion), or x itself."""
+    if MAP:
+        if DEQUANT:
+            x = x + u
+        return x * in_scale + in_shift
+    else:
+        return x
 
 
 @triton.jit
@@ -333,10 +354,10 @@ def _mollify_noise_kernel(
     x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr,
     sigma, alpha, seed_lo, seed_hi, off_lo, off_hi, numel, sample_numel,
     s1, s2, s3,
-    xs0, xs1, xs2, xs3, os0, os1, os2, os3, ns0, ns1, ns2, ns3,
+    xs0, xs1, xs2, xs3, os0, os1, os2, os3, ns0, ns1, ns2, ns3, in_scale, in_shift,
     CONTIG: tl.constexpr, HAS_NOISE: tl.constexpr, IDX64: tl.constexpr, GROUP_ROWS: tl.constexpr,
     SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, MAP: tl.constexpr, DEQUANT: tl.constexpr,
 ):
     """``out[i] = alpha[n(i)] * x[i] + sigma[n(i)] * eps[i]`` over logical indices ``i``.
 
@@ -345,6 +366,9 @@ def _mollify_noise_kernel(
     offset beyond 2**31). Strided layouts: with ``GROUP_ROWS`` (innermost size % 4 == 0) the 4
     lanes share their outer coordinates, so the index is decomposed once per group (int32
     divisions per element spilled to 255 registers in int64 before).
+
+    ``MAP``: x (uint8 or floating) goes through :func:`_map_in` first, ``DEQUANT`` adding the
+    uniforms of counter group ``offset + ceil(numel / 4) + g`` (README, "The noise stream").
     """
     k0, k1, off = _stream_key(seed_lo, seed_hi, off_lo, off_hi)
     pid = tl.program_id(0)
@@ -353,6 +377,10 @@ def _mollify_noise_kernel(
     else:
         g = pid * BLOCK + tl.arange(0, BLOCK)
     z0, z1, z2, z3 = _normals4(off + g, k0, k1)
+    if DEQUANT:
+        u0, u1, u2, u3 = _uniforms4(off + ((numel + 3) // 4) + g, k0, k1)
+    else:
+        u0, u1, u2, u3 = z0, z1, z2, z3  # unused without DEQUANT
     i0 = 4 * g
     if CONTIG:
         eps = _quad(z0, z1, z2, z3)
@@ -360,7 +388,8 @@ def _mollify_noise_kernel(
         mask = i < numel
         s, a = _params_at(i, numel, sample_numel, sigma_ptr, alpha_ptr, sigma, alpha,
                           SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE)
-        x = _f32(tl.load(x_ptr + i, mask=mask, other=0.0))
+        x = _f32(tl.load(x_ptr + i, mask=mask, other=0))
+        x = _map_in(x, _quad(u0, u1, u2, u3), in_scale, in_shift, MAP, DEQUANT)
         res = a * x + s * eps
         tl.store(out_ptr + i, _cast(res, out_ptr), mask=mask)
         if HAS_NOISE:
@@ -379,17 +408,20 @@ def _mollify_noise_kernel(
             bo = _dot4(d, os0, os1, os2, os3)
             bn = _dot4(d, ns0, ns1, ns2, ns3)
         lanes = (z0, z1, z2, z3)
+        ulanes = (u0, u1, u2, u3)
         for j in tl.static_range(4):
             _strided_lane(lanes[j], j, i0, bx, bo, bn, x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, sigma, alpha,
                           numel, sample_numel, s1, s2, s3, xs0, xs1, xs2, xs3, os0, os1, os2, os3,
-                          ns0, ns1, ns2, ns3, HAS_NOISE, GROUP_ROWS, SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE)
+                          ns0, ns1, ns2, ns3, HAS_NOISE, GROUP_ROWS, SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE,
+                          ulanes[j], in_scale, in_shift, MAP, DEQUANT)
 
 
 @triton.jit
 def _strided_lane(z, j: tl.constexpr, i0, bx, bo, bn, x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, sigma, alpha,
                   numel, sample_numel, s1, s2, s3, xs0, xs1, xs2, xs3, os0, os1, os2, os3, ns0, ns1, ns2, ns3,
                   HAS_NOISE: tl.constexpr, GROUP_ROWS: tl.constexpr, SIGMA_PER_SAMPLE: tl.constexpr,
-                  ALPHA_PER_SAMPLE: tl.constexpr):
+                  ALPHA_PER_SAMPLE: tl.constexpr, u, in_scale, in_shift, MAP: tl.constexpr,
+                  DEQUANT: tl.constexpr):
     """Lane ``j`` (element ``4 g + j``) of each group ``g`` of the noise kernel's strided path."""
     i = i0 + j
     mask = i < numel
@@ -404,7 +436,7 @@ def _strided_lane(z, j: tl.constexpr, i0, bx, bo, bn, x_ptr, out_ptr, noise_ptr,
         ox = _dot4(d, xs0, xs1, xs2, xs3)
         oo = _dot4(d, os0, os1, os2, os3)
         on = _dot4(d, ns0, ns1, ns2, ns3)
-    x = _f32(tl.load(x_ptr + ox, mask=mask, other=0.0))
+    x = _map_in(_f32(tl.load(x_ptr + ox, mask=mask, other=0)), u, in_scale, in_shift, MAP, DEQUANT)
     tl.store(out_ptr + oo, _cast(a * x + s * z, out_ptr), mask=mask)
     if HAS_NOISE:
         tl.store(noise_ptr + on, _cast(z, noise_ptr), mask=mask)
@@ -577,6 +609,12 @@ def _mollify_blur_axis_kernel(
 # ------------------------------------------------------------------------------------------
 
 
+def maps_input(x: torch.Tensor, out: torch.Tensor, p: Params) -> bool:
+    """The noise kernel applies the input map itself (uint8 or floating x, float32 compute);
+    a blur with a map runs on the mapped temporary (``_op._run_mapped``)."""
+    return p.blur is None
+
+
 def _pad(v: List[int], n: int, fill: int) -> List[int]:
     return [fill] * (n - len(v)) + list(v)
 
@@ -723,8 +761,8 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
     layout = _blur_layout(tuple(x.shape), strides) if blur else _noise_layout(tuple(x.shape), strides)
     if layout is None:
         xc = x.contiguous()
-        oc = torch.empty_like(xc)
-        nc = torch.empty_like(xc) if noise is not None else None
+        oc = torch.empty_like(xc, dtype=out.dtype)
+        nc = torch.empty_like(xc, dtype=noise.dtype) if noise is not None else None
         launches, _ = _plan_full(xc, oc, nc, p, (seed, offset))
         return launches, [(out, oc)] + ([(noise, cast(torch.Tensor, nc))] if noise is not None else [])
     dummy = out  # any pointer for the per-sample slots that a constexpr flag disables
@@ -739,9 +777,13 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
         sizes, (xs, os_, ns), contig, idx64, group_rows = layout
         grid = (-(-(-(-numel // 4)) // NOISE_BLOCK),)
         args = (x, out, noise_p, sig_p, al_p, sig, al, *stream_args, numel, numel // x.shape[0],
-                sizes[1], sizes[2], sizes[3], *xs, *os_, *ns)
+                sizes[1], sizes[2], sizes[3], *xs, *os_, *ns, p.in_scale, p.in_shift)
         consts = dict(CONTIG=contig, HAS_NOISE=noise is not None, IDX64=idx64, GROUP_ROWS=group_rows,
-                      SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t, BLOCK=NOISE_BLOCK)
+                      SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t, BLOCK=NOISE_BLOCK, MAP=False, DEQUANT=False)
+        if p.maps(x, out):
+            # Separate roundings of the map's sum, product and shift, as the reference.
+            consts.update(MAP=True, DEQUANT=p.dequant)
+            opts = dict(opts, enable_fp_fusion=False)
         return [Launch(_mollify_noise_kernel, grid, args, consts, opts, numel)], []
     H, W = x.shape[-2:]
     if x.dim() < 3:
