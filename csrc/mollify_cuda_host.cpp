@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "mollify_cuda_kernels.cuh"
@@ -68,6 +69,20 @@ void emulate(const MollifyArgs& a) {
         for (int t = 0; t < kThreads; ++t) blur_direct_thread<T>(a, p.geom, b * kThreads + t, stride);
       break;
     }
+    case KernelKind::kNoiseIn:
+    case KernelKind::kBlurNoiseIn:
+      with_eps_type<T>(p.eps_compute, [&](auto* tag) {
+        using E = std::remove_pointer_t<decltype(tag)>;
+        const int64_t stride = p.grid_x * kThreads;
+        for (int64_t b = 0; b < p.grid_x; ++b)
+          for (int t = 0; t < kThreads; ++t) {
+            if (p.kind == KernelKind::kNoiseIn)
+              noise_in_thread<T, E>(a, b * kThreads + t, stride);
+            else
+              blur_noise_in_thread<T, E>(a, b * kThreads + t, stride);
+          }
+      });
+      break;
   }
 }
 

@@ -14,6 +14,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "mollify_cuda_kernels.cuh"
 
@@ -65,6 +66,19 @@ __global__ void __launch_bounds__(kThreads) mollify_blur_direct_kernel(const Mol
                         static_cast<int64_t>(gridDim.x) * blockDim.x);
 }
 
+// noise=: the caller's eps (stored as E), one thread per element, grid-stride.
+template <typename T, typename E>
+__global__ void __launch_bounds__(kThreads) mollify_noise_in_kernel(const MollifyArgs a) {
+  noise_in_thread<T, E>(a, blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+                        static_cast<int64_t>(gridDim.x) * blockDim.x);
+}
+
+template <typename T, typename E>
+__global__ void __launch_bounds__(kThreads) mollify_blur_noise_in_kernel(const MollifyArgs a) {
+  blur_noise_in_thread<T, E>(a, blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+                             static_cast<int64_t>(gridDim.x) * blockDim.x);
+}
+
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string("mollify_cuda: ") + what + ": " + cudaGetErrorString(err));
 }
@@ -105,6 +119,17 @@ void launch(const MollifyArgs& a, int sms, cudaStream_t stream) {
     case KernelKind::kBlurDirect:
       mollify_blur_direct_kernel<T><<<static_cast<unsigned>(p.grid_x), kThreads, 0, stream>>>(a, p.geom);
       check(cudaGetLastError(), "launching the direct blur + noise kernel");
+      break;
+    case KernelKind::kNoiseIn:
+    case KernelKind::kBlurNoiseIn:
+      with_eps_type<T>(p.eps_compute, [&](auto* tag) {
+        using E = std::remove_pointer_t<decltype(tag)>;
+        if (p.kind == KernelKind::kNoiseIn)
+          mollify_noise_in_kernel<T, E><<<static_cast<unsigned>(p.grid_x), kThreads, 0, stream>>>(a);
+        else
+          mollify_blur_noise_in_kernel<T, E><<<static_cast<unsigned>(p.grid_x), kThreads, 0, stream>>>(a);
+      });
+      check(cudaGetLastError(), "launching the noise= kernel");
       break;
   }
 }

@@ -89,8 +89,13 @@ def _run(
     blur_radius: int,
     gen_state: Optional[torch.Tensor],
     backend: str,
+    eps: Optional[torch.Tensor] = None,
 ) -> None:
-    """Everything that reads values, in an order that writes nothing until all checks pass."""
+    """Everything that reads values, in an order that writes nothing until all checks pass.
+
+    ``noise``: the buffer that receives eps (return_noise), or None. ``eps``: the caller's eps
+    (``noise=``), read by the kernels instead of drawing: no stream is taken, and ``noise``
+    gets a copy of it (rounded to x.dtype)."""
     global _last_backend
     if _capturing(x):
         _refuse_capture()
@@ -108,9 +113,18 @@ def _run(
             x = out.copy_(x)
     if x.is_neg():
         x = x.resolve_neg()
+    if eps is not None:
+        if eps.is_neg():
+            eps = eps.resolve_neg()
+        if name in ("cpu", "cuda"):
+            from .backends._native import eps_input
+
+            eps = eps_input(x, eps)[0]  # the one conversion the C++ kernels need, if any
     # Decided before the stream is taken: nothing below refuses a call.
-    unfused = x.numel() != 0 and name not in _PURE and _needs_unfused(name, x, out, noise, p)
-    if gen_state is not None:
+    unfused = x.numel() != 0 and name not in _PURE and _needs_unfused(name, x, out, noise if eps is None else eps, p)
+    if eps is not None:
+        stream = (0, 0)  # not used: no generator moves, PyTorch's default one included
+    elif gen_state is not None:
         stream = take_replayable(gen_state, x.numel())
     elif name == "torch":
         stream = None  # the torch backend draws from PyTorch's default generator directly
@@ -119,14 +133,19 @@ def _run(
     _last_backend = name
     if x.numel() == 0:
         return
+    if noise is not None and eps is not None:
+        noise.copy_(eps)  # before out is written: out may be eps's own view (out=noise)
     if unfused:
-        _run_unfused(launch, x, out, noise, p, stream)
+        _run_unfused(launch, x, out, noise, p, stream, eps)
     else:
         if p.blur is not None and same_view(out, x):
             # The blur reads neighbours that an in-place write would already have replaced:
             # blur a copy so that out=x gives exactly the out-of-place result.
             x = x.clone()
-        launch(x, out, noise, p, stream)
+        if eps is None:
+            launch(x, out, noise, p, stream)
+        else:
+            launch(x, out, eps, p, stream, noise_in=True)
     if neg_out is not None:
         neg_out.copy_(out)
 
@@ -157,19 +176,26 @@ def _needs_unfused(name: str, x: torch.Tensor, out: torch.Tensor, noise: Optiona
 
 
 def _run_unfused(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params,
-                 stream) -> None:
+                 stream, given: Optional[torch.Tensor] = None) -> None:
     """The slow path of a compiled backend: blur (folded weights, any radius) into a contiguous
     temporary in the compute dtype, then the backend's noise kernel on it.
 
     The temporary has x's shape, so every element keeps its logical index and draws the same
     normal as in the fused kernel; ``out = alpha * B(x) + sigma * eps`` is computed in the
-    compute dtype and rounded once to x.dtype (the copy into ``out``).
+    compute dtype and rounded once to x.dtype (the copy into ``out``). ``given``: the caller's
+    eps (``noise=``), read by the noise kernel instead of drawing (``noise`` is then filled by
+    the caller).
     """
     acc = compute_dtype(x.dtype)
     src = blur_planes(x, p, acc) if p.blur is not None else x.contiguous()
     res = torch.empty_like(src)
+    q = replace(p, blur=None, radius=0, max_radius=0, blur_host=None, radius_host=None)
+    if given is not None:
+        launch(src, res, given, q, stream, noise_in=True)
+        out.copy_(res)
+        return
     eps = None if noise is None else torch.empty_like(src)
-    launch(src, res, eps, replace(p, blur=None, radius=0, max_radius=0, blur_host=None, radius_host=None), stream)
+    launch(src, res, eps, q, stream)
     out.copy_(res)
     if noise is not None:
         noise.copy_(eps)
@@ -190,17 +216,18 @@ def _mollify_op(
     gen_state: Optional[torch.Tensor],
     return_noise: bool,
     backend: str,
+    eps: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty_like(x)
     noise = torch.empty_like(x) if return_noise else x.new_empty(0)
     _run(x, out, noise if return_noise else None, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t,
-         has_blur, blur_radius, gen_state, backend)
+         has_blur, blur_radius, gen_state, backend, eps)
     return out, noise
 
 
 @_mollify_op.register_fake
 def _mollify_fake(x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius, gen_state,
-                  return_noise, backend):
+                  return_noise, backend, eps=None):
     return torch.empty_like(x), (torch.empty_like(x) if return_noise else x.new_empty(0))
 
 
@@ -220,17 +247,19 @@ def _mollify_out_op(
     blur_radius: int,
     gen_state: Optional[torch.Tensor],
     backend: str,
+    eps: Optional[torch.Tensor] = None,
 ) -> None:
-    # x=None means "x is out" (in place); the op never receives two aliased arguments.
+    # x=None means "x is out" (in place); the op never receives two aliased arguments (an eps
+    # that is out's own view arrives as a copy).
     src = out if x is None else x
-    check_out_memory(src, out, noise)
+    check_out_memory(src, out, noise, eps)
     _run(src, out, noise, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
-         gen_state, backend)
+         gen_state, backend, eps)
 
 
 @_mollify_out_op.register_fake
 def _mollify_out_fake(out, x, noise, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
-                      gen_state, backend):
+                      gen_state, backend, eps=None):
     return None
 
 
@@ -263,26 +292,38 @@ def _per_row(t: Optional[torch.Tensor], dim: Optional[int], b: int, n: int) -> O
     return t.repeat_interleave(n) if t.dim() == 1 else t.reshape(b * n)
 
 
+def _batched(t: torch.Tensor, dim: Optional[int], b: int) -> torch.Tensor:
+    """A vmapped tensor argument with its batch dim first (expanded when not batched)."""
+    return t.movedim(dim, 0) if dim is not None else t.expand(b, *t.shape)
+
+
 def _mollify_vmap(info, in_dims, x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
-                  gen_state, return_noise, backend):
+                  gen_state, return_noise, backend, eps=None):
     """randomness='different': the B slices of ``[N, ...]`` run as one ``[B * N, ...]`` batch,
     so slice ``b`` draws the stream's elements ``b * slice_numel ...`` (noise of its own) and
-    the generator advances once, by the whole batch."""
-    _vmap_refusal(info, "the generator must not be batched" if in_dims[10] is not None else "")
+    the generator advances once, by the whole batch. With ``noise=`` (``eps``) nothing is
+    drawn, so any randomness flag is fine: slice ``b`` uses its slice of a batched eps (or the
+    same eps, when it is not batched)."""
+    if eps is None:
+        _vmap_refusal(info, "the generator must not be batched" if in_dims[10] is not None else "")
     b = info.batch_size
-    xb = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x.expand(b, *x.shape)
+    xb = _batched(x, in_dims[0], b)
     n = xb.shape[1]
     merged = xb.reshape(b * n, *xb.shape[2:])
+    eps_m = None if eps is None else _batched(eps, in_dims[13], b).reshape(merged.shape)
     out, noise = torch.ops.mollify_fast.mollify(
         merged, sigma, _per_row(sigma_t, in_dims[2], b, n), alpha, _per_row(alpha_t, in_dims[4], b, n), vp,
-        blur, _per_row(blur_t, in_dims[7], b, n), has_blur, blur_radius, gen_state, return_noise, backend)
+        blur, _per_row(blur_t, in_dims[7], b, n), has_blur, blur_radius, gen_state, return_noise, backend, eps_m)
     if return_noise:
         return (out.reshape(xb.shape), noise.reshape(xb.shape)), (0, 0)
     return (out.reshape(xb.shape), noise), (0, None)
 
 
 def _mollify_out_vmap(info, in_dims, *args):
-    _vmap_refusal(info, "out= (and so in-place) is not supported; use the returned tensor")
+    what = "out= (and so in-place) is not supported; use the returned tensor"
+    if len(args) > 14 and args[14] is not None:  # noise= given: nothing is drawn, only out= is refused
+        raise RuntimeError(f"mollify: under torch.func.vmap, {what}")
+    _vmap_refusal(info, what)
 
 
 torch.library.register_vmap("mollify_fast::mollify", _mollify_vmap)
@@ -421,6 +462,7 @@ def mollify(
     generator: Optional[Generator] = None,
     out: Optional[torch.Tensor] = None,
     return_noise: bool = False,
+    noise: Optional[torch.Tensor] = None,
     backend: str = "auto",
 ):
     r"""Mollify a batch: ``out = alpha * B(x) + sigma * eps`` in one fused pass.
@@ -452,7 +494,14 @@ def mollify(
         generator: a :class:`mollify_fast.Generator` stream, advanced by ``ceil(numel / 4)``.
             None draws a seed from PyTorch's default generator for x's device.
         out: tensor to write (x's shape, dtype, device); may be ``x`` itself.
-        return_noise: also return ``eps`` (rounded to x.dtype).
+        return_noise: also return ``eps`` (rounded to x.dtype). With ``noise``, a new tensor
+            holding ``noise`` rounded to x.dtype (never the caller's tensor itself).
+        noise: your own ``eps`` instead of a draw (offset or pyramid noise, one eps shared by
+            two models): x's shape, on x's device, float16/bfloat16/float32/float64 in any
+            strides (``e.expand_as(x)`` included; it is only read), not requiring grad. Used
+            in the compute dtype (a float32 eps with bfloat16 x keeps its float32 values), read
+            in the same fused pass; no generator moves (``generator`` and PyTorch's default
+            generator alike). ``out`` may be ``noise`` itself, not a partial overlap of it.
         backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"``, ``"cuda"`` or
             ``"reference"``.
 
@@ -464,7 +513,7 @@ def mollify(
     backend but ``torch`` draws ``eps`` from the same Philox stream, so for one generator
     state they agree to float32 rounding on CPU and GPU alike.
     """
-    if (blur_sigma is None and blur_radius is None and out is None and type(x) is torch.Tensor
+    if (blur_sigma is None and blur_radius is None and out is None and noise is None and type(x) is torch.Tensor
             and (generator is None or type(generator) is Generator) and (return_noise is False or return_noise is True)
             and not _is_compiling() and _dispatch_depth() == 0 and not _function_mode()
             and not _functorch_active() and _tracing_state() is None):
@@ -480,12 +529,14 @@ def mollify(
         res = mollify(x.as_subclass(torch.Tensor), sigma, alpha=alpha, blur_sigma=blur_sigma,
                       blur_radius=blur_radius, generator=generator,
                       out=None if out is None else out.as_subclass(torch.Tensor),
-                      return_noise=return_noise, backend=backend)
+                      return_noise=return_noise,
+                      noise=noise.as_subclass(torch.Tensor) if isinstance(noise, torch.Tensor) else noise,
+                      backend=backend)
         if return_noise:
             return (res[0].as_subclass(cls) if out is None else out), res[1].as_subclass(cls)
         return res.as_subclass(cls) if out is None else out
     s, a, b = check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend,
-                           backends.NAMES)
+                           backends.NAMES, noise)
     vp = a is None
     a_num, a_t = (0.0, None) if vp else a
     has_blur = b is not None
@@ -496,23 +547,25 @@ def mollify(
     if _plain_eager(x):
         # Same implementation as the custom ops, minus ~60 us of Python dispatch per call
         # (measured on the 2-core dev CPU); tracing, fake tensors and modes take the ops below.
+        eps = torch.empty_like(x) if return_noise else None
         if out is None:
             res = torch.empty_like(x)
-            noise = torch.empty_like(x) if return_noise else None
-            _run(x, res, noise, *args, backend)
-            return (res, noise) if return_noise else res
-        noise = torch.empty_like(x) if return_noise else None
-        check_out_memory(x, out, noise)
-        _run(x, out, noise, *args, backend)
+            _run(x, res, eps, *args, backend, noise)
+            return (res, eps) if return_noise else res
+        check_out_memory(x, out, eps, noise)
+        _run(x, out, eps, *args, backend, noise)
         # The kernels write through raw pointers: tell autograd that out (maybe x) changed, so a
         # backward that saved it raises "modified by an inplace operation" instead of using the
         # mollified values. (The custom op below does this itself for its mutated arguments.)
         _increment_version(out)
-        return (out, noise) if return_noise else out
+        return (out, eps) if return_noise else out
     if out is None:
-        res, noise = torch.ops.mollify_fast.mollify(x, *args, return_noise, backend)
-        return (res, noise) if return_noise else res
-    noise = torch.empty_like(x) if return_noise else None
-    inplace = out is x or (not torch.compiler.is_compiling() and same_view(out, x))
-    torch.ops.mollify_fast.mollify_out(out, None if inplace else x, noise, *args, backend)
-    return (out, noise) if return_noise else out
+        res, eps = torch.ops.mollify_fast.mollify(x, *args, return_noise, backend, noise)
+        return (res, eps) if return_noise else res
+    eps = torch.empty_like(x) if return_noise else None
+    compiling = torch.compiler.is_compiling()
+    inplace = out is x or (not compiling and same_view(out, x))
+    if noise is not None and (noise is out or (not compiling and same_view(noise, out))):
+        noise = noise.clone()  # out=noise: the op takes no two aliased arguments; same numbers
+    torch.ops.mollify_fast.mollify_out(out, None if inplace else x, eps, *args, backend, noise)
+    return (out, eps) if return_noise else out

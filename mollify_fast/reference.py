@@ -274,11 +274,14 @@ def mollify(
     seed: int = 0,
     offset: int = 0,
     return_noise: bool = False,
+    noise: Optional[torch.Tensor] = None,
 ):
     """Exact ``alpha * B(x) + sigma * eps`` for stream ``(seed, offset)``.
 
     Shapes: ``x`` is ``[N, ...]``; ``sigma``, ``alpha`` and ``blur_sigma`` are numbers, 0-d
     tensors or ``[N]`` tensors. ``alpha=None`` means ``sqrt(1 - sigma^2)`` (computed in float64).
+    ``noise``: a given eps of x's shape (any float dtype) used instead of the stream (``seed``
+    and ``offset`` are then ignored), converted to the compute dtype.
     No argument checking beyond what the math needs: the public ``mollify_fast.mollify`` does it.
 
     Returns:
@@ -290,7 +293,7 @@ def mollify(
         alpha = torch.sqrt(1.0 - s64 * s64)
     a = _per_sample(alpha, x, acc)
     s = _per_sample(sigma, x, acc)
-    eps = noise_like(x, seed, offset)
+    eps = noise_like(x, seed, offset) if noise is None else noise.detach().to("cpu", acc)
     if blur_sigma is not None and not _is_zero(blur_sigma):
         xb = blur(x, blur_sigma, blur_radius)
     else:

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._validate import Params
-from ._native import extension, kernel_args, make_plan
+from ._native import eps_input, extension, kernel_args, make_plan
 
 
 _threads = torch.get_num_threads
@@ -49,9 +49,14 @@ def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
     return True, ""
 
 
-def mollify_cpu(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
+def mollify_cpu(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
+                noise_in: bool = False) -> None:
+    """``noise_in``: ``noise`` is the caller's eps (mollify's ``noise=``), read in the same pass."""
     ext, _ = extension()
-    ext.mollify_cpu(*kernel_args(x, out, noise, p, stream), _threads())
+    mode = 0
+    if noise_in:
+        noise, mode = eps_input(x, noise)
+    ext.mollify_cpu(*kernel_args(x, out, noise, p, stream, mode), _threads())
 
 
 def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):

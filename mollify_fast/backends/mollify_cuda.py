@@ -27,7 +27,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from .._validate import Params
-from ._native import extension, kernel_args, make_plan
+from ._native import eps_input, extension, kernel_args, make_plan
 
 EMULATE_ENV = "MOLLIFY_FAST_CUDA_EMULATE"
 SYNC_ENV = "MOLLIFY_FAST_CUDA_SYNC"
@@ -157,14 +157,20 @@ def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
                    f"x is on {x.device}")
 
 
-def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
+def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
+                 noise_in: bool = False) -> None:
+    """``noise_in``: ``noise`` is the caller's eps (mollify's ``noise=``), read by the noise=
+    kernels (kernels/mollify_cuda_kernels.cuh) in the same pass."""
     ext, _ = extension()
+    mode = 0
+    if noise_in:
+        noise, mode = eps_input(x, noise)
     if x.is_cpu:
-        ext.mollify_cuda_emulated(*kernel_args(x, out, noise, p, stream))
+        ext.mollify_cuda_emulated(*kernel_args(x, out, noise, p, stream, mode))
         return
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
     cuda_stream = torch.cuda.current_stream(dev)
-    ext.mollify_cuda(*kernel_args(x, out, noise, p, stream), cuda_stream.cuda_stream, dev)
+    ext.mollify_cuda(*kernel_args(x, out, noise, p, stream, mode), cuda_stream.cuda_stream, dev)
     if os.environ.get(SYNC_ENV, "").strip() == "1":
         cuda_stream.synchronize()  # a fault in the kernel raises here, at the call
 
