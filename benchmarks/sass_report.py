@@ -176,6 +176,7 @@ def run_cuda(src_root: str, rows: list, log) -> None:
         if radius_t is not None and radius_t < 0:
             radius_t = None  # the runtime-radius kernel: analysed at every case radius
         blur = "blur" in name.lower()
+        given = "noise_in" in name.lower()  # noise=: reads the caller's eps, writes no eps
         x = torch.empty(SHAPE)
         if not contig and not blur:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -183,14 +184,14 @@ def run_cuda(src_root: str, rows: list, log) -> None:
             len(coalesce(list(x.shape[:-2]), [list(x.stride()[:-2])] * 2)[0])
         radii = [radius_t] if radius_t is not None else (sorted(RADII.values()) if blur else [0])
         for r in radii:
-            for outputs in (1, 2) if not blur else (1,):
+            for outputs in (1, 2) if not (blur or given) else (1,):
                 keep = (lambda i: True) if outputs == 2 else \
                     (lambda i: not i.pred and not any(BLUR_GROUP.search(A.source_line(p, n)) for p, n in i.locs))
                 out = A.analyze(cubin, sym, spills.get(sym, (0, 0)), {"r": r, "ndims": ndims},
                                 elem_bytes=DTYPE_BYTES[dtype], outputs=outputs, unroll_marker=True,
                                 store_filter=keep, required_vars=("r",) if blur else (), funcs=funcs, res=res)
                 variant = (f"blur r{r}+noise" if blur else "noise") + ("+eps" if outputs == 2 else "") + \
-                    (" per-sample" if per_sample else "")
+                    (" per-sample" if per_sample else "") + (", eps given" if given else "")
                 layout = "contiguous (vector path)" if contig else ("any strides" if blur else "strided")
                 case = Case("cuda", f"{name}<{', '.join(targs)}>", variant, dtype, layout, r, outputs,
                             {"template": flags_s, "nvcc_flags": " ".join(flags)}, threads_per_block=threads)
