@@ -5,6 +5,7 @@ emulated on the host) computes ``alpha * B(x) + sigma * eps`` from the given eps
 the compute dtype, within float32 rounding of the float64 formula; no generator moves; out=,
 out=x and out=noise give the out-of-place result; refusals change nothing.
 """
+import math
 import os
 
 import pytest
@@ -265,3 +266,18 @@ def test_refusals_change_nothing(backend, case):
         mf.mollify(x, 0.5, generator=g, out=o, backend=backend, **kw)
     assert torch.equal(x, x0) and torch.equal(o, o0)
     assert g.offset == 3 and torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize("mode", ["noise", "noise+blur"])
+def test_mollifier_passes_noise_through(mode):
+    g = mf.Generator(21, 4)
+    mol = mf.Mollifier(mollify_steps=100, mode=mode, blur_sigma_max=None if mode == "noise" else 2.0,
+                       generator=g, backend="cpu")
+    x, e = _data(seed=14)
+    rng = torch.get_rng_state()
+    sigma = math.sqrt(mol.gamma(10))
+    blur = None if mode == "noise" else 2.0 * sigma
+    got = mol(x, 10, noise=e)
+    assert torch.equal(got, mf.mollify(x, sigma, blur_sigma=blur, noise=e, backend="cpu"))
+    assert g.offset == 4 and torch.equal(torch.get_rng_state(), rng)
+    assert mol(x, 100, noise=e) is x  # past the window: x itself, as without noise=
