@@ -39,9 +39,9 @@ constexpr int blur_min_blocks() {
   return (sizeof(typename Io<T>::acc) == 8 || KR >= 7) ? 2 : 3;
 }
 
-template <typename T, int KR>
-__global__ void __launch_bounds__(kThreads, blur_min_blocks<T, KR>()) mollify_blur_kernel(const MollifyArgs a,
-                                                                                         const BlurGeom g) {
+// The block's tiles, phase by phase (E: see blur_phase_store; void draws the noise).
+template <typename T, int KR, typename E>
+__device__ __forceinline__ void blur_tiles(const MollifyArgs& a, const BlurGeom& g) {
   using A = typename Io<T>::acc;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* smem = reinterpret_cast<A*>(smem_raw);
@@ -55,9 +55,22 @@ __global__ void __launch_bounds__(kThreads, blur_min_blocks<T, KR>()) mollify_bl
     __syncthreads();
     blur_phase_width<T, KR>(g, tx, ty, smem, tid);
     __syncthreads();
-    blur_phase_store<T, KR>(a, g, tx, ty, smem, tid);
+    blur_phase_store<T, KR, E>(a, g, tx, ty, smem, tid);
     __syncthreads();  // the next tile overwrites the shared arrays
   }
+}
+
+template <typename T, int KR>
+__global__ void __launch_bounds__(kThreads, blur_min_blocks<T, KR>()) mollify_blur_kernel(const MollifyArgs a,
+                                                                                         const BlurGeom g) {
+  blur_tiles<T, KR, void>(a, g);
+}
+
+// noise= with a blur: the runtime-radius tiles reading the caller's eps (stored as E) in phase 3.
+template <typename T, typename E>
+__global__ void __launch_bounds__(kThreads, blur_min_blocks<T, -1>()) mollify_blur_noise_in_tiled_kernel(
+    const MollifyArgs a, const BlurGeom g) {
+  blur_tiles<T, -1, E>(a, g);
 }
 
 template <typename T>
@@ -122,12 +135,20 @@ void launch(const MollifyArgs& a, int sms, cudaStream_t stream) {
       break;
     case KernelKind::kNoiseIn:
     case KernelKind::kBlurNoiseIn:
+    case KernelKind::kBlurNoiseInTiled:
       with_eps_type<T>(p.eps_compute, [&](auto* tag) {
         using E = std::remove_pointer_t<decltype(tag)>;
-        if (p.kind == KernelKind::kNoiseIn)
+        if (p.kind == KernelKind::kNoiseIn) {
           mollify_noise_in_kernel<T, E><<<static_cast<unsigned>(p.grid_x), kThreads, 0, stream>>>(a);
-        else
+        } else if (p.kind == KernelKind::kBlurNoiseIn) {
           mollify_blur_noise_in_kernel<T, E><<<static_cast<unsigned>(p.grid_x), kThreads, 0, stream>>>(a);
+        } else {
+          auto kernel = mollify_blur_noise_in_tiled_kernel<T, E>;
+          if (p.smem_bytes > 48 * 1024)
+            check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.smem_bytes)),
+                  "allowing the blur kernel its shared memory");
+          kernel<<<static_cast<unsigned>(p.grid_x), kThreads, static_cast<size_t>(p.smem_bytes), stream>>>(a, p.geom);
+        }
       });
       check(cudaGetLastError(), "launching the noise= kernel");
       break;

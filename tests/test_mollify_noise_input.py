@@ -80,6 +80,16 @@ def test_blur(backend, blur, dtype):
     assert_out_given_eps(out, x, e, 0.3, alpha=0.9, what=f"{backend} {blur}", eps_rounded=False, **kw)
 
 
+@pytest.mark.parametrize("edtype", [torch.float32, torch.float64])
+def test_blur_beyond_the_cuda_tiles_shared_memory(backend, edtype):
+    """Radius 56 on 60 x 61: below min(H, W), but the cuda backend's tile plus halo does not fit
+    its shared-memory budget, so it takes the direct kernel (the others their usual paths)."""
+    x, e = _data((1, 1, 60, 61), edtype=edtype, seed=15)
+    kw = dict(blur_sigma=56 / 3, blur_radius=56)
+    out = mf.mollify(x, 0.2, alpha=1.0, noise=e, backend=backend, **kw)
+    assert_out_given_eps(out, x, e, 0.2, alpha=1.0, what=backend, eps_rounded=False, **kw)
+
+
 @pytest.mark.parametrize("blur", [None, 1.0, 4.0])
 def test_out_and_in_place_equal_the_out_of_place_result(backend, blur):
     x, e = _data(seed=2)
