@@ -103,6 +103,9 @@ def _triton_cases(pkg_root: str, quick: bool = False):
         # Real image sizes whose width is not a multiple of 16 (no divisibility hint, no
         # register cap) or of 4 (two Philox groups per thread): MNIST and CelebA's native frames.
         specs += [("blur r3+noise", layout, shape, 1.0, False, False) for layout, shape in REAL_SHAPES.items()]
+        # mollify(noise=): the caller's eps (x's dtype) read where the kernels would draw.
+        specs += [("noise, eps given", "contiguous", SHAPE, None, False, False),
+                  ("blur r3+noise, eps given", "contiguous", SHAPE, 1.0, False, False)]
         for variant, layout, shape, bs, ret, per_sample in specs:
             if quick and (dname, variant, layout) not in QUICK_TRITON:
                 continue
@@ -117,7 +120,10 @@ def _triton_cases(pkg_root: str, quick: bool = False):
             p = resolve_params(x, 0.5, sig_t, 0.0, None, True, bs or 0.0, blur_t, bs is not None,
                                RADII.get(bs, -1) if bs else -1)
             r = RADII.get(bs, 0) if bs else 0
-            for L in mt._plan(x, o, nz, p, (1234, 0)):
+            given = "eps given" in variant
+            launches = mt._plan_full(x, o, torch.randn_like(x), p, (1234, 0), True)[0] if given else \
+                mt._plan(x, o, nz, p, (1234, 0))
+            for L in launches:
                 out.append((Case("triton", L.kernel.__name__, variant, dname, layout, r, 2 if ret else 1,
                                  threads_per_block=32 * L.options.get("num_warps", 4)), L))
     return out
