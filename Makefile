@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: venv install test test-triton-min sass sass-check bench bench-sweep bench-training demo demo-full info clean
+.PHONY: venv install test test-triton-min typecheck sass sass-check bench bench-sweep bench-training demo demo-full info clean
 
 venv: $(STAMP)
 $(STAMP): requirements-dev.txt
@@ -35,29 +35,34 @@ PYTEST_WORKERS ?= auto
 PYTEST_PAR = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadgroup)
 test: install
 	$(PY) -m mollify_fast info
-	$(PY) -m pytest -ra $(PYTEST_PAR) tests
+	$(PY) -m pytest -ra $(PYTEST_PAR) tests benchmarks/demo/test_models.py
 	$(MAKE) test-triton-min
 
 test-triton-min: install
 	PYTHON=$(PY) bash tests/triton_min_version.sh $(PYTEST_PAR)
 
-# Every kernel variant against benchmarks/sass_budgets.json, under Triton 3.8 and, at the same
+# mypy (configured in pyproject.toml) on the package and on tests/typing/check_public_api.py,
+# whose assert_type lines pin the public API's types (mollify's overloads on return_noise).
+typecheck: install
+	$(PY) -m mypy
+
+# Every kernel variant against benchmarks/sass/budgets.json, under Triton 3.8 and, at the same
 # time (ptxas is single-threaded), under Triton 3.6 (its lines prefixed); about 12 and 13 minutes
-# of compiling from an empty cache on the 2-core machine. CI runs it after make test.
+# of compiling from an empty cache on the 2-core machine. CI runs it after make test and make typecheck.
 SASS_OUT ?= build/results/sass
 sass-check: install
 	PYTHON=$(PY) bash tests/triton_min_version.sh --run true
 	set -o pipefail; \
-	( PYTHON=$(PY) bash tests/triton_min_version.sh --run $(PY) -m benchmarks.sass_report --check --no-baselines \
+	( PYTHON=$(PY) bash tests/triton_min_version.sh --run $(PY) -m benchmarks.sass.report --check --no-baselines \
 		--only triton --out $(SASS_OUT)/triton-min 2>&1 | sed -u 's/^/[triton 3.6] /' ) & min=$$!; \
-	$(PY) -m benchmarks.sass_report --check --no-baselines --out $(SASS_OUT); main=$$?; \
+	$(PY) -m benchmarks.sass.report --check --no-baselines --out $(SASS_OUT); main=$$?; \
 	wait $$min; low=$$?; \
 	echo "sass-check: Triton 3.8 + CUDA exit $$main, Triton 3.6 exit $$low"; \
 	test $$main -eq 0 -a $$low -eq 0
 
 # The static sm_90 report (no GPU needed), all MODELED; SASS_OUT=benchmarks/results refreshes the committed one.
 sass: install
-	$(PY) -m benchmarks.sass_report --out $(SASS_OUT)
+	$(PY) -m benchmarks.sass.report --out $(SASS_OUT)
 
 info: install
 	$(PY) -m mollify_fast info
@@ -72,8 +77,8 @@ DEMO_ARGS ?=
 DEVSLUG = $$($(PY) -c "import torch; print('cpu' if not torch.cuda.is_available() else ''.join(c if c.isalnum() else '_' for c in torch.cuda.get_device_name(0)).strip('_').lower())")
 
 bench: install
-	$(PY) -m benchmarks.bench_mollify --out $(BENCH_OUT) $(BENCH_ARGS)
-	$(PY) -m benchmarks.plot_mollify $(BENCH_OUT)/mollify_$(DEVSLUG).csv
+	$(PY) -m benchmarks.micro.bench_mollify --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(PY) -m benchmarks.micro.plot_mollify $(BENCH_OUT)/mollify_$(DEVSLUG).csv
 
 # The main job: vanilla vs mollified flows on the paper's UCI tables and the VAE.
 demo: install
@@ -84,7 +89,7 @@ demo-full: install
 
 # Size sweep 2^8..2^26 elements (per-call overhead and small batches), CSV + plot.
 bench-sweep: install
-	$(PY) -m benchmarks.bench_mollify_sweep --out $(BENCH_OUT) --plot $(BENCH_ARGS)
+	$(PY) -m benchmarks.micro.bench_mollify_sweep --out $(BENCH_OUT) --plot $(BENCH_ARGS)
 
 bench-training: install
-	$(PY) -m benchmarks.bench_training --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(PY) -m benchmarks.micro.bench_training --out $(BENCH_OUT) $(BENCH_ARGS)

@@ -26,4 +26,4 @@ MOLLIFY_FAST_REQUIRE_EXT=1 MOLLIFY_FAST_CUDA=on MOLLIFY_FAST_CUDA_ARCHS=${MOLLIF
 $py -m mollify_fast info | tee "$out/info.txt"
 $py -m pytest -q -ra -p no:cacheprovider tests/test_mollify_gpu.py ${GPU_TEST_ARGS:-} --junitxml="$out/gpu_tests.xml" \
   2>&1 | tee "$out/gpu_tests.txt"
-$py -m benchmarks.bench_mollify --device cuda --budget "$budget" --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.txt"
+$py -m benchmarks.micro.bench_mollify --device cuda --budget "$budget" --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.txt"

@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <unistd.h>
+
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -105,6 +107,24 @@ MollifyArgs with_call(const Plan& p, uintptr_t x, uintptr_t out, uintptr_t noise
   return a;
 }
 
+// A generator's state (mollify_fast/generator.py): int64 words, KEY, OFFSET and OWNER first.
+constexpr int kKeyWord = 0, kOffsetWord = 1, kOwnerWord = 2;
+
+// Take the counter groups of a numel-element call from a generator state this process owns
+// (OWNER == pid: its key is derived), in one atomic step: the offset advances by
+// ceil(numel / 4) and (key, old offset) is the call's stream. False, with nothing changed, for
+// any other state (another process's, a provisional or pending key): Python's take_stream then
+// derives the key under its lock. Every advance of an owned state goes through this function
+// (Python's too), so two takes never get the same groups, from any thread.
+bool take_groups(uintptr_t state, int64_t numel, uint64_t& seed, uint64_t& offset) {
+  int64_t* s = reinterpret_cast<int64_t*>(state);
+  if (__atomic_load_n(s + kOwnerWord, __ATOMIC_ACQUIRE) != static_cast<int64_t>(getpid())) return false;
+  seed = static_cast<uint64_t>(__atomic_load_n(s + kKeyWord, __ATOMIC_RELAXED));
+  offset = __atomic_fetch_add(reinterpret_cast<uint64_t*>(s + kOffsetWord), static_cast<uint64_t>((numel + 3) >> 2),
+                              __ATOMIC_RELAXED);
+  return true;
+}
+
 }  // namespace
 
 #define MOLLIFY_ARGS                                                                                    \
@@ -158,6 +178,32 @@ PYBIND11_MODULE(_C, m) {
         mollify_fast::mollify_cpu(a, num_threads);
       },
       "mollify_cpu with a Plan: (plan, x, out, noise, sigma, alpha, seed, offset, num_threads), positional");
+  // Inside a training loop every Python step of a call runs with cold caches (~1-3 us each on
+  // the 2-core dev VM): taking the stream here, in the launch call, saves the ten or so steps of
+  // Python's take_stream.
+  m.def(
+      "mollify_cpu_plan_gen",
+      [](const Plan& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uintptr_t state,
+         int num_threads) {
+        uint64_t seed, offset;
+        if (!take_groups(state, p.a.numel, seed, offset)) return false;
+        const MollifyArgs a = with_call(p, x, out, noise, sigma, alpha, seed, offset);
+        py::gil_scoped_release release;
+        mollify_fast::mollify_cpu(a, num_threads);
+        return true;
+      },
+      "mollify_cpu_plan taking its stream from a generator state: (plan, x, out, noise, sigma, alpha, "
+      "state_ptr, num_threads); False (nothing done) when the state is not this process's derived stream");
+  m.def(
+      "take_stream",
+      [](uintptr_t state, int64_t numel) -> py::object {
+        uint64_t seed, offset;
+        if (!take_groups(state, numel, seed, offset)) return py::none();
+        return py::make_tuple(seed, offset);
+      },
+      py::arg("state_ptr"), py::arg("numel"),
+      "(key, offset) of a numel-element call, advancing the generator state at state_ptr atomically; None "
+      "(nothing changed) when the state is not this process's derived stream");
   m.def("set_parallel_grain", &mollify_fast::set_parallel_grain, py::arg("elements_per_thread"),
         "Elements per OpenMP thread of the cpu kernels (default 16384); returns the previous value. For tests "
         "and tuning: the result does not depend on it.");
@@ -203,6 +249,16 @@ PYBIND11_MODULE(_C, m) {
         mollify_fast::mollify_cuda(with_call(p, x, out, noise, sigma, alpha, seed, offset), stream, device);
       },
       "mollify_cuda with a Plan: (plan, x, out, noise, sigma, alpha, seed, offset, stream, device), positional");
+  m.def(
+      "mollify_cuda_plan_gen",
+      [](const Plan& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uintptr_t state,
+         uintptr_t stream, int device) {
+        uint64_t seed, offset;
+        if (!take_groups(state, p.a.numel, seed, offset)) return false;
+        mollify_fast::mollify_cuda(with_call(p, x, out, noise, sigma, alpha, seed, offset), stream, device);
+        return true;
+      },
+      "mollify_cuda_plan taking its stream from a generator state (see mollify_cpu_plan_gen)");
   m.def("cuda_runtime_info", &mollify_fast::cuda_runtime_info);
 #else
   m.attr("with_cuda") = false;

@@ -101,6 +101,16 @@ void launch_noise(const MollifyArgs& a, const LaunchPlan& p, cudaStream_t stream
   mollify_noise_kernel<T, kVec, kPerSample><<<static_cast<unsigned>(p.grid_x), kThreads, 0, stream>>>(a);
 }
 
+// A tiled blur kernel over the plan's grid, with its dynamic shared memory: above 48 KB a
+// kernel must opt in to it (per device).
+template <typename K>
+void launch_tiled(K kernel, const MollifyArgs& a, const LaunchPlan& p, cudaStream_t stream) {
+  if (p.smem_bytes > 48 * 1024)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.smem_bytes)),
+          "allowing the blur kernel its shared memory");
+  kernel<<<static_cast<unsigned>(p.grid_x), kThreads, static_cast<size_t>(p.smem_bytes), stream>>>(a, p.geom);
+}
+
 // Resident blur blocks per SM (the kernel's launch bounds) times waves: 8 waves keep the tail
 // of the last wave short while a block still runs several tiles on large inputs.
 constexpr int64_t kBlurBlocksPerSM = 3 * 8;
@@ -120,12 +130,7 @@ void launch(const MollifyArgs& a, int sms, cudaStream_t stream) {
     case KernelKind::kBlurTiled:
       with_radius(p.kr, [&](auto tag) {
         constexpr int KR = decltype(tag)::value;
-        auto kernel = mollify_blur_kernel<T, KR>;
-        // Above 48 KB a kernel must opt in to its dynamic shared memory (per device).
-        if (p.smem_bytes > 48 * 1024)
-          check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.smem_bytes)),
-                "allowing the blur kernel its shared memory");
-        kernel<<<static_cast<unsigned>(p.grid_x), kThreads, static_cast<size_t>(p.smem_bytes), stream>>>(a, p.geom);
+        launch_tiled(mollify_blur_kernel<T, KR>, a, p, stream);
       });
       check(cudaGetLastError(), "launching the blur + noise kernel");
       break;
@@ -143,11 +148,7 @@ void launch(const MollifyArgs& a, int sms, cudaStream_t stream) {
         } else if (p.kind == KernelKind::kBlurNoiseIn) {
           mollify_blur_noise_in_kernel<T, E><<<static_cast<unsigned>(p.grid_x), kThreads, 0, stream>>>(a);
         } else {
-          auto kernel = mollify_blur_noise_in_tiled_kernel<T, E>;
-          if (p.smem_bytes > 48 * 1024)
-            check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.smem_bytes)),
-                  "allowing the blur kernel its shared memory");
-          kernel<<<static_cast<unsigned>(p.grid_x), kThreads, static_cast<size_t>(p.smem_bytes), stream>>>(a, p.geom);
+          launch_tiled(mollify_blur_noise_in_tiled_kernel<T, E>, a, p, stream);
         }
       });
       check(cudaGetLastError(), "launching the noise= kernel");

@@ -14,13 +14,15 @@ Public API::
 
 Nothing here imports Triton or touches CUDA at import time.
 """
+from typing import Dict, Tuple
+
 from . import reference, schedules
 from ._blur import MAX_BLUR_RADIUS
 from .backends import BACKENDS, BackendUnavailableError
 from .backends._native import ExtensionMissingWarning
 from .generator import Generator
 from .mollifier import Mollifier
-from .mollify import last_backend, mollify
+from ._op import last_backend, mollify
 
 __version__ = "0.1.0"
 
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 
-def available_backends() -> dict:
+def available_backends() -> Dict[str, Tuple[bool, str]]:
     """``{name: (available, reason)}`` for every backend in this process."""
     from .backends import availability
 

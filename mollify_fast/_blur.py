@@ -1,7 +1,7 @@
 """Gaussian blur helpers shared by the pure-PyTorch paths: weight folding for any radius.
 
-The blur (CONTRACT section 4) reads ``x[reflect(i + k)]`` for ``k = -r..r``, where ``reflect``
-mirrors without repeating the edge pixel. Along an axis of length ``n`` it has period
+The blur (README, "The contract, in short": the blur) reads ``x[reflect(i + k)]`` for
+``k = -r..r``, where ``reflect`` mirrors without repeating the edge pixel. Along an axis of length ``n`` it has period
 ``P = 2(n-1)``: taps ``k`` and ``k + P`` read the same pixel for every ``i``. So the ``2r+1``
 weights can be *folded*: summed per residue class ``k mod P``. The folded filter has radius
 ``min(r, n-1)`` and gives exactly the same sum (up to the order of float additions):
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +101,7 @@ def sample_weights(s: Tuple[float, ...], r: Tuple[int, ...], n: int) -> torch.Te
     Cached: a training loop repeats its blur sigmas, and building the taps costs ~40 us of
     small-op overhead per call (measured, 2-core dev VM). Callers must not modify the result.
     """
-    pairs = {}
+    pairs: Dict[Tuple[float, int], int] = {}
     inv = [pairs.setdefault((sv, rv), len(pairs)) for sv, rv in zip(s, r)]
     keys = list(pairs)
     uniq = _rows([k[0] for k in keys], [k[1] for k in keys], n)
@@ -161,7 +161,7 @@ def blur(x: torch.Tensor, p, acc: torch.dtype) -> torch.Tensor:
         r = [0 if sv == 0 else int(rv) for sv, rv in zip(s, p.radius_host.tolist())]
     else:
         s, r = [float(p.blur)], [int(p.radius)]
-    groups = {}
+    groups: Dict[Tuple[int, int], List[int]] = {}
     for i, rv in enumerate(r):
         groups.setdefault((min(rv, W - 1), min(rv, H - 1)), []).append(i)
     res = planes if len(groups) == 1 else torch.empty_like(planes)

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import sys
 import weakref
-from typing import Any, Optional, Tuple
+from types import FrameType
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.utils.checkpoint as _cp
@@ -38,12 +39,13 @@ import torch.utils.checkpoint as _cp
 from .generator import take_stream
 
 _grad_enabled = torch.is_grad_enabled
-_top_hooks = torch._C._autograd._top_saved_tensors_default_hooks
+# None where no saved-tensor hooks are set (torch's stubs say a pair always)
+_top_hooks: Callable[[bool], Optional[Tuple[Any, Any]]] = torch._C._autograd._top_saved_tensors_default_hooks
 _graph_task = torch._C._current_graph_task_id
 _CKPT_FRAME = getattr(_cp, "_CheckpointFrame", None)
 _REENTRANT = getattr(_cp, "CheckpointFunction", None)
 _REENTRANT_CODES = tuple(
-    f.__code__ for f in (getattr(_REENTRANT, "forward", None), getattr(_REENTRANT, "backward", None))
+    f.__code__ for f in (getattr(_REENTRANT, "forward", None), getattr(_REENTRANT, "backward", None))  # type: ignore[union-attr]  # hasattr() drops None
     if hasattr(f, "__code__")
 )
 _RECORD = "_mollify_fast_draws"  # attribute on the checkpoint call: {generator state id: [streams]}
@@ -53,6 +55,7 @@ _REPLAYED = "_mollify_fast_replayed"  # {(graph task, generator state id): strea
 def _frame_in_closure(fn, depth: int) -> Optional[Any]:
     """The ``_CheckpointFrame`` that ``fn`` closes over (directly, through a weakref, or through
     a function it closes over, ``depth`` levels down), or None."""
+    assert _CKPT_FRAME is not None  # only called where this torch has it
     for cell in getattr(fn, "__closure__", None) or ():
         try:
             v = cell.cell_contents
@@ -78,7 +81,7 @@ def _checkpoint_call(hooks) -> Optional[Any]:
         if found is not None:
             return found
     if _REENTRANT_CODES:
-        f = sys._getframe(2)
+        f: Optional[FrameType] = sys._getframe(2)
         for _ in range(64):
             if f is None:
                 break
@@ -96,6 +99,12 @@ def _attached(call, name: str) -> dict:
         d = {}
         setattr(call, name, d)
     return d
+
+
+def untracked() -> bool:
+    """True when :func:`take` would draw plainly (no checkpoint to record for or replay), so a
+    caller may take the stream itself."""
+    return _grad_enabled() and _top_hooks(False) is None and _graph_task() == -1
 
 
 def take(state: torch.Tensor, numel: int) -> Tuple[int, int]:

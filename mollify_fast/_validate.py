@@ -407,7 +407,7 @@ def resolve_params(
             return float(v64)
         return src.to(x.device, acc).contiguous()
 
-    s_val = sigma
+    s_val: Param = sigma
     if sigma_t is not None:
         v = _tensor_values("sigma", sigma_t, acc, xd)
         if v.numel():
@@ -456,6 +456,7 @@ def resolve_params(
             # Radii from the float64 view of the values the kernels get (compute dtype), so that
             # every backend derives the same integer radius.
             blur_host = v.to(acc).to(torch.float64)  # the values the kernels get
+            r: Union[torch.Tensor, int]
             if blur_radius >= 0:
                 r = torch.full(blur_host.shape, blur_radius, dtype=torch.float64)
             else:

@@ -27,7 +27,7 @@ import secrets
 import threading
 import warnings
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, SupportsInt, Tuple, Union, cast
 
 import torch
 import torch.utils.data
@@ -67,7 +67,7 @@ def to_signed64(v: int) -> int:
     return v - (1 << 64) if v >= (1 << 63) else v
 
 
-def to_unsigned64(v: int) -> int:
+def to_unsigned64(v: SupportsInt) -> int:
     return int(v) & MASK64
 
 
@@ -135,10 +135,10 @@ def _view(state: torch.Tensor):
     if cached is not None and cached[1] == ptr:
         return cached[0]
     try:
-        v = memoryview(state.numpy())
+        v: Union[memoryview, torch.Tensor] = memoryview(state.numpy())  # type: ignore[arg-type]  # numpy: __buffer__ on Python >= 3.12 only
     except (RuntimeError, TypeError):  # no numpy here, or a tensor numpy refuses
         v = state
-    state._mf_view = (v, ptr)
+    state._mf_view = (v, ptr)  # type: ignore[attr-defined]  # our cache, in the tensor's __dict__
     return v
 
 
@@ -210,17 +210,33 @@ def _fix_seed(v) -> None:
         v[OWNER] = 0
 
 
+try:  # the compiled extension's atomic take (None without it: then every take holds the lock)
+    from ._C import take_stream as _atomic_take
+except ImportError:
+    _atomic_take = None
+
+
 def take_stream(state: torch.Tensor, numel: int) -> Tuple[int, int]:
     """Read ``(key, offset)`` from a generator state tensor and advance it past one call.
 
-    Atomic under threads (one lock); the first call in a process derives the key there.
+    Atomic under threads; the first call in a process derives the key here, under a lock. With
+    the compiled extension, the advance of a derived stream is one atomic step in C++ (the same
+    one the cpu and cuda fast paths take inside their launch call), so it never races them.
     """
+    if _atomic_take is not None:  # a derived stream: no lock, no view
+        taken = _atomic_take(state.data_ptr(), numel)
+        if taken is not None:
+            return taken
     # Inlined to_unsigned64 / groups_for / to_signed64: this runs on every call, and the three
     # function calls were ~0.4 us of a ~4 us eager call on the dev VM.
     with _lock:
         v = _view(state)
         if v[OWNER] != _PID:
             _derive(v)
+        if _atomic_take is not None:
+            taken = _atomic_take(state.data_ptr(), numel)
+            if taken is not None:
+                return taken
         key = int(v[KEY]) & MASK64
         offset = int(v[OFFSET]) & MASK64
         nxt = (offset + ((int(numel) + 3) >> 2)) & MASK64
@@ -262,7 +278,7 @@ class Generator:
         ckpt = g.state_dict()          # {'seed': 1234, 'offset': ceil(x.numel() / 4)}
     """
 
-    def __init__(self, seed: Optional[int] = 0, offset: int = 0):
+    def __init__(self, seed: Optional[int] = 0, offset: int = 0) -> None:
         self._state = torch.zeros(_SLOTS, dtype=torch.int64)
         self.manual_seed(seed, offset)
 
@@ -299,7 +315,7 @@ class Generator:
         return self
 
     @property
-    def seed(self) -> "_Seed":
+    def seed(self) -> Union["_Seed", "_PendingSeed"]:
         """``g.seed()`` (torch.Generator's meaning): reseed from the operating system's entropy,
         offset 0, and return the new seed.
 
@@ -366,7 +382,7 @@ class Generator:
                 "Generator.load_state_dict: state must be a dict with keys 'seed' and 'offset' "
                 f"(from Generator.state_dict()), got {state!r}"
             )
-        self.manual_seed(state["seed"], state["offset"])
+        self.manual_seed(state["seed"], cast(int, state["offset"]))
 
     def _fold_rank(self) -> None:
         """Make this a rank-folded stream (a Mollifier's): on torch.distributed rank r != 0 it
@@ -410,7 +426,9 @@ class Generator:
 class _Seed(int):
     """``Generator.seed`` read as a value: the seed (an int); called: ``Generator.seed()``."""
 
-    def __new__(cls, value: int, generator: Generator):
+    _generator: Generator
+
+    def __new__(cls, value: int, generator: Generator) -> "_Seed":
         obj = super().__new__(cls, value)
         obj._generator = generator
         return obj
@@ -418,7 +436,7 @@ class _Seed(int):
     def __call__(self) -> int:
         return self._generator._reseed()
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[type, Tuple[int]]:
         return int, (int(self),)  # pickles as the plain number
 
 
@@ -433,10 +451,10 @@ class _PendingSeed:
     def __call__(self) -> int:
         return self._generator._reseed()
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return other is None or isinstance(other, _PendingSeed)
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # unhashable (equal to None, not its hash)
 
     def __bool__(self) -> bool:
         return False

@@ -6,7 +6,7 @@ import hashlib
 import inspect
 import math
 import numbers
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, TypeVar, Union, cast, overload
 
 import numpy as np
 import torch
@@ -14,12 +14,13 @@ import torch
 from . import schedules
 from .backends import NAMES as BACKEND_NAMES
 from .generator import Generator
-from .mollify import mollify
+from ._op import mollify
 
 MODES = ("noise", "blur", "noise+blur")
 _STATE_KEYS = ("mollify_steps", "schedule", "schedule_kwargs", "mode", "blur_sigma_max", "generator")
 
 Step = Union[int, torch.Tensor]
+_D = TypeVar("_D", bound=Dict[str, Any])
 # A schedule's variance this far outside [0, 1] is rounding (e.g. ``1 - u - 0.1`` at u = 0.9 is
 # -2.8e-17) and is clipped; anything further out is a wrong schedule and is refused.
 _ROUNDING = 1e-12
@@ -173,7 +174,7 @@ class Mollifier(torch.nn.Module):
         **schedule_kwargs: Any,
     ):
         super().__init__()
-        if isinstance(mollify_steps, bool) or not isinstance(mollify_steps, numbers.Integral):
+        if isinstance(mollify_steps, bool) or not isinstance(mollify_steps, cast(Any, numbers.Integral)):  # cast: typeshed's int is no Integral
             raise TypeError(f"Mollifier: mollify_steps must be an int, got {type(mollify_steps).__name__}")
         mollify_steps = int(mollify_steps)
         if mollify_steps <= 0:
@@ -182,12 +183,12 @@ class Mollifier(torch.nn.Module):
             raise ValueError(f"Mollifier: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if mode != "noise":
             ok = isinstance(blur_sigma_max, numbers.Real) and not isinstance(blur_sigma_max, bool)
-            if not (ok and math.isfinite(blur_sigma_max) and blur_sigma_max > 0):
+            if not (ok and math.isfinite(blur_sigma_max) and blur_sigma_max > 0):  # type: ignore[arg-type, operator]  # ok rules None out
                 raise ValueError(
                     f"Mollifier: mode {mode!r} needs blur_sigma_max > 0 (the blur sigma at step 0), "
                     f"got {blur_sigma_max}"
                 )
-            blur_sigma_max = float(blur_sigma_max)
+            blur_sigma_max = float(blur_sigma_max)  # type: ignore[arg-type]  # not None: checked above
         if not isinstance(backend, str) or backend not in BACKEND_NAMES:
             raise ValueError(f"Mollifier: unknown backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
         if generator is not None and not isinstance(generator, Generator):
@@ -276,6 +277,9 @@ class Mollifier(torch.nn.Module):
         self._check_batch(x)
         return self._mollify(x, math.sqrt(self._variance(step)), noise)
 
+    if TYPE_CHECKING:  # what ``mol(x, step)`` returns (torch.nn.Module types its __call__ as Any)
+        def __call__(self, x: torch.Tensor, step: Step, noise: Optional[torch.Tensor] = None) -> torch.Tensor: ...
+
     def get_extra_state(self) -> Dict[str, Any]:
         """The position in a parent module's ``state_dict()``: the same dict as a standalone
         ``state_dict()``, of plain Python types."""
@@ -292,6 +296,10 @@ class Mollifier(torch.nn.Module):
         """Resume from a parent module's ``load_state_dict()`` (strict: see :meth:`load_state_dict`)."""
         self._load(state, strict=True)
 
+    @overload
+    def state_dict(self, *, destination: _D, prefix: str = ..., keep_vars: bool = ...) -> _D: ...
+    @overload
+    def state_dict(self, *, prefix: str = ..., keep_vars: bool = ...) -> Dict[str, Any]: ...
     def state_dict(self, *args: Any, destination=None, prefix: str = "", keep_vars: bool = False) -> Dict[str, Any]:
         """The settings and the stream's position (see the class docstring). Called by a parent
         module (with a prefix or destination) it is ``torch.nn.Module.state_dict``, which holds

@@ -35,7 +35,7 @@ onto the mirrored axis for ``r >= n`` (exact; see :func:`mollify_fast._blur.fold
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Union, cast
 
 import torch
 
@@ -237,7 +237,7 @@ def blur(
     xf = x.detach().to("cpu", acc)
     if not (torch.is_tensor(blur_sigma) and blur_sigma.dim() >= 1):
         s = float(blur_sigma)
-        r = blur_radius_for(s) if blur_radius is None else int(blur_radius)
+        r = blur_radius_for(s) if blur_radius is None else int(cast(int, blur_radius))
         planes = xf.reshape(-1, *x.shape[-2:])
         return _blur_plane_stack(planes, s, r).reshape(x.shape)
     # The kernels hold blur sigma in the compute dtype, and derive radii from that value.
@@ -247,7 +247,7 @@ def blur(
     elif torch.is_tensor(blur_radius) or isinstance(blur_radius, (list, tuple)):
         radii = [int(r) for r in blur_radius]
     else:
-        radii = [int(blur_radius)] * len(sig)
+        radii = [int(cast(int, blur_radius))] * len(sig)
     out = torch.empty_like(xf)
     for n in range(x.shape[0]):
         planes = xf[n].reshape(-1, *x.shape[-2:])

@@ -15,22 +15,24 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Dict, Union
+from typing import Callable, Dict, Union, overload
 
 import numpy as np
 import torch
 
 Value = Union[float, np.ndarray, torch.Tensor]
+# The numbers a schedule takes and answers with a Python float.
+_Number = Union[float, "np.integer", "np.floating"]
 
 __all__ = ["sigmoid", "linear", "cosine", "SCHEDULES", "get"]
 
 
-def _as_float64(u: Value, name: str):
+def _as_float64(u: Union[_Number, Value], name: str):
     """``(u64, finish)``: u as a Python float or a float64 tensor, and the map back to u's type."""
     if type(u) is float:  # a training loop's u = step / steps: no ABC checks on the hot path
         return u, float
     if torch.is_tensor(u):
-        out_dtype = u.dtype if u.is_floating_point() else torch.get_default_dtype()
+        out_dtype: Union[torch.dtype, np.dtype] = u.dtype if u.is_floating_point() else torch.get_default_dtype()
         if u.is_complex() or u.dtype == torch.bool:
             raise TypeError(f"{name}: u must hold real numbers, got a {u.dtype} tensor")
         return u.to(torch.float64), lambda g: g.to(out_dtype)
@@ -52,7 +54,13 @@ def _clip(v, lo: float, hi: float):
     return min(max(v, lo), hi)
 
 
-def sigmoid(u: Value, start: float = 0.0, end: float = 3.0, tau: float = 0.7, clip_min: float = 1e-9) -> Value:
+@overload
+def sigmoid(u: _Number, start: float = ..., end: float = ..., tau: float = ..., clip_min: float = ...) -> float: ...
+@overload
+def sigmoid(u: np.ndarray, start: float = ..., end: float = ..., tau: float = ..., clip_min: float = ...) -> np.ndarray: ...
+@overload
+def sigmoid(u: torch.Tensor, start: float = ..., end: float = ..., tau: float = ..., clip_min: float = ...) -> torch.Tensor: ...
+def sigmoid(u: Union[_Number, Value], start: float = 0.0, end: float = 3.0, tau: float = 0.7, clip_min: float = 1e-9) -> Value:
     r"""The seed paper's sigmoid schedule (its reference code's ``sigmoid_schedule``).
 
     .. math::
@@ -77,7 +85,7 @@ def sigmoid(u: Value, start: float = 0.0, end: float = 3.0, tau: float = 0.7, cl
     den = (1.0 / (1.0 + math.exp(c))) * math.expm1(-width)
     if torch.is_tensor(u64):
         b = u64 * width + c
-        num = torch.sigmoid(-b) * torch.expm1((u64 - 1.0) * width)
+        num: Union[float, torch.Tensor] = torch.sigmoid(-b) * torch.expm1((u64 - 1.0) * width)
     else:
         b = u64 * width + c
         s_neg_b = 1.0 / (1.0 + math.exp(b)) if b < 700 else 0.0  # exp overflows past ~709
@@ -85,13 +93,25 @@ def sigmoid(u: Value, start: float = 0.0, end: float = 3.0, tau: float = 0.7, cl
     return finish(_clip(num / den, clip_min, 1.0))
 
 
-def linear(u: Value, clip_min: float = 1e-9) -> Value:
+@overload
+def linear(u: _Number, clip_min: float = ...) -> float: ...
+@overload
+def linear(u: np.ndarray, clip_min: float = ...) -> np.ndarray: ...
+@overload
+def linear(u: torch.Tensor, clip_min: float = ...) -> torch.Tensor: ...
+def linear(u: Union[_Number, Value], clip_min: float = 1e-9) -> Value:
     r""":math:`\gamma(u) = 1 - u`, clipped to ``[clip_min, 1]``."""
     u64, finish = _as_float64(u, "linear")
     return finish(_clip(1.0 - u64, clip_min, 1.0))
 
 
-def cosine(u: Value, clip_min: float = 1e-9) -> Value:
+@overload
+def cosine(u: _Number, clip_min: float = ...) -> float: ...
+@overload
+def cosine(u: np.ndarray, clip_min: float = ...) -> np.ndarray: ...
+@overload
+def cosine(u: torch.Tensor, clip_min: float = ...) -> torch.Tensor: ...
+def cosine(u: Union[_Number, Value], clip_min: float = 1e-9) -> Value:
     r""":math:`\gamma(u) = \cos(\pi u / 2)^2`, clipped to ``[clip_min, 1]``."""
     u64, finish = _as_float64(u, "cosine")
     c = torch.cos(u64 * (math.pi / 2)) if torch.is_tensor(u64) else math.cos(u64 * math.pi / 2)

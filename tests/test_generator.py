@@ -142,6 +142,36 @@ def test_threads_through_mollify_draw_distinct_noise():
     assert _unique_groups(torch.cat(results[0] + results[1]))
 
 
+@pytest.mark.skipif(mgen._atomic_take is None, reason="needs the compiled extension (its atomic take)")
+def test_threads_mixing_the_launch_call_take_and_take_stream_lose_no_advance():
+    # The cpu fast path takes its stream inside the extension call, take_stream (the general
+    # path, other backends) through the same atomic step: interleaved from two threads, no
+    # advance is lost (a lost one would hand a counter group out twice) and each call's noise
+    # is its own.
+    g = mf.Generator(13)
+    mgen.take_stream(g._state, 4)  # derive the key: from here both routes are the atomic step
+    per_thread, results, offsets = 20000, [], []  # 2,000 did not catch a non-atomic take; 20,000 did
+    x = torch.zeros(1, 4)  # one counter group per call
+
+    def fast(out):
+        for _ in range(per_thread):
+            out.append(mf.mollify(x, 1.0, generator=g, backend="cpu"))
+
+    def general(out):
+        for _ in range(per_thread):
+            out.append(mgen.take_stream(g._state, 4)[1])
+
+    _run_threads(lambda f, out: f(out), [(fast, results), (general, offsets)])
+    assert g.offset == 1 + 2 * per_thread
+    assert _unique_groups(torch.cat(results))
+    # The general thread's groups are not among the fast thread's: replaying them gives noise
+    # no fast call drew.
+    ref = {tuple(mf.mollify(x, 1.0, generator=mf.Generator(13, o), backend="reference").flatten().tolist())
+           for o in offsets[:200]}
+    assert not ref & {tuple(r.flatten().tolist()) for r in results}
+    assert len(set(offsets)) == len(offsets)
+
+
 def test_torch_generator_per_call_is_thread_safe_and_reproducible():
     # The torch backend turns a stream (seed, offset) into a torch.Generator. One shared
     # torch.Generator per device let two threads reseed it under each other's draws.

@@ -13,7 +13,7 @@ import torch
 
 import mollify_fast as mf
 
-mm = sys.modules["mollify_fast.mollify"]
+mm = sys.modules["mollify_fast._op"]
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The per-call fast path (README, "Per-call overhead"): cached launch plans and the cpu kernels' thread choice.
 
-Behaviour only (speed lives in benchmarks/bench_mollify_sweep.py):
+Behaviour only (speed lives in benchmarks/micro/bench_mollify_sweep.py):
 
 * a cached plan never serves a call it does not fit: other strides, dtype, storage, storage
   offset, parameter kinds, return_noise, backend; the result of every call equals the general
@@ -22,7 +22,7 @@ import mollify_fast as mf
 from conftest import assert_parity, backend_or_skip
 from test_mollify_validation import CASES
 
-MOD = importlib.import_module("mollify_fast.mollify")
+MOD = importlib.import_module("mollify_fast._op")
 
 
 def _general(x, sigma, **kw):

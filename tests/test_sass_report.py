@@ -1,9 +1,9 @@
-"""Budgets on the kernels' sm_90 machine code (benchmarks/sass_report.py, no GPU needed).
+"""Budgets on the kernels' sm_90 machine code (benchmarks/sass/report.py, no GPU needed).
 
 The tool compiles Triton launch variants through the backend's launch plan and Triton's own
 binder (so with the argument types, constexprs and alignment hints of a real call) and every CUDA
 kernel (nvcc, the CMake flags), then counts the steady-state SASS. This test fails on a regression
-of a committed budget (benchmarks/sass_budgets.json): spills, 128-bit global access on the
+of a committed budget (benchmarks/sass/budgets.json): spills, 128-bit global access on the
 contiguous float32 noise path, and an instructions-per-element ceiling per variant.
 
 Here, in ``make test``, it checks a representative subset (``--quick``: the float32 contiguous
@@ -42,7 +42,7 @@ def _has_nvcc() -> bool:
 def report(tmp_path_factory):
     pytest.importorskip("triton")
     out = tmp_path_factory.mktemp("sass")
-    cmd = [sys.executable, "-m", "benchmarks.sass_report", "--out", str(out), "--json", str(out / "s.json"),
+    cmd = [sys.executable, "-m", "benchmarks.sass.report", "--out", str(out), "--json", str(out / "s.json"),
            "--no-baselines"] + ([] if FULL else ["--quick"])
     if not _has_nvcc():
         cmd += ["--only", "triton"]
@@ -52,7 +52,7 @@ def report(tmp_path_factory):
         try:
             subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True, timeout=LIMIT_S, env=env, cwd=ROOT)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"benchmarks.sass_report timed out after {LIMIT_S} s (a hang, not a budget miss); "
+            pytest.fail(f"benchmarks.sass.report timed out after {LIMIT_S} s (a hang, not a budget miss); "
                         f"its log: {log}")
     text = log.read_text()
     assert (out / "s.json").exists(), f"the tool wrote no summary:\n{text[-6000:]}"
@@ -64,9 +64,9 @@ def report(tmp_path_factory):
 
 def _check(report, backend):
     failures, matched = B.check(report["rows"], backend, B.load())
-    assert not failures, "SASS budget regressions (benchmarks/sass_budgets.json):\n" + "\n".join(failures)
+    assert not failures, "SASS budget regressions (benchmarks/sass/budgets.json):\n" + "\n".join(failures)
     assert matched >= 1, (f"no {backend} variant matched a budget in {B.BUDGETS}: the kernels were renamed or "
-                          f"redesigned; set new budgets from `python -m benchmarks.sass_report`")
+                          f"redesigned; set new budgets from `python -m benchmarks.sass.report`")
     return matched
 
 

@@ -4,5 +4,5 @@ Modules: :mod:`.disasm` (cubin -> functions -> basic blocks, loops, the steady-s
 its instruction mix), :mod:`.model` (instruction classes, H100 SXM pipe rates and the MODELED
 issue/pipe/memory bounds, with their sources), :mod:`.compile` (every Triton launch variant
 through Triton's own binder, the CUDA kernels through nvcc with the project's CMake flags, and
-the baselines). The entry point is ``python -m benchmarks.sass_report``.
+the baselines). The entry point is ``python -m benchmarks.sass.report``.
 """

@@ -1,7 +1,7 @@
-"""The sm_90 budgets (``benchmarks/sass_budgets.json``) checked against a report's rows.
+"""The sm_90 budgets (``benchmarks/sass/budgets.json``) checked against a report's rows.
 
 Shared by the CI test (``tests/test_sass_report.py``, a representative subset of the variants)
-and by ``python -m benchmarks.sass_report --check`` (``make sass-check``: every variant, which
+and by ``python -m benchmarks.sass.report --check`` (``make sass-check``: every variant, which
 ``.ci/run`` runs after ``make test``).
 
 A row is the per-variant summary the report writes with ``--json``. A budget matches rows on
@@ -15,7 +15,7 @@ import os
 from typing import Dict, List, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUDGETS = os.path.join(ROOT, "benchmarks", "sass_budgets.json")
+BUDGETS = os.path.join(ROOT, "benchmarks", "sass", "budgets.json")
 
 
 def family(kernel: str) -> str:

@@ -6,7 +6,8 @@ Each backend module ``mollify_<name>.py`` exposes
 * ``supports(x, params) -> (bool, reason)``: can it run on this tensor (device, dtype);
 * ``mollify_<name>(x, out, noise, params, stream)``: write ``out`` (and ``noise``);
 * optionally ``noise_plan(x, out, noise)``: a faster launcher for repeated noise-only calls with
-  scalar parameters on x's layout, ``run(x, out, noise, sigma, alpha, stream)``, or None.
+  scalar parameters on x's layout, ``run(x, out, noise, sigma, alpha, stream)`` or a
+  :class:`NoisePlan`, or None.
 
 ``stream`` is ``(seed, offset)``, or None for "draw from PyTorch's default generator". Nothing
 heavy (Triton, the compiled extension, CUDA) is imported until a backend is first asked for.
@@ -17,12 +18,21 @@ import functools
 import importlib
 import json
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
 BACKENDS = ("torch", "cpu", "triton", "cuda", "reference")
 NAMES = ("auto",) + BACKENDS
+
+
+class NoisePlan(NamedTuple):
+    """A backend's launchers for repeated noise-only calls on one layout: ``run(x, out, noise,
+    sigma, alpha, stream)``, and where the backend takes the stream itself from a generator
+    state, ``run_gen(x, out, noise, sigma, alpha, state_ptr) -> bool`` (False: nothing done)."""
+
+    run: Callable[..., None]
+    run_gen: Optional[Callable[..., bool]] = None
 
 
 class BackendUnavailableError(RuntimeError):
@@ -62,7 +72,7 @@ def launcher(name: str) -> Callable:
 
 
 @functools.lru_cache(maxsize=None)
-def auto_table() -> Dict[str, Dict[str, List[str]]]:
+def auto_table() -> Dict[str, Any]:
     """Backend preference per device type and op, fastest first, from ``auto_table.json``.
 
     The table is written from measured results (``benchmarks/``) and says which file it came
@@ -91,7 +101,7 @@ def resolve(name: str, x: torch.Tensor, params) -> Tuple[str, Callable]:
     return "torch", launcher("torch")
 
 
-def noise_plan(name: str, x: torch.Tensor, out: torch.Tensor, noise) -> Optional[Callable]:
+def noise_plan(name: str, x: torch.Tensor, out: torch.Tensor, noise) -> Optional[NoisePlan]:
     """``run(x, out, noise, sigma, alpha, stream)`` for noise-only calls with float parameters on
     x's layout, device and dtype, through backend ``name`` (already resolved for x); None where
     the backend has no such launcher for x (then every call takes the general path).
@@ -100,7 +110,8 @@ def noise_plan(name: str, x: torch.Tensor, out: torch.Tensor, noise) -> Optional
     per call (pure-PyTorch and Triton launchers take any layout as it comes)."""
     mod = _module(name)
     if hasattr(mod, "noise_plan"):
-        return mod.noise_plan(x, out, noise)
+        plan = mod.noise_plan(x, out, noise)
+        return plan if plan is None or isinstance(plan, NoisePlan) else NoisePlan(plan)
     if name == "reference" or (name in ("cuda", "triton") and x.device.type == "cpu"):
         return None  # the reference is a test oracle; CPU runs of GPU code read the environment per call
     from .._validate import Params
@@ -110,4 +121,4 @@ def noise_plan(name: str, x: torch.Tensor, out: torch.Tensor, noise) -> Optional
     def run(x, out, noise, sigma, alpha, stream):
         launch(x, out, noise, Params(sigma, alpha, None, 0, 0), stream)
 
-    return run
+    return NoisePlan(run)

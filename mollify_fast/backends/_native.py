@@ -7,7 +7,8 @@ import json
 import os
 import sys
 import warnings
-from typing import List, Optional, Tuple
+from types import FrameType
+from typing import List, Optional, Tuple, Union
 
 import torch
 
@@ -55,6 +56,7 @@ def _caller_stacklevel() -> int:
     """The stacklevel of the first frame outside mollify_fast and torch: the user's call."""
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     skip = (pkg, os.path.dirname(os.path.abspath(torch.__file__)))
+    frame: Optional[FrameType]
     frame, level = sys._getframe(1), 1  # the caller, extension(), is stacklevel 1 of its warn
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
         frame, level = frame.f_back, level + 1
@@ -112,7 +114,8 @@ def _ptr_num(v) -> Tuple[int, float]:
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(shape: tuple, strides: tuple, has_blur: bool):
+def _layout(shape: Union[Tuple[int, ...], List[int]], strides: Union[Tuple[Tuple[int, ...], ...], List[List[int]]],
+            has_blur: bool):
     """Kernel sizes and per-tensor strides for one layout (cached: training loops repeat them)."""
     shape = list(shape)
     strides = [list(s) for s in strides]

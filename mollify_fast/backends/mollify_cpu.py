@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._validate import Params
+from . import NoisePlan
 from ._native import eps_input, extension, kernel_args, make_plan
 
 
@@ -54,21 +55,27 @@ def mollify_cpu(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
     """``noise_in``: ``noise`` is the caller's eps (mollify's ``noise=``), read in the same pass."""
     ext, _ = extension()
     mode = 0
-    if noise_in:
+    if noise_in and noise is not None:
         noise, mode = eps_input(x, noise)
     ext.mollify_cpu(*kernel_args(x, out, noise, p, stream, mode), _threads())
 
 
 def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
-    """A launcher for repeated noise-only calls on x's layout (see ``mollify._fast``):
+    """A launcher for repeated noise-only calls on x's layout (see ``_op._fast``):
     ``run(x, out, noise, sigma, alpha, (seed, offset))`` with Python-float parameters that the
     caller has checked. Same kernel and arguments as :func:`mollify_cpu`; the layout part of
     them is built once, here, into a ``_C.Plan``."""
     ext, _ = extension()
-    cplan, launch = make_plan(x, out, noise), ext.mollify_cpu_plan
+    cplan, launch, launch_gen = make_plan(x, out, noise), ext.mollify_cpu_plan, ext.mollify_cpu_plan_gen
 
     def run(x, out, noise, sigma, alpha, stream):
         launch(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma, alpha,
                stream[0], stream[1], _threads())
 
-    return run
+    def run_gen(x, out, noise, sigma, alpha, state_ptr):
+        # The stream taken from the generator state inside the launch call (one atomic step, as
+        # generator.take_stream); False: nothing done, the caller takes it the long way.
+        return launch_gen(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma,
+                          alpha, state_ptr, _threads())
+
+    return NoisePlan(run, run_gen)

@@ -22,11 +22,12 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, cast
 
 import torch
 
 from .._validate import Params
+from . import NoisePlan
 from ._native import eps_input, extension, kernel_args, make_plan
 
 EMULATE_ENV = "MOLLIFY_FAST_CUDA_EMULATE"
@@ -119,7 +120,7 @@ def _device_check(index: int) -> Tuple[bool, str]:
     ext, _ = extension()
     name = torch.cuda.get_device_name(index)
     ok, why = code_runs_on(getattr(ext, "cuda_archs", "80-real;90"), getattr(ext, "cuda_toolkit_version", "13.0"),
-                           tuple(torch.cuda.get_device_capability(index)), driver_version())
+                           cast(Tuple[int, int], tuple(torch.cuda.get_device_capability(index))), driver_version())
     return ok, why if ok else f"cuda:{index} ({name}): {why}"
 
 
@@ -163,7 +164,7 @@ def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tenso
     kernels (kernels/mollify_cuda_kernels.cuh) in the same pass."""
     ext, _ = extension()
     mode = 0
-    if noise_in:
+    if noise_in and noise is not None:
         noise, mode = eps_input(x, noise)
     if x.is_cpu:
         ext.mollify_cuda_emulated(*kernel_args(x, out, noise, p, stream, mode))
@@ -176,7 +177,7 @@ def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tenso
 
 
 def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
-    """A launcher for repeated noise-only calls on a CUDA x's layout (see ``mollify._fast``), or
+    """A launcher for repeated noise-only calls on a CUDA x's layout (see ``_op._fast``), or
     None (CPU tensors: the host emulation reads its environment variable at each call).
     ``run(x, out, noise, sigma, alpha, (seed, offset))`` launches on PyTorch's current stream
     for x's device, read at each call through ``torch._C._cuda_getCurrentRawStream`` (what
@@ -184,7 +185,7 @@ def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]
     if x.device.type != "cuda":
         return None
     ext, _ = extension()
-    cplan, launch = make_plan(x, out, noise), ext.mollify_cuda_plan
+    cplan, launch, launch_gen = make_plan(x, out, noise), ext.mollify_cuda_plan, ext.mollify_cuda_plan_gen
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
     raw_stream = torch._C._cuda_getCurrentRawStream
 
@@ -195,4 +196,15 @@ def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]
         if os.environ.get(SYNC_ENV, "").strip() == "1":
             torch.cuda.current_stream(dev).synchronize()  # a fault in the kernel raises here, at the call
 
-    return run
+    def run_gen(x, out, noise, sigma, alpha, state_ptr):
+        # As run, with the stream taken from the generator state inside the launch call (see the
+        # cpu backend's noise_plan); False: nothing done.
+        s = raw_stream(dev)
+        if not launch_gen(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma,
+                          alpha, state_ptr, s, dev):
+            return False
+        if os.environ.get(SYNC_ENV, "").strip() == "1":
+            torch.cuda.current_stream(dev).synchronize()
+        return True
+
+    return NoisePlan(run, run_gen)

@@ -42,7 +42,7 @@ import functools
 import operator
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 import torch
 import triton
@@ -250,12 +250,12 @@ def _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R: tl.constexpr,
         wk = tl.exp(-(k * k) * inv)
         if RADIUS_PER_SAMPLE:
             wk = tl.where(k <= r, wk, 0.0)
-        w = w + (wk,)
+        w = w + (wk,)  # type: ignore[assignment]  # grows while Triton unrolls
         norm += 2.0 * wk
     inv_norm = 1.0 / norm
     res = ()
     for k in tl.static_range(R + 1):
-        res = res + (w[k] * inv_norm,)
+        res = res + (w[k] * inv_norm,)  # type: ignore[assignment]  # grows while Triton unrolls
     return res
 
 
@@ -478,21 +478,21 @@ def _mollify_blur_kernel(
     # same for every row (no division or modulo per tap).
     cols = ()
     for e in tl.static_range(4 + 2 * R):
-        cols = cols + ((_mirror(c + (e - R), W) * xsw)[None, :],)
+        cols = cols + ((_mirror(c + (e - R), W) * xsw)[None, :],)  # type: ignore[assignment]  # grows while Triton unrolls
     rows = ()  # width-blurred source rows, 4 lanes each; only the last 2R + 1 stay live
     for t in tl.static_range(TILE_H + 2 * R):
         src = _mirror(h0 + (t - R), H)
         rp = (x_base + src * xsh)[:, None]
         v = ()
         for e in tl.static_range(4 + 2 * R):
-            v = v + (_f32(tl.load(rp + cols[e])),)
+            v = v + (_f32(tl.load(rp + cols[e])),)  # type: ignore[assignment]  # grows while Triton unrolls
         lanes = ()
         for j in tl.static_range(4):
             acc = _bc(w[0], S) * v[j + R]
             for k in tl.static_range(1, R + 1):
                 acc += _tap(_bc(w[k], S) * (v[j + R - k] + v[j + R + k]), k, reach, RADIUS_PER_SAMPLE)
-            lanes = lanes + (acc,)
-        rows = rows + (lanes,)
+            lanes = lanes + (acc,)  # type: ignore[assignment]  # grows while Triton unrolls
+        rows = rows + (lanes,)  # type: ignore[assignment]  # grows while Triton unrolls
         if t >= 2 * R:
             # Output row t - 2R of the strip, from source rows t - 2R .. t (indices stay
             # expressions of t: a local name would not be a constexpr to the compiler).
@@ -502,7 +502,7 @@ def _mollify_blur_kernel(
                 for k in tl.static_range(1, R + 1):
                     acc += _tap(_bc(w[k], S) * (rows[t - R - k][j] + rows[t - R + k][j]), k, reach,
                                 RADIUS_PER_SAMPLE)
-                vals = vals + (acc,)
+                vals = vals + (acc,)  # type: ignore[assignment]  # grows while Triton unrolls
             h = h0 + (t - 2 * R)
             _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, sg, al,
                       osh, osw, nsh, nsw, umask & (h < H), ALIGNED, HAS_NOISE, True, NOISE_IN)
@@ -686,6 +686,7 @@ def _blur_tiles(H: int, W: int, planes: int, fused: bool, share: bool = False):
         if bw - share >= groups:
             break
         bw *= 2
+    assert best is not None  # the loop runs at least once (4 <= THREADS)
     _, bw, cb = best
     return bw, THREADS // bw, tile_h, strips, units, cb
 
@@ -695,7 +696,7 @@ class Launch:
     """One kernel launch, fully specified: ``kernel[grid](*args, **constexprs, **options)``.
 
     The plan/launch split lets tools compile every launch variant with exactly the
-    specialisation a real call gets (benchmarks/sass_report.py) without a GPU.
+    specialisation a real call gets (benchmarks/sass/report.py) without a GPU.
     """
 
     kernel: "triton.JITFunction"  # the @triton.jit function
@@ -761,7 +762,7 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
             return launches, [(out, oc)]
         nc = torch.empty_like(xc) if noise is not None else None
         launches, _ = _plan_full(xc, oc, nc, p, (seed, offset))
-        return launches, [(out, oc)] + ([(noise, nc)] if noise is not None else [])
+        return launches, [(out, oc)] + ([(noise, cast(torch.Tensor, nc))] if noise is not None else [])
     dummy = out  # any pointer for the per-sample slots that a constexpr flag disables
     sig_t, al_t = torch.is_tensor(p.sigma), torch.is_tensor(p.alpha)
     sig_p = p.sigma if sig_t else dummy
@@ -790,6 +791,7 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
     bl_t, rad_t = torch.is_tensor(p.blur), torch.is_tensor(p.radius)
     bl_p = p.blur if bl_t else dummy
     rad_p = p.radius if rad_t else dummy
+    assert p.blur is not None  # a blur call
     bl = 0.0 if bl_t else float(p.blur)
     R = int(p.max_radius)
     pps = planes // x.shape[0]
@@ -837,8 +839,8 @@ def _plan(x, out, noise, p: Params, stream) -> List[Launch]:
 # kernel again, so it is kept here, keyed by everything Triton specialises on, and later calls
 # launch it exactly as ``JITFunction.run`` does after binding (Triton 3.6, 3.7 and 3.8 have the
 # same code there). Anything unexpected on that path turns it off for the process.
-_COMPILED = {}  # (kernel, device, constexprs, options, argument specialisation) -> CompiledKernel
-_FAST = {"on": True, "error": None}  # "error": why the fast path was turned off, for diagnosis
+_COMPILED: Dict[tuple, Any] = {}  # (kernel, device, constexprs, options, argument specialisation) -> CompiledKernel
+_FAST: Dict[str, Union[bool, str, None]] = {"on": True, "error": None}  # "error": why the fast path was turned off, for diagnosis
 
 
 @functools.lru_cache(maxsize=None)
@@ -931,6 +933,7 @@ def _launch(launches: List[Launch], device=None) -> None:
         if roles is None:
             _jit_launch(L)
             continue
+        assert types is not None  # roles come only with the fast path, which sets types
         key = _spec_key(L, device, types, roles)
         ck = _COMPILED.get(key)
         if ck is not None:

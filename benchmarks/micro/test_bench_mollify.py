@@ -1,6 +1,6 @@
-"""pytest-benchmark entry points: ``pytest benchmarks/`` (``--benchmark-json=...`` to save).
+"""pytest-benchmark entry points: ``pytest benchmarks/micro`` (``--benchmark-json=...`` to save).
 
-The side-by-side harness with CSV results and plots is ``python -m benchmarks.bench_mollify``;
+The side-by-side harness with CSV results and plots is ``python -m benchmarks.micro.bench_mollify``;
 these cases are the same ops through pytest-benchmark's own statistics.
 """
 import math

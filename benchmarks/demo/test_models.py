@@ -9,13 +9,13 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.demo_digits import (DigitsClassifier, digits_split, feature_distance,  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from benchmarks.demo.digits import (DigitsClassifier, digits_split, feature_distance,  # noqa: E402
                                     frechet_distance, gaussian_stats, load_or_train_classifier,
                                     train_classifier)
-from benchmarks.demo_tabular import load_table, run_flow, split_standardise  # noqa: E402
-from benchmarks.models import (BatchNormFlow, Glow, MLPVAE, RealNVP2D, RealNVPImage, TabularFlow,  # noqa: E402
-                               squeeze)
+from benchmarks.demo.tabular import load_table, run_flow, split_standardise  # noqa: E402
+from benchmarks.demo.models import (BatchNormFlow, Glow, MLPVAE, RealNVP2D, RealNVPImage, TabularFlow,  # noqa: E402
+                                      squeeze)
 
 
 def _perturb(model, scale=0.3):

@@ -4,9 +4,9 @@ The paper (arXiv 2305.18900) claims two things; this demo measures both, vanilla
 mollified with the same budget, over several seeds (mean ± std):
 
 1. **Density estimation** (the paper's UCI table): MAF, RealNVP and Glow on the paper's
-   red-wine, white-wine and parkinsons tables (shipped in ``benchmarks/data/uci/``) with the
+   red-wine, white-wine and parkinsons tables (shipped in ``benchmarks/demo/data/uci/``) with the
    authors' split and settings, 150 epochs, mollified for all of them
-   (``benchmarks/demo_tabular.py``). Reported: the epoch-150 test log-likelihood (the paper's
+   (``benchmarks/demo/tabular.py``). Reported: the epoch-150 test log-likelihood (the paper's
    measure) and the test figure at the epoch that is best on the validation split (early
    stopping), with a plot of the test log-likelihood per epoch, beside the paper's numbers and
    those of the authors' code.
@@ -14,7 +14,7 @@ mollified with the same budget, over several seeds (mean ± std):
    digits, vanilla, Gaussian (noise) mollification and blur mollification over the first
    ``--window`` of the steps, with a decoder scale that follows the schedule (closed-form
    optimal, as sigma-VAE) and with a fixed one. The score is a Fréchet distance in the
-   features of a small digits classifier (``benchmarks/demo_digits.py``), beside the test
+   features of a small digits classifier (``benchmarks/demo/digits.py``), beside the test
    ELBO, its KL term and the decoder scale, logged at checkpoints and plotted.
 
     python -m benchmarks.demo [--full] [--seeds N] [--datasets ...] [--flows ...]
@@ -40,13 +40,13 @@ from typing import Dict, List
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mollify_fast as mf  # noqa: E402
-from benchmarks import demo_digits, demo_tabular  # noqa: E402
-from benchmarks.models import TabularFlow  # noqa: E402
+from benchmarks.demo import digits as demo_digits, tabular as demo_tabular  # noqa: E402
+from benchmarks.demo.models import TabularFlow  # noqa: E402
 
 
 def agg(values: List[float]) -> dict:
@@ -262,7 +262,7 @@ def plot_vae_trajectories(stats, refs, n_mol, path):
 
 # ------------------------------------------------------------------ 3. optional 2-D problems
 def toy2d_section(args, device, summary, out) -> List[str]:
-    from benchmarks import demo_toy2d
+    from benchmarks.demo import toy2d as demo_toy2d
 
     steps = max(50, int(1500 * args.scale))
     lines = [f"### RealNVP on 2-D problems ({steps} steps, {args.seeds} seeds)", "",

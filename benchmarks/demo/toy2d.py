@@ -15,7 +15,7 @@ from typing import Callable, Dict
 import torch
 
 import mollify_fast as mf
-from benchmarks.models import RealNVP2D
+from benchmarks.demo.models import RealNVP2D
 
 try:
     from tqdm import tqdm

@@ -1,6 +1,6 @@
 """Rewrite ``mollify_fast/backends/auto_table.json`` for one device type from measured results.
 
-    python -m benchmarks.update_auto_table benchmarks/results/mollify_cpu.csv [--run RUN_ID]
+    python -m benchmarks.micro.update_auto_table benchmarks/results/mollify_cpu.csv [--run RUN_ID]
 
 For each op (noise; blur, from the blur+noise cases) the mollify_fast backends of the chosen
 run are ranked by the geometric mean of their median times over the cases they all ran; the
@@ -17,7 +17,7 @@ import os
 import sys
 from collections import defaultdict
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TABLE = os.path.join(ROOT, "mollify_fast", "backends", "auto_table.json")
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Optional, Tuple, Union
+from typing import Literal, Optional, Tuple, Union, cast, overload
 
 import torch
 
@@ -41,7 +41,7 @@ from . import backends
 from ._blur import blur as blur_planes
 from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, Params, check_out_memory, check_static, compute_dtype,
                         resolve_params, same_view)
-from ._replay import take as take_replayable
+from ._replay import take as take_replayable, untracked as replay_untracked
 from .generator import Generator, draw_default_seed
 
 Number = Union[int, float]  # also numpy floating scalars and 0-d ndarrays
@@ -198,7 +198,7 @@ def _run_unfused(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[tor
     launch(src, res, eps, q, stream)
     out.copy_(res)
     if noise is not None:
-        noise.copy_(eps)
+        noise.copy_(cast(torch.Tensor, eps))
 
 
 @torch.library.custom_op("mollify_fast::mollify", mutates_args=("gen_state",))
@@ -342,7 +342,7 @@ _FLOAT64_MAX = 1.7976931348623157e308
 
 
 def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
-    """Build and cache the plan for ``key``: ``(name, run, numel, limit)``, or None when this
+    """Build and cache the plan for ``key``: ``(name, run, run_gen, numel, limit)``, or None when this
     layout always takes the general path (not a float dtype, empty, more dims than the kernels
     take, a backend unavailable or not planned for x). Writes nothing but the cache."""
     plan = None
@@ -350,12 +350,13 @@ def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
             and backend in backends.NAMES):
         try:
             name, _ = backends.resolve(backend, x, _PLAN_PARAMS)
-            run = backends.noise_plan(name, x, torch.empty_like(x), torch.empty_like(x) if return_noise else None)
+            launchers = backends.noise_plan(name, x, torch.empty_like(x), torch.empty_like(x) if return_noise else None)
         except (backends.BackendUnavailableError, ValueError):
-            run = None  # the general path raises the error at each call
-        if run is not None:
+            launchers = None  # the general path raises the error at each call
+        if launchers is not None:
             # Largest finite parameter: float32 compute unless x is float64 (README, "Errors and limits, in one place").
-            plan = (name, run, x.numel(), _FLOAT64_MAX if x.dtype == torch.float64 else FLOAT32_MAX)
+            plan = (name, launchers.run, launchers.run_gen, x.numel(),
+                    _FLOAT64_MAX if x.dtype == torch.float64 else FLOAT32_MAX)
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
     _plans[key] = plan
@@ -392,7 +393,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
         plan = _new_plan(key, x, return_noise, backend)
     if plan is None:
         return None
-    name, run, numel, limit = plan
+    name, run, run_gen, numel, limit = plan
     s = _scalar(sigma, x)
     if s is None:
         return None
@@ -408,6 +409,11 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
     out = torch.empty_like(x)
     noise = torch.empty_like(x) if return_noise else None
     if generator is not None:
+        # No checkpoint around the call: cpu and cuda take the stream inside the launch call.
+        if run_gen is not None and replay_untracked() and run_gen(x, out, noise, float(s), float(a),
+                                                                  generator._state.data_ptr()):
+            _last_backend = name
+            return (out, noise) if return_noise else out
         stream = take_replayable(generator._state, numel)
     elif name == "torch":
         stream = None
@@ -420,7 +426,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
 
 _functorch_active = torch._C._are_functorch_transforms_active
 _tracing_state = torch._C._get_tracing_state
-_DEFAULT_TORCH_FUNCTION = torch.Tensor.__torch_function__.__func__
+_DEFAULT_TORCH_FUNCTION = torch.Tensor.__torch_function__.__func__  # type: ignore[attr-defined]  # a classmethod (torch's stubs: a callable)
 _DEFAULT_TORCH_DISPATCH = torch.Tensor.__torch_dispatch__
 
 
@@ -452,6 +458,18 @@ def _plain_eager(x: torch.Tensor) -> bool:
     )
 
 
+@overload
+def mollify(x: torch.Tensor, sigma: ParamLike, *, alpha: Optional[ParamLike] = ..., blur_sigma: Optional[ParamLike] = ...,
+            blur_radius: Optional[int] = ..., generator: Optional[Generator] = ..., out: Optional[torch.Tensor] = ...,
+            return_noise: Literal[False] = ..., noise: Optional[torch.Tensor] = ..., backend: str = ...) -> torch.Tensor: ...
+@overload
+def mollify(x: torch.Tensor, sigma: ParamLike, *, alpha: Optional[ParamLike] = ..., blur_sigma: Optional[ParamLike] = ...,
+            blur_radius: Optional[int] = ..., generator: Optional[Generator] = ..., out: Optional[torch.Tensor] = ...,
+            return_noise: Literal[True], noise: Optional[torch.Tensor] = ..., backend: str = ...) -> Tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def mollify(x: torch.Tensor, sigma: ParamLike, *, alpha: Optional[ParamLike] = ..., blur_sigma: Optional[ParamLike] = ...,
+            blur_radius: Optional[int] = ..., generator: Optional[Generator] = ..., out: Optional[torch.Tensor] = ...,
+            return_noise: bool = ..., noise: Optional[torch.Tensor] = ..., backend: str = ...) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]: ...
 def mollify(
     x: torch.Tensor,
     sigma: ParamLike,
@@ -534,7 +552,7 @@ def mollify(
                       backend=backend)
         if return_noise:
             return (res[0].as_subclass(cls) if out is None else out), res[1].as_subclass(cls)
-        return res.as_subclass(cls) if out is None else out
+        return cast(torch.Tensor, res).as_subclass(cls) if out is None else out
     s, a, b = check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend,
                            backends.NAMES, noise)
     vp = a is None

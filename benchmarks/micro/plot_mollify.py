@@ -1,7 +1,7 @@
 """Plot the latest benchmark run in a results CSV: speed-up over eager and fraction of clone
 bandwidth per case and provider.
 
-    python -m benchmarks.plot_mollify benchmarks/results/mollify_cpu.csv [--run RUN_ID]
+    python -m benchmarks.micro.plot_mollify benchmarks/results/mollify_cpu.csv [--run RUN_ID]
 """
 from __future__ import annotations
 

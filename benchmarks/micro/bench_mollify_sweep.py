@@ -1,6 +1,6 @@
 """Size sweep of mollify against eager PyTorch, from a few hundred elements to 2**26.
 
-    python -m benchmarks.bench_mollify_sweep [--device cpu|cuda] [--quick] [--out DIR]
+    python -m benchmarks.micro.bench_mollify_sweep [--device cpu|cuda] [--quick] [--out DIR]
 
 Why: the paper's tabular and 2-D experiments put a few hundred to a few tens of thousands of
 elements through the op per step, where per-call host overhead, not bandwidth, decides. This
@@ -33,13 +33,13 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mollify_fast as mf  # noqa: E402
 from benchmarks.progress import progress  # noqa: E402
-from benchmarks.bench_mollify import append_csv, device_name, device_slug, pct, round_robin, versions  # noqa: E402
+from benchmarks.harness import append_csv, device_name, device_slug, pct, round_robin, versions  # noqa: E402
 
 SIGMA = 0.5
 ALPHA = math.sqrt(1 - SIGMA**2)

@@ -1,6 +1,6 @@
 """Training-loop overhead of mollification for RealNVP, Glow and a VAE on CIFAR-shaped batches.
 
-    python -m benchmarks.bench_training [--device cpu|cuda] [--batch 64] [--rounds 30] [--quick] [--out DIR]
+    python -m benchmarks.micro.bench_training [--device cpu|cuda] [--batch 64] [--rounds 30] [--quick] [--out DIR]
 
 For each model, one optimisation step (forward, backward, Adam) is timed with:
 ``none`` (no mollification), ``fused noise`` (``mollify_fast.mollify``, backend ``auto``),
@@ -30,14 +30,14 @@ import uuid
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mollify_fast as mf  # noqa: E402
 from benchmarks.progress import progress  # noqa: E402
-from benchmarks.bench_mollify import cpu_model, device_name, pct, versions  # noqa: E402
-from benchmarks.models import build_image_model  # noqa: E402
+from benchmarks.harness import cpu_model, device_name, pct, versions  # noqa: E402
+from benchmarks.demo.models import build_image_model  # noqa: E402
 
 SIGMA = 0.5
 ALPHA = math.sqrt(1 - SIGMA**2)

@@ -1,6 +1,6 @@
 """Microbenchmarks of mollify against every peer, side by side in one run.
 
-    python -m benchmarks.bench_mollify [--device cpu|cuda] [--quick] [--out DIR]
+    python -m benchmarks.micro.bench_mollify [--device cpu|cuda] [--quick] [--out DIR]
 
 Ops: ``noise`` (``alpha * x + sigma * eps``) and ``blur+noise`` (blur sigma 1 and 2).
 Providers: every available mollify_fast backend; the eager composition
@@ -19,12 +19,10 @@ name, versions, date and run id; the raw per-call times go to a JSON file next t
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as _dt
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,11 +31,13 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mollify_fast as mf  # noqa: E402
+from benchmarks.harness import (append_csv, cpu_model, device_name, device_slug, pct, round_robin,  # noqa: E402
+                                versions)
 from benchmarks.progress import progress  # noqa: E402
 
 SIGMA = 0.6
@@ -45,74 +45,6 @@ _COMPILE = True  # --no-compile turns the torch.compile provider off
 ALPHA = math.sqrt(1 - SIGMA**2)
 FIELDS = ["run_id", "timestamp", "device", "cpu", "threads", "torch", "triton", "torchvision", "mollify_fast",
           "kernel", "provider", "dtype", "shape", "blur_sigma", "metric", "unit", "p50", "p20", "p80", "n"]
-
-
-def device_name(dev: str) -> str:
-    if dev == "cuda":
-        return torch.cuda.get_device_name(0)
-    return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
-
-
-def device_slug(dev: str) -> str:
-    """``cpu`` or the GPU's name as a file-name part (``nvidia_h100_80gb_hbm3``)."""
-    return "cpu" if dev == "cpu" else "".join(c if c.isalnum() else "_" for c in device_name(dev)).strip("_").lower()
-
-
-def append_csv(path: str, rows: List[dict], fields: List[str]) -> None:
-    """Append ``rows`` to the long-format CSV at ``path`` (header if new), atomically: copy,
-    add, rename, so an interrupted run leaves the old file whole."""
-    new = not os.path.exists(path)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        if not new:
-            with open(path) as old:
-                f.write(old.read())
-        w = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in fields})
-    os.replace(tmp, path)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def versions() -> Dict[str, str]:
-    v = {"torch": torch.__version__, "mollify_fast": mf.__version__}
-    for mod in ("triton", "torchvision"):
-        try:
-            v[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            v[mod] = "absent"
-    return v
-
-
-class Timer:
-    def __init__(self, dev: str):
-        self.dev = dev
-
-    def __call__(self, fn: Callable[[], object]) -> float:
-        """Seconds for one call, synchronised."""
-        if self.dev == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-        t = time.perf_counter()
-        fn()
-        return time.perf_counter() - t
 
 
 def providers(x: torch.Tensor, op: str, blur_sigma: Optional[float], dev: str, compile_times: dict) -> Dict[str, Callable]:
@@ -165,32 +97,8 @@ def providers(x: torch.Tensor, op: str, blur_sigma: Optional[float], dev: str, c
     return out
 
 
-def round_robin(provs: Dict[str, Callable], dev: str, budget_s: float, min_rounds: int, max_rounds: int = 200,
-                warmup: int = 2) -> Dict[str, List[float]]:
-    """Seconds per call for every provider, one call each per round (so drift of a shared
-    machine hits all alike), after ``warmup`` calls each (allocator, caches, JIT); rounds until
-    ``budget_s`` is spent, at least ``min_rounds`` and at most ``max_rounds``."""
-    timer = Timer(dev)
-    for fn in provs.values():
-        for _ in range(warmup):
-            fn()
-    times: Dict[str, List[float]] = {k: [] for k in provs}
-    t_end = time.perf_counter() + budget_s
-    rounds = 0
-    while rounds < min_rounds or (time.perf_counter() < t_end and rounds < max_rounds):
-        for name, fn in provs.items():
-            times[name].append(timer(fn))
-        rounds += 1
-    return times
-
-
 def run_case(x, op, blur_sigma, dev, budget_s, min_rounds, compile_times) -> Dict[str, List[float]]:
     return round_robin(providers(x, op, blur_sigma, dev, compile_times), dev, budget_s, min_rounds)
-
-
-def pct(v: List[float], q: float) -> float:
-    s = sorted(v)
-    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mollify_fast as mf
-from benchmarks.models import MLPVAE
+from benchmarks.demo.models import MLPVAE
 
 N_TRAIN = 1500  # of 1797 digits; the remaining 297 are the test split
 CLASSIFIER_FILE = "digits_classifier.pt"

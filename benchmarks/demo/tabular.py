@@ -2,7 +2,7 @@
 
 The paper (arXiv 2305.18900, section 5, UCI table) trains MAF, RealNVP and Glow on red-wine,
 white-wine and parkinsons and reports the mean test log-likelihood of the final (epoch-150)
-model, vanilla vs Gaussian mollification. The three tables ship in ``benchmarks/data/uci/``
+model, vanilla vs Gaussian mollification. The three tables ship in ``benchmarks/demo/data/uci/``
 exactly as the authors' released code reads them (see the README there for sources and
 license), and this module follows that code's settings:
 
@@ -10,7 +10,7 @@ license), and this module follows that code's settings:
   ``int(0.1 N')`` are the validation set; training uses the remaining first rows;
 * every column standardised by the mean and population standard deviation of the training +
   validation rows;
-* 5 flow blocks of 512 hidden units (:class:`benchmarks.models.TabularFlow`), Adam lr 1e-4,
+* 5 flow blocks of 512 hidden units (:class:`benchmarks.demo.models.TabularFlow`), Adam lr 1e-4,
   weight decay 1e-6, batch 100 (reshuffled every epoch, the last batch partial), 150 epochs,
   a constant learning rate;
 * after every epoch each batch norm's statistics are re-estimated on the clean training set,
@@ -35,13 +35,13 @@ import numpy as np
 import torch
 
 import mollify_fast as mf
-from benchmarks.models import TabularFlow
+from benchmarks.demo.models import TabularFlow
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "uci")
 DATASETS = ("redwine", "whitewine", "parkinsons")
 
 # The paper's table (Table 3 of arXiv 2305.18900) and the authors' released code run on a
-# 2-core CPU (3 seeds, epoch 150; from benchmarks/data/uci/README.md), test log-likelihood
+# 2-core CPU (3 seeds, epoch 150; from benchmarks/demo/data/uci/README.md), test log-likelihood
 # in nats: (vanilla, mollified).
 PAPER = {"redwine": {"maf": (-16.32, -11.51), "realnvp": (-27.83, -12.51), "glow": (-18.21, -12.37)}}
 AUTHORS_CODE = {"redwine": {"maf": ((-16.24, 1.94), (-11.64, 0.31)),

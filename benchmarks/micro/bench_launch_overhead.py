@@ -1,6 +1,6 @@
 """Per-call time of small mollify calls on a GPU, where the host path is the op's cost.
 
-    python -m benchmarks.bench_launch_overhead [--out DIR]
+    python -m benchmarks.micro.bench_launch_overhead [--out DIR]
 
 For each backend (triton, cuda) and a CIFAR-sized batch (256x3x32x32, float32), the median
 wall time of back-to-back calls (no synchronisation inside the loop: what a training loop
@@ -37,7 +37,7 @@ def per_call_us(fn, n=2000, repeat=5) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "results"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "build", "results"))
     args = ap.parse_args(argv)
     from mollify_fast.backends import mollify_triton as MT
 

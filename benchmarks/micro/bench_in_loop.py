@@ -1,6 +1,6 @@
 """The fused call against the line it replaces, inside a real training loop.
 
-    python -m benchmarks.bench_in_loop [--rounds 200] [--quick] [--out DIR]
+    python -m benchmarks.micro.bench_in_loop [--rounds 200] [--quick] [--out DIR]
 
 A back-to-back microbenchmark keeps the op's Python path, its launch plan and the generator
 hot in the caches; a training loop does not: between two mollify calls comes a whole
@@ -32,12 +32,12 @@ import uuid
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mollify_fast as mf  # noqa: E402
-from benchmarks.bench_mollify import append_csv, cpu_model, device_name, device_slug, pct, versions  # noqa: E402
+from benchmarks.harness import append_csv, cpu_model, device_name, device_slug, pct, versions  # noqa: E402
 from benchmarks.progress import progress  # noqa: E402
 
 SHAPES = [(64, 1, 8, 8), (64, 3, 32, 32), (256, 16)]
