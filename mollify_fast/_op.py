@@ -7,7 +7,8 @@ Path from the call to a kernel::
          torch.ops.mollify_fast.mollify_out   writes a given out (out=x for in-place)
          (plain eager tensors skip the op dispatch and call _run directly: same code)
         -> _run                               value checks, backend choice, stream
-          -> backends.mollify_<name>(...)     launcher -> kernel
+          -> backends.mollify_<name>(...)     launcher -> kernel (noise=: the caller's eps is
+                                              read where the kernel would draw; no stream)
           (or _run_unfused: a blur radius >= min(H, W), or more than 8 dims that do not
            merge on cpu/cuda: folded blur into a temporary, then the backend's noise kernel)
 

@@ -133,6 +133,16 @@ def test_layouts(backend, layout):
             assert res.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_more_dims_than_the_kernels_index(backend):
+    """9 dims that do not merge: cpu/cuda take their unfused path, triton its contiguous copies."""
+    x, e = _data((2,) * 9, seed=16)
+    x = x.permute(*reversed(range(9)))
+    e = e.permute(1, 0, *range(2, 9))
+    for blur in (None, 1.0):
+        out = mf.mollify(x, 0.5, alpha=0.7, blur_sigma=blur, noise=e, backend=backend)
+        assert_out_given_eps(out, x, e, 0.5, alpha=0.7, blur_sigma=blur, what=backend, eps_rounded=False)
+
+
 def test_float32_eps_with_bfloat16_x_keeps_its_float32_values(backend):
     """x = -bf16(eps): out = eps - bf16(eps), exact in float32, so the result is exactly that
     residual rounded once to bfloat16; an eps rounded to bfloat16 first would give 0."""
@@ -204,14 +214,15 @@ def test_compile_inductor_fullgraph_equals_eager(name):
     backend_or_skip(name)
     torch._dynamo.reset()
 
+    g = mf.Generator(5)
+
     def step(x, e, s):
-        y, eps = mf.mollify(x, s, alpha=0.9, blur_sigma=1.0, noise=e, return_noise=True, backend=name)
+        y, eps = mf.mollify(x, s, alpha=0.9, blur_sigma=1.0, noise=e, return_noise=True, generator=g, backend=name)
         z = mf.mollify(x, 0.25, noise=e * 2, backend=name)
         return y + 1, eps, z
 
     compiled = torch.compile(step, fullgraph=True, backend="inductor")
     x, e = _data((2, 3, 8, 8), seed=10)
-    g = mf.Generator(5)
     rng = torch.get_rng_state()
     for s in (0.3, 0.7):
         got, want = compiled(x, e, s), step(x, e, s)
