@@ -45,7 +45,7 @@ void copy_dims(const std::vector<int64_t>& v, int64_t* dst, const char* name, si
 
 // What changes from call to call: the data pointers, the scalar parameters and the stream.
 void set_call(MollifyArgs& a, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uint64_t seed,
-              uint64_t offset) {
+              uint64_t offset) {  // noise_in stays: a Plan is always kNoiseOut
   a.x = reinterpret_cast<const void*>(x);
   a.out = reinterpret_cast<void*>(out);
   a.noise = reinterpret_cast<void*>(noise);
@@ -57,7 +57,7 @@ void set_call(MollifyArgs& a, uintptr_t x, uintptr_t out, uintptr_t noise, doubl
 
 MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::vector<int64_t>& x_strides,
                       const std::vector<int64_t>& out_strides, const std::vector<int64_t>& noise_strides,
-                      uintptr_t x, uintptr_t out, uintptr_t noise, int64_t numel, int64_t batch,
+                      uintptr_t x, uintptr_t out, uintptr_t noise, int noise_in, int64_t numel, int64_t batch,
                       int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p,
                       uintptr_t alpha_p, uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p,
                       int max_radius, uint64_t seed, uint64_t offset) {
@@ -69,7 +69,11 @@ MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::v
   // with >= 3 dims, so a blur always has at least 3 dims here.
   if (has_blur && sizes.size() < 3) throw std::invalid_argument("blur needs x with at least 3 dims [N, ..., H, W]");
   if (batch <= 0) throw std::invalid_argument("batch must be positive");
+  if (noise_in < mollify_fast::kNoiseOut || noise_in > mollify_fast::kNoiseInA)
+    throw std::invalid_argument("noise_in must be 0 (write eps), 1 (read eps as x's dtype) or 2 (read eps in the compute dtype)");
+  if (noise_in != mollify_fast::kNoiseOut && noise == 0) throw std::invalid_argument("noise_in needs a noise pointer");
   a.dtype = dtype;
+  a.noise_in = noise_in;
   a.ndim = static_cast<int32_t>(sizes.size());
   copy_dims(sizes, a.sizes, "sizes", sizes.size());
   copy_dims(x_strides, a.x_strides, "x_strides", sizes.size());
@@ -92,7 +96,7 @@ MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::v
 
 // A launch plan: MollifyArgs filled once per layout (dtype, coalesced sizes and strides,
 // counts) by the Python launcher's cache. A call then passes only what changes: the three data
-// pointers, the scalar parameters and the stream. The full 23-argument entry points cost
+// pointers, the scalar parameters and the stream. The full 24-argument entry points cost
 // ~2.5 us per call in pybind11 argument conversion (two std::vector<int64_t> per tensor) on
 // the 2-core dev VM; a plan call ~0.5 us. Per-sample parameters and the blur keep the full path.
 struct Plan {
@@ -128,7 +132,7 @@ bool take_groups(uintptr_t state, int64_t numel, uint64_t& seed, uint64_t& offse
 
 #define MOLLIFY_ARGS                                                                                    \
   py::arg("dtype"), py::arg("sizes"), py::arg("x_strides"), py::arg("out_strides"), py::arg("noise_strides"), \
-      py::arg("x"), py::arg("out"), py::arg("noise"), py::arg("numel"), py::arg("batch"),               \
+      py::arg("x"), py::arg("out"), py::arg("noise"), py::arg("noise_in"), py::arg("numel"), py::arg("batch"), \
       py::arg("sample_numel"), py::arg("sigma"), py::arg("alpha"), py::arg("blur_sigma"),               \
       py::arg("sigma_p"), py::arg("alpha_p"), py::arg("blur_p"), py::arg("has_blur"), py::arg("radius"), \
       py::arg("radius_p"), py::arg("max_radius"), py::arg("seed"), py::arg("offset")
@@ -136,11 +140,12 @@ bool take_groups(uintptr_t state, int64_t numel, uint64_t& seed, uint64_t& offse
 // The parameter list of every entry point, and the call that packs it into MollifyArgs.
 #define MOLLIFY_PARAMS                                                                                        \
   int dtype, const std::vector<int64_t>&sizes, const std::vector<int64_t>&xs, const std::vector<int64_t>&os,    \
-      const std::vector<int64_t>&ns, uintptr_t x, uintptr_t out, uintptr_t noise, int64_t numel, int64_t batch, \
-      int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p, uintptr_t alpha_p, \
-      uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p, int max_radius, uint64_t seed, uint64_t offset
+      const std::vector<int64_t>&ns, uintptr_t x, uintptr_t out, uintptr_t noise, int noise_in, int64_t numel,   \
+      int64_t batch, int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p,     \
+      uintptr_t alpha_p, uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p, int max_radius, uint64_t seed, \
+      uint64_t offset
 #define MOLLIFY_MAKE_ARGS                                                                                   \
-  make_args(dtype, sizes, xs, os, ns, x, out, noise, numel, batch, sample_numel, sigma, alpha, blur_sigma, \
+  make_args(dtype, sizes, xs, os, ns, x, out, noise, noise_in, numel, batch, sample_numel, sigma, alpha, blur_sigma, \
             sigma_p, alpha_p, blur_p, has_blur, radius, radius_p, max_radius, seed, offset)
 
 // The input map's extra arguments (csrc/mollify_args.h, MapArgs), after MOLLIFY_PARAMS.
@@ -182,6 +187,8 @@ PYBIND11_MODULE(_C, m) {
              Plan p{MOLLIFY_MAKE_ARGS};
              if (p.a.sigma_p || p.a.alpha_p || p.a.blur_p || p.a.radius_p)
                throw std::invalid_argument("Plan: per-sample parameters take the full entry points");
+             if (p.a.noise_in != mollify_fast::kNoiseOut)
+               throw std::invalid_argument("Plan: a noise input (noise=) takes the full entry points");
              return p;
            }),
            MOLLIFY_ARGS)

@@ -60,6 +60,20 @@ inline int64_t segment(const MollifyArgs& a, int64_t item, int64_t segs, int64_t
   return row * W + w0;
 }
 
+// The caller's eps (noise_in != kNoiseOut) of `len` elements from `on` with stride `sn`, in the
+// compute type A: read as x's storage type T (kNoiseInT) or as A itself (kNoiseInA).
+template <typename T>
+inline void load_eps(const MollifyArgs& a, int64_t on, int64_t sn, int64_t len, typename Io<T>::acc* dst) {
+  using A = typename Io<T>::acc;
+  if (a.noise_in == kNoiseInA) {
+    const A* e = static_cast<const A*>(a.noise) + on;
+    for (int64_t k = 0; k < len; ++k) dst[k] = e[k * sn];
+  } else {
+    const T* e = static_cast<const T*>(a.noise) + on;
+    for (int64_t k = 0; k < len; ++k) dst[k] = Io<T>::load(e + k * sn);
+  }
+}
+
 // ---- noise: out = alpha * x + sigma * eps over segments of the coalesced last dim ----
 template <typename T>
 void noise_kernel(const MollifyArgs& a, int nthreads) {
@@ -70,37 +84,47 @@ void noise_kernel(const MollifyArgs& a, int nthreads) {
   const int64_t items = (a.numel / W) * segs;
   const T* x = static_cast<const T*>(a.x);
   T* out = static_cast<T*>(a.out);
-  T* noise = static_cast<T*>(a.noise);
+  const bool noise_in = a.noise_in != kNoiseOut;
+  T* noise = noise_in ? nullptr : static_cast<T*>(a.noise);  // written only when drawn
   const int64_t sx = a.x_strides[last], so = a.out_strides[last], sn = a.noise_strides[last];
   const bool per_sample = a.alpha_p || a.sigma_p;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
-    std::vector<float> buf(kSegment + 8);
+    std::vector<float> buf(noise_in ? 0 : kSegment + 8);
+    std::vector<A> given(noise_in ? kSegment : 0);  // the caller's eps of a segment
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       int64_t len, ox, oo, on;
       const int64_t i0 = segment(a, item, segs, W, len, ox, oo, on);
-      const float* eps = draw(a, i0, len, buf.data());
       // Split the segment where the sample (and so the parameters) changes; scalar parameters
       // never change, so the segment stays whole. (Split per sample, a (4096, 4) tabular batch
       // ran its loops 4 elements at a time: 2.2 ns per element where the normals take 0.75.)
-      for (int64_t j = 0; j < len;) {
-        const int64_t n = (i0 + j) / a.sample_numel;
-        const int64_t stop = per_sample ? std::min(len, (n + 1) * a.sample_numel - i0) : len;
-        const A al = param<A>(a.alpha_p, a.alpha, n), sg = param<A>(a.sigma_p, a.sigma, n);
-        if (sx == 1 && so == 1) {
-          const T* xs = x + ox;
-          T* os = out + oo;
+      // eps: the drawn float normals, or the caller's eps in A.
+      auto combine = [&](const auto* eps) {
+        for (int64_t j = 0; j < len;) {
+          const int64_t n = (i0 + j) / a.sample_numel;
+          const int64_t stop = per_sample ? std::min(len, (n + 1) * a.sample_numel - i0) : len;
+          const A al = param<A>(a.alpha_p, a.alpha, n), sg = param<A>(a.sigma_p, a.sigma, n);
+          if (sx == 1 && so == 1) {
+            const T* xs = x + ox;
+            T* os = out + oo;
 #pragma omp simd
-          for (int64_t k = j; k < stop; ++k)
-            Io<T>::store(os + k, al * Io<T>::load(xs + k) + sg * static_cast<A>(eps[k]));
-        } else {
-          for (int64_t k = j; k < stop; ++k)
-            Io<T>::store(out + oo + k * so, al * Io<T>::load(x + ox + k * sx) + sg * static_cast<A>(eps[k]));
+            for (int64_t k = j; k < stop; ++k)
+              Io<T>::store(os + k, al * Io<T>::load(xs + k) + sg * static_cast<A>(eps[k]));
+          } else {
+            for (int64_t k = j; k < stop; ++k)
+              Io<T>::store(out + oo + k * so, al * Io<T>::load(x + ox + k * sx) + sg * static_cast<A>(eps[k]));
+          }
+          if (noise)
+            for (int64_t k = j; k < stop; ++k) Io<T>::store(noise + on + k * sn, static_cast<A>(eps[k]));
+          j = stop;
         }
-        if (noise)
-          for (int64_t k = j; k < stop; ++k) Io<T>::store(noise + on + k * sn, static_cast<A>(eps[k]));
-        j = stop;
+      };
+      if (noise_in) {
+        load_eps<T>(a, on, sn, len, given.data());
+        combine(given.data());
+      } else {
+        combine(draw(a, i0, len, buf.data()));
       }
     }
   }
@@ -162,7 +186,8 @@ void blur_kernel(const MollifyArgs& a, int nthreads) {
   const int64_t planes_per_sample = planes / a.batch;
   const T* x = static_cast<const T*>(a.x);
   T* out = static_cast<T*>(a.out);
-  T* noise = static_cast<T*>(a.noise);
+  const bool noise_in = a.noise_in != kNoiseOut;
+  T* noise = noise_in ? nullptr : static_cast<T*>(a.noise);  // written only when drawn
   const int64_t sxh = a.x_strides[hd], sxw = a.x_strides[wd];
   const int64_t soh = a.out_strides[hd], sow = a.out_strides[wd];
   const int64_t snh = a.noise_strides[hd], snw = a.noise_strides[wd];
@@ -171,7 +196,8 @@ void blur_kernel(const MollifyArgs& a, int nthreads) {
   {
     std::vector<A> weights(2 * R + 1), padded((kBand + 2 * R) * (W + 2 * R)), res(kBand * W);
     std::vector<A> rows((kBand + 2 * R) * W);
-    std::vector<float> buf(kBand * W + 8);
+    std::vector<float> buf(noise_in ? 0 : kBand * W + 8);
+    std::vector<A> given(noise_in ? kBand * W : 0);  // the caller's eps of a band
     int64_t cached_n = -1;
     int64_t r = 0;
 #pragma omp for schedule(static)
@@ -236,14 +262,21 @@ void blur_kernel(const MollifyArgs& a, int nthreads) {
       for (int64_t t = 0; t < nrows; ++t)
         taps(padded.data() + t * (W + 2 * r), 1, weights.data(), 2 * r + 1, W, rows.data() + t * W);
       // Height pass, noise, write. The band's rows are consecutive logical elements: one draw.
-      const float* band_eps = draw(a, (p * H + h0) * W, (h1 - h0) * W, buf.data());
+      // (or the caller's: noise=, read in the same pass, row by row into the compute type).
+      const float* band_eps = nullptr;
+      if (noise_in) {
+        for (int64_t h = h0; h < h1; ++h) load_eps<T>(a, on + h * snh, snw, W, given.data() + (h - h0) * W);
+      } else {
+        band_eps = draw(a, (p * H + h0) * W, (h1 - h0) * W, buf.data());
+      }
       // All rows' height taps first, then the writes (the same store-forwarding reason as above:
       // the write loop's wide loads of a row just stored cost ~20% of the blur's time).
       for (int64_t h = h0; h < h1; ++h)
         taps(rows.data() + (h - h0) * W, W, weights.data(), 2 * r + 1, W, res.data() + (h - h0) * W);
       const A al = param<A>(a.alpha_p, a.alpha, n), sg = param<A>(a.sigma_p, a.sigma, n);
+      auto write = [&](const auto* eps_band) {
       for (int64_t h = h0; h < h1; ++h) {
-        const float* eps = band_eps + (h - h0) * W;
+        const auto* eps = eps_band + (h - h0) * W;
         const A* bl = res.data() + (h - h0) * W;
         T* o = out + oo + h * soh;
         if (sow == 1) {
@@ -257,6 +290,11 @@ void blur_kernel(const MollifyArgs& a, int nthreads) {
           for (int64_t w = 0; w < W; ++w) Io<T>::store(nz + w * snw, static_cast<A>(eps[w]));
         }
       }
+      };
+      if (noise_in)
+        write(static_cast<const A*>(given.data()));
+      else
+        write(band_eps);
     }
   }
 }
@@ -387,7 +425,7 @@ void mollify_cpu(const MollifyArgs& a, int nthreads) {
   // [data_ptr, data_ptr + numel * size) lies inside any non-overlapping tensor's allocation
   // (strides are non-negative), so the hint never reaches memory that is not the tensor's.
   advise_huge_pages(a.out, a.numel * element_size(a.dtype));
-  if (a.noise) advise_huge_pages(a.noise, a.numel * element_size(a.dtype));
+  if (a.noise && a.noise_in == kNoiseOut) advise_huge_pages(a.noise, a.numel * element_size(a.dtype));
   if (a.ndim < 1 || a.ndim > kMaxDims) throw std::invalid_argument("mollify_cpu: ndim out of range");
   switch (a.dtype) {
     case kFloat16: run<Half>(a, nthreads); break;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "mollify_cuda_kernels.cuh"
@@ -27,7 +28,7 @@ void emulate_noise(const MollifyArgs& a, const LaunchPlan& p) {
     for (int t = 0; t < kThreads; ++t) noise_thread<T, kVec, kPerSample>(a, b * kThreads + t, stride);
 }
 
-template <typename T, int KR>
+template <typename T, int KR, typename E = void>
 void emulate_blur_tiled(const MollifyArgs& a, const LaunchPlan& p) {
   using A = typename Io<T>::acc;
   // Zeroed once: lanes of a partial quad read (and then drop) tile slots no phase wrote.
@@ -40,7 +41,7 @@ void emulate_blur_tiled(const MollifyArgs& a, const LaunchPlan& p) {
       const int tx = tile.tx, ty = tile.ty;
       for (int t = 0; t < kThreads; ++t) blur_phase_load<T, KR>(a, g, tx, ty, smem.data(), t);
       for (int t = 0; t < kThreads; ++t) blur_phase_width<T, KR>(g, tx, ty, smem.data(), t);
-      for (int t = 0; t < kThreads; ++t) blur_phase_store<T, KR>(a, g, tx, ty, smem.data(), t);
+      for (int t = 0; t < kThreads; ++t) blur_phase_store<T, KR, E>(a, g, tx, ty, smem.data(), t);
     }
 }
 
@@ -68,6 +69,25 @@ void emulate(const MollifyArgs& a) {
         for (int t = 0; t < kThreads; ++t) blur_direct_thread<T>(a, p.geom, b * kThreads + t, stride);
       break;
     }
+    case KernelKind::kNoiseIn:
+    case KernelKind::kBlurNoiseIn:
+    case KernelKind::kBlurNoiseInTiled:
+      with_eps_type<T>(p.eps_compute, [&](auto* tag) {
+        using E = std::remove_pointer_t<decltype(tag)>;
+        if (p.kind == KernelKind::kBlurNoiseInTiled) {
+          emulate_blur_tiled<T, -1, E>(a, p);
+          return;
+        }
+        const int64_t stride = p.grid_x * kThreads;
+        for (int64_t b = 0; b < p.grid_x; ++b)
+          for (int t = 0; t < kThreads; ++t) {
+            if (p.kind == KernelKind::kNoiseIn)
+              noise_in_thread<T, E>(a, b * kThreads + t, stride);
+            else
+              blur_noise_in_thread<T, E>(a, b * kThreads + t, stride);
+          }
+      });
+      break;
   }
 }
 

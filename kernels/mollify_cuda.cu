@@ -14,6 +14,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "mollify_cuda_kernels.cuh"
 
@@ -38,9 +39,9 @@ constexpr int blur_min_blocks() {
   return (sizeof(typename Io<T>::acc) == 8 || KR >= 7) ? 2 : 3;
 }
 
-template <typename T, int KR>
-__global__ void __launch_bounds__(kThreads, blur_min_blocks<T, KR>()) mollify_blur_kernel(const MollifyArgs a,
-                                                                                         const BlurGeom g) {
+// The block's tiles, phase by phase (E: see blur_phase_store; void draws the noise).
+template <typename T, int KR, typename E>
+__device__ __forceinline__ void blur_tiles(const MollifyArgs& a, const BlurGeom& g) {
   using A = typename Io<T>::acc;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* smem = reinterpret_cast<A*>(smem_raw);
@@ -54,9 +55,22 @@ __global__ void __launch_bounds__(kThreads, blur_min_blocks<T, KR>()) mollify_bl
     __syncthreads();
     blur_phase_width<T, KR>(g, tx, ty, smem, tid);
     __syncthreads();
-    blur_phase_store<T, KR>(a, g, tx, ty, smem, tid);
+    blur_phase_store<T, KR, E>(a, g, tx, ty, smem, tid);
     __syncthreads();  // the next tile overwrites the shared arrays
   }
+}
+
+template <typename T, int KR>
+__global__ void __launch_bounds__(kThreads, blur_min_blocks<T, KR>()) mollify_blur_kernel(const MollifyArgs a,
+                                                                                         const BlurGeom g) {
+  blur_tiles<T, KR, void>(a, g);
+}
+
+// noise= with a blur: the runtime-radius tiles reading the caller's eps (stored as E) in phase 3.
+template <typename T, typename E>
+__global__ void __launch_bounds__(kThreads, blur_min_blocks<T, -1>()) mollify_blur_noise_in_tiled_kernel(
+    const MollifyArgs a, const BlurGeom g) {
+  blur_tiles<T, -1, E>(a, g);
 }
 
 template <typename T>
@@ -71,6 +85,19 @@ __global__ void __launch_bounds__(kThreads) mollify_mapped_noise_kernel(const Mo
                               static_cast<int64_t>(gridDim.x) * blockDim.x);
 }
 
+// noise=: the caller's eps (stored as E), one thread per element, grid-stride.
+template <typename T, typename E>
+__global__ void __launch_bounds__(kThreads) mollify_noise_in_kernel(const MollifyArgs a) {
+  noise_in_thread<T, E>(a, blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+                        static_cast<int64_t>(gridDim.x) * blockDim.x);
+}
+
+template <typename T, typename E>
+__global__ void __launch_bounds__(kThreads) mollify_blur_noise_in_kernel(const MollifyArgs a) {
+  blur_noise_in_thread<T, E>(a, blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+                             static_cast<int64_t>(gridDim.x) * blockDim.x);
+}
+
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string("mollify_cuda: ") + what + ": " + cudaGetErrorString(err));
 }
@@ -78,6 +105,16 @@ void check(cudaError_t err, const char* what) {
 template <typename T, bool kVec, bool kPerSample>
 void launch_noise(const MollifyArgs& a, const LaunchPlan& p, cudaStream_t stream) {
   mollify_noise_kernel<T, kVec, kPerSample><<<static_cast<unsigned>(p.grid_x), kThreads, 0, stream>>>(a);
+}
+
+// A tiled blur kernel over the plan's grid, with its dynamic shared memory: above 48 KB a
+// kernel must opt in to it (per device).
+template <typename K>
+void launch_tiled(K kernel, const MollifyArgs& a, const LaunchPlan& p, cudaStream_t stream) {
+  if (p.smem_bytes > 48 * 1024)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.smem_bytes)),
+          "allowing the blur kernel its shared memory");
+  kernel<<<static_cast<unsigned>(p.grid_x), kThreads, static_cast<size_t>(p.smem_bytes), stream>>>(a, p.geom);
 }
 
 // Resident blur blocks per SM (the kernel's launch bounds) times waves: 8 waves keep the tail
@@ -99,18 +136,28 @@ void launch(const MollifyArgs& a, int sms, cudaStream_t stream) {
     case KernelKind::kBlurTiled:
       with_radius(p.kr, [&](auto tag) {
         constexpr int KR = decltype(tag)::value;
-        auto kernel = mollify_blur_kernel<T, KR>;
-        // Above 48 KB a kernel must opt in to its dynamic shared memory (per device).
-        if (p.smem_bytes > 48 * 1024)
-          check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.smem_bytes)),
-                "allowing the blur kernel its shared memory");
-        kernel<<<static_cast<unsigned>(p.grid_x), kThreads, static_cast<size_t>(p.smem_bytes), stream>>>(a, p.geom);
+        launch_tiled(mollify_blur_kernel<T, KR>, a, p, stream);
       });
       check(cudaGetLastError(), "launching the blur + noise kernel");
       break;
     case KernelKind::kBlurDirect:
       mollify_blur_direct_kernel<T><<<static_cast<unsigned>(p.grid_x), kThreads, 0, stream>>>(a, p.geom);
       check(cudaGetLastError(), "launching the direct blur + noise kernel");
+      break;
+    case KernelKind::kNoiseIn:
+    case KernelKind::kBlurNoiseIn:
+    case KernelKind::kBlurNoiseInTiled:
+      with_eps_type<T>(p.eps_compute, [&](auto* tag) {
+        using E = std::remove_pointer_t<decltype(tag)>;
+        if (p.kind == KernelKind::kNoiseIn) {
+          mollify_noise_in_kernel<T, E><<<static_cast<unsigned>(p.grid_x), kThreads, 0, stream>>>(a);
+        } else if (p.kind == KernelKind::kBlurNoiseIn) {
+          mollify_blur_noise_in_kernel<T, E><<<static_cast<unsigned>(p.grid_x), kThreads, 0, stream>>>(a);
+        } else {
+          launch_tiled(mollify_blur_noise_in_tiled_kernel<T, E>, a, p, stream);
+        }
+      });
+      check(cudaGetLastError(), "launching the noise= kernel");
       break;
   }
 }

@@ -7,7 +7,8 @@ Path from the call to a kernel::
          torch.ops.mollify_fast.mollify_out   writes a given out (out=x for in-place)
          (plain eager tensors skip the op dispatch and call _run directly: same code)
         -> _run                               value checks, backend choice, stream
-          -> backends.mollify_<name>(...)     launcher -> kernel
+          -> backends.mollify_<name>(...)     launcher -> kernel (noise=: the caller's eps is
+                                              read where the kernel would draw; no stream)
           (or _run_unfused: a blur radius >= min(H, W), or more than 8 dims that do not
            merge on cpu/cuda: folded blur into a temporary, then the backend's noise kernel;
            or _run_mapped: an input map that the backend's kernel does not apply itself, as
@@ -97,9 +98,14 @@ def _run(
     in_scale: float = 1.0,
     in_shift: float = 0.0,
     dequant: bool = False,
+    eps: Optional[torch.Tensor] = None,
 ) -> None:
     """Everything that reads values, in an order that writes nothing until all checks pass.
-    The output dtype is out's; ``in_scale``/``in_shift``/``dequant`` are the input map."""
+
+    The output dtype is out's; ``in_scale``/``in_shift``/``dequant`` are the input map.
+    ``noise``: the buffer that receives eps (return_noise), or None. ``eps``: the caller's eps
+    (``noise=``), read by the kernels instead of drawing: no stream is taken, and ``noise``
+    gets a copy of it (rounded to the output dtype)."""
     global _last_backend
     if _capturing(x):
         _refuse_capture()
@@ -120,9 +126,19 @@ def _run(
             x = out.copy_(x)
     if x.is_neg():
         x = x.resolve_neg()
+    if eps is not None:
+        if eps.is_neg():
+            eps = eps.resolve_neg()
+        if name in ("cpu", "cuda") and not mapped:
+            from .backends._native import eps_input
+
+            eps = eps_input(x, eps)[0]  # the one conversion the C++ kernels need, if any
     # Decided before the stream is taken: nothing below refuses a call.
-    unfused = x.numel() != 0 and name not in _PURE and not mapped and _needs_unfused(name, x, out, noise, p)
-    if gen_state is not None:
+    unfused = (x.numel() != 0 and name not in _PURE and not mapped
+               and _needs_unfused(name, x, out, noise if eps is None else eps, p))
+    if eps is not None:
+        stream = (0, 0)  # not used: no generator moves, PyTorch's default one included
+    elif gen_state is not None:
         stream = take_replayable(gen_state, _stream_elements(x.numel(), dequant))
     elif name == "torch":
         stream = None  # the torch backend draws from PyTorch's default generator directly
@@ -131,16 +147,21 @@ def _run(
     _last_backend = name
     if x.numel() == 0:
         return
-    if mapped and not backends.maps_input(name, x, out, p):
-        _run_mapped(name, launch, x, out, noise, p, stream)
+    if noise is not None and eps is not None:
+        noise.copy_(eps)  # before out is written: out may be eps's own view (out=noise)
+    if mapped and (eps is not None or not backends.maps_input(name, x, out, p)):
+        _run_mapped(name, launch, x, out, noise if eps is None else None, p, stream, eps)
     elif unfused:
-        _run_unfused(launch, x, out, noise, p, stream)
+        _run_unfused(launch, x, out, noise, p, stream, eps)
     else:
         if p.blur is not None and same_view(out, x):
             # The blur reads neighbours that an in-place write would already have replaced:
             # blur a copy so that out=x gives exactly the out-of-place result.
             x = x.clone()
-        launch(x, out, noise, p, stream)
+        if eps is None:
+            launch(x, out, noise, p, stream)
+        else:
+            launch(x, out, eps, p, stream, noise_in=True)
     if neg_out is not None:
         neg_out.copy_(out)
 
@@ -179,11 +200,12 @@ def _stream_elements(numel: int, dequant: bool) -> int:
 
 
 def _run_mapped(name: str, launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params,
-                stream) -> None:
-    """A call with an input map on a backend whose kernel has none: x_f (the map, with the
-    stream's dequantisation uniforms) into a contiguous temporary in the compute dtype, then
-    the plain op on it, written straight into out where out has the compute dtype, else into
-    a temporary rounded once into out. Same numbers as the fused map, one more pass."""
+                stream, given: Optional[torch.Tensor] = None) -> None:
+    """A call with an input map on a backend whose kernel has none (or with the caller's eps,
+    ``given``, which the mapped kernels do not read): x_f (the map, with the stream's
+    dequantisation uniforms) into a contiguous temporary in the compute dtype, then the plain
+    op on it, written straight into out where out has the compute dtype, else into a temporary
+    rounded once into out. Same numbers as the fused map, one more pass."""
     acc = map_compute_dtype(x.dtype, out.dtype)
     map_only = replace(p, sigma=0.0, alpha=1.0, blur=None, radius=0, max_radius=0, blur_host=None, radius_host=None)
     xf = torch.empty(x.shape, dtype=acc, device=x.device)
@@ -200,8 +222,10 @@ def _run_mapped(name: str, launch, x: torch.Tensor, out: torch.Tensor, noise: Op
     pf = replace(p, in_scale=1.0, in_shift=0.0, dequant=False)
     res = out if out.dtype == acc else torch.empty_like(xf)
     eps = noise if noise is None or noise.dtype == acc else torch.empty_like(xf)
-    if _needs_unfused(name, xf, res, eps, pf):
-        _run_unfused(launch, xf, res, eps, pf, stream)
+    if _needs_unfused(name, xf, res, eps if given is None else given, pf):
+        _run_unfused(launch, xf, res, eps, pf, stream, given)
+    elif given is not None:
+        launch(xf, res, given, pf, stream, noise_in=True)
     else:
         launch(xf, res, eps, pf, stream)
     if res is not out:
@@ -233,19 +257,26 @@ def _needs_unfused(name: str, x: torch.Tensor, out: torch.Tensor, noise: Optiona
 
 
 def _run_unfused(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params,
-                 stream) -> None:
+                 stream, given: Optional[torch.Tensor] = None) -> None:
     """The slow path of a compiled backend: blur (folded weights, any radius) into a contiguous
     temporary in the compute dtype, then the backend's noise kernel on it.
 
     The temporary has x's shape, so every element keeps its logical index and draws the same
     normal as in the fused kernel; ``out = alpha * B(x) + sigma * eps`` is computed in the
-    compute dtype and rounded once to x.dtype (the copy into ``out``).
+    compute dtype and rounded once to x.dtype (the copy into ``out``). ``given``: the caller's
+    eps (``noise=``), read by the noise kernel instead of drawing (``noise`` is then filled by
+    the caller).
     """
     acc = compute_dtype(x.dtype)
     src = blur_planes(x, p, acc) if p.blur is not None else x.contiguous()
     res = torch.empty_like(src)
+    q = replace(p, blur=None, radius=0, max_radius=0, blur_host=None, radius_host=None)
+    if given is not None:
+        launch(src, res, given, q, stream, noise_in=True)
+        out.copy_(res)
+        return
     eps = None if noise is None else torch.empty_like(src)
-    launch(src, res, eps, replace(p, blur=None, radius=0, max_radius=0, blur_host=None, radius_host=None), stream)
+    launch(src, res, eps, q, stream)
     out.copy_(res)
     if noise is not None:
         noise.copy_(cast(torch.Tensor, eps))
@@ -270,18 +301,19 @@ def _mollify_op(
     input_shift: float = 0.0,
     dequantize: bool = False,
     out_dtype: Optional[torch.dtype] = None,
+    eps: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     dt = x.dtype if out_dtype is None else out_dtype
     out = torch.empty_like(x, dtype=dt)
     noise = torch.empty_like(x, dtype=dt) if return_noise else x.new_empty(0, dtype=dt)
     _run(x, out, noise if return_noise else None, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t,
-         has_blur, blur_radius, gen_state, backend, input_scale, input_shift, dequantize)
+         has_blur, blur_radius, gen_state, backend, input_scale, input_shift, dequantize, eps)
     return out, noise
 
 
 @_mollify_op.register_fake
 def _mollify_fake(x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius, gen_state,
-                  return_noise, backend, input_scale=1.0, input_shift=0.0, dequantize=False, out_dtype=None):
+                  return_noise, backend, input_scale=1.0, input_shift=0.0, dequantize=False, out_dtype=None, eps=None):
     dt = x.dtype if out_dtype is None else out_dtype
     return torch.empty_like(x, dtype=dt), (torch.empty_like(x, dtype=dt) if return_noise else x.new_empty(0, dtype=dt))
 
@@ -305,18 +337,20 @@ def _mollify_out_op(
     input_scale: float = 1.0,
     input_shift: float = 0.0,
     dequantize: bool = False,
+    eps: Optional[torch.Tensor] = None,
 ) -> None:
-    # x=None means "x is out" (in place); the op never receives two aliased arguments.
-    # The output dtype is out's (checked by the public function).
+    # x=None means "x is out" (in place); the op never receives two aliased arguments (an eps
+    # that is out's own view arrives as a copy). The output dtype is out's (checked by the
+    # public function).
     src = out if x is None else x
-    check_out_memory(src, out, noise)
+    check_out_memory(src, out, noise, eps)
     _run(src, out, noise, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
-         gen_state, backend, input_scale, input_shift, dequantize)
+         gen_state, backend, input_scale, input_shift, dequantize, eps)
 
 
 @_mollify_out_op.register_fake
 def _mollify_out_fake(out, x, noise, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
-                      gen_state, backend, input_scale=1.0, input_shift=0.0, dequantize=False):
+                      gen_state, backend, input_scale=1.0, input_shift=0.0, dequantize=False, eps=None):
     return None
 
 
@@ -349,28 +383,40 @@ def _per_row(t: Optional[torch.Tensor], dim: Optional[int], b: int, n: int) -> O
     return t.repeat_interleave(n) if t.dim() == 1 else t.reshape(b * n)
 
 
+def _batched(t: torch.Tensor, dim: Optional[int], b: int) -> torch.Tensor:
+    """A vmapped tensor argument with its batch dim first (expanded when not batched)."""
+    return t.movedim(dim, 0) if dim is not None else t.expand(b, *t.shape)
+
+
 def _mollify_vmap(info, in_dims, x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
                   gen_state, return_noise, backend, input_scale=1.0, input_shift=0.0, dequantize=False,
-                  out_dtype=None):
+                  out_dtype=None, eps=None):
     """randomness='different': the B slices of ``[N, ...]`` run as one ``[B * N, ...]`` batch,
     so slice ``b`` draws the stream's elements ``b * slice_numel ...`` (noise of its own) and
-    the generator advances once, by the whole batch."""
-    _vmap_refusal(info, "the generator must not be batched" if in_dims[10] is not None else "")
+    the generator advances once, by the whole batch. With ``noise=`` (``eps``) nothing is
+    drawn, so any randomness flag is fine: slice ``b`` uses its slice of a batched eps (or the
+    same eps, when it is not batched)."""
+    if eps is None:
+        _vmap_refusal(info, "the generator must not be batched" if in_dims[10] is not None else "")
     b = info.batch_size
-    xb = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x.expand(b, *x.shape)
+    xb = _batched(x, in_dims[0], b)
     n = xb.shape[1]
     merged = xb.reshape(b * n, *xb.shape[2:])
+    eps_m = None if eps is None else _batched(eps, in_dims[17], b).reshape(merged.shape)
     out, noise = torch.ops.mollify_fast.mollify(
         merged, sigma, _per_row(sigma_t, in_dims[2], b, n), alpha, _per_row(alpha_t, in_dims[4], b, n), vp,
         blur, _per_row(blur_t, in_dims[7], b, n), has_blur, blur_radius, gen_state, return_noise, backend,
-        input_scale, input_shift, dequantize, out_dtype)
+        input_scale, input_shift, dequantize, out_dtype, eps_m)
     if return_noise:
         return (out.reshape(xb.shape), noise.reshape(xb.shape)), (0, 0)
     return (out.reshape(xb.shape), noise), (0, None)
 
 
 def _mollify_out_vmap(info, in_dims, *args):
-    _vmap_refusal(info, "out= (and so in-place) is not supported; use the returned tensor")
+    what = "out= (and so in-place) is not supported; use the returned tensor"
+    if len(args) > 14 and args[14] is not None:  # noise= given: nothing is drawn, only out= is refused
+        raise RuntimeError(f"mollify: under torch.func.vmap, {what}")
+    _vmap_refusal(info, what)
 
 
 torch.library.register_vmap("mollify_fast::mollify", _mollify_vmap)
@@ -508,17 +554,20 @@ def _plain_eager(x: torch.Tensor) -> bool:
 @overload
 def mollify(x: torch.Tensor, sigma: ParamLike, *, alpha: Optional[ParamLike] = ..., blur_sigma: Optional[ParamLike] = ...,
             blur_radius: Optional[int] = ..., generator: Optional[Generator] = ..., out: Optional[torch.Tensor] = ...,
-            return_noise: Literal[False] = ..., input_scale: Optional[Number] = ..., input_shift: Number = ...,
+            return_noise: Literal[False] = ..., noise: Optional[torch.Tensor] = ...,
+            input_scale: Optional[Number] = ..., input_shift: Number = ...,
             dequantize: bool = ..., out_dtype: Optional[torch.dtype] = ..., backend: str = ...) -> torch.Tensor: ...
 @overload
 def mollify(x: torch.Tensor, sigma: ParamLike, *, alpha: Optional[ParamLike] = ..., blur_sigma: Optional[ParamLike] = ...,
             blur_radius: Optional[int] = ..., generator: Optional[Generator] = ..., out: Optional[torch.Tensor] = ...,
-            return_noise: Literal[True], input_scale: Optional[Number] = ..., input_shift: Number = ...,
+            return_noise: Literal[True], noise: Optional[torch.Tensor] = ...,
+            input_scale: Optional[Number] = ..., input_shift: Number = ...,
             dequantize: bool = ..., out_dtype: Optional[torch.dtype] = ..., backend: str = ...) -> Tuple[torch.Tensor, torch.Tensor]: ...
 @overload
 def mollify(x: torch.Tensor, sigma: ParamLike, *, alpha: Optional[ParamLike] = ..., blur_sigma: Optional[ParamLike] = ...,
             blur_radius: Optional[int] = ..., generator: Optional[Generator] = ..., out: Optional[torch.Tensor] = ...,
-            return_noise: bool = ..., input_scale: Optional[Number] = ..., input_shift: Number = ...,
+            return_noise: bool = ..., noise: Optional[torch.Tensor] = ...,
+            input_scale: Optional[Number] = ..., input_shift: Number = ...,
             dequantize: bool = ..., out_dtype: Optional[torch.dtype] = ..., backend: str = ...) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]: ...
 def mollify(
     x: torch.Tensor,
@@ -530,6 +579,7 @@ def mollify(
     generator: Optional[Generator] = None,
     out: Optional[torch.Tensor] = None,
     return_noise: bool = False,
+    noise: Optional[torch.Tensor] = None,
     input_scale: Optional[Number] = None,
     input_shift: Number = 0.0,
     dequantize: bool = False,
@@ -565,10 +615,19 @@ def mollify(
             ``MAX_BLUR_RADIUS`` (2**20). Radii ``>= min(H, W)`` fold the weights onto the
             mirrored image (exact) and run unfused: a blur pass, then the noise kernel.
         generator: a :class:`mollify_fast.Generator` stream, advanced by ``ceil(numel / 4)``
-            (twice that with ``dequantize``). None draws a seed from PyTorch's default generator for x's device.
+            (twice that with ``dequantize``, nothing with ``noise``). None draws a seed from
+            PyTorch's default generator for x's device.
         out: tensor to write (x's shape and device, the output dtype); may be ``x`` itself
             when that has the output dtype (never a uint8 x).
-        return_noise: also return ``eps`` (rounded to the output dtype).
+        return_noise: also return ``eps`` (rounded to the output dtype). With ``noise``, a new
+            tensor holding ``noise`` rounded to the output dtype (never the caller's tensor itself).
+        noise: your own ``eps`` instead of a draw (offset or pyramid noise, one eps shared by
+            two models): x's shape, on x's device, float16/bfloat16/float32/float64 in any
+            strides (``e.expand_as(x)`` included; it is only read), not requiring grad. Used
+            in the compute dtype (a float32 eps with bfloat16 x keeps its float32 values), read
+            in the same fused pass; no generator moves (``generator`` and PyTorch's default
+            generator alike). ``out`` may be ``noise`` itself, not a partial overlap of it.
+            Not with ``dequantize`` (whose uniforms come from the stream).
         input_scale: a finite Python or numpy number; default 1 for floating x, 1/255 for
             uint8 (to [0, 1]), 1/256 for uint8 with ``dequantize`` (to [0, 1)). Under
             ``torch.compile`` it and ``input_shift`` are specialised (constants: a new value
@@ -592,7 +651,7 @@ def mollify(
     backend but ``torch`` draws ``eps`` from the same Philox stream, so for one generator
     state they agree to float32 rounding on CPU and GPU alike.
     """
-    if (blur_sigma is None and blur_radius is None and out is None and type(x) is torch.Tensor
+    if (blur_sigma is None and blur_radius is None and out is None and noise is None and type(x) is torch.Tensor
             and input_scale is None and dequantize is False and out_dtype is None
             and type(input_shift) is float and input_shift == 0.0
             and (generator is None or type(generator) is Generator) and (return_noise is False or return_noise is True)
@@ -610,7 +669,9 @@ def mollify(
         res = mollify(x.as_subclass(torch.Tensor), sigma, alpha=alpha, blur_sigma=blur_sigma,
                       blur_radius=blur_radius, generator=generator,
                       out=None if out is None else out.as_subclass(torch.Tensor),
-                      return_noise=return_noise, input_scale=input_scale, input_shift=input_shift,
+                      return_noise=return_noise,
+                      noise=noise.as_subclass(torch.Tensor) if isinstance(noise, torch.Tensor) else noise,
+                      input_scale=input_scale, input_shift=input_shift,
                       dequantize=dequantize, out_dtype=out_dtype, backend=backend)
         if return_noise:
             return (res[0].as_subclass(cls) if out is None else out), res[1].as_subclass(cls)
@@ -618,7 +679,13 @@ def mollify(
     check_x(x)
     in_scale, in_shift, dequantize, out_dtype = check_input_map(x, input_scale, input_shift, dequantize, out_dtype)
     s, a, b = check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend,
-                           backends.NAMES, out_dtype)
+                           backends.NAMES, out_dtype, noise)
+    if noise is not None and dequantize:
+        raise ValueError(
+            "mollify: noise= cannot be combined with dequantize=True: the dequantisation uniforms come from the "
+            "generator's stream, and a call with noise= draws nothing; add your own uniforms to x (x.float() + u) "
+            "and pass dequantize=False, or drop noise="
+        )
     imap = (in_scale, in_shift, dequantize)
     vp = a is None
     a_num, a_t = (0.0, None) if vp else a
@@ -630,23 +697,25 @@ def mollify(
     if _plain_eager(x):
         # Same implementation as the custom ops, minus ~60 us of Python dispatch per call
         # (measured on the 2-core dev CPU); tracing, fake tensors and modes take the ops below.
+        eps = torch.empty_like(x, dtype=out_dtype) if return_noise else None
         if out is None:
             res = torch.empty_like(x, dtype=out_dtype)
-            noise = torch.empty_like(x, dtype=out_dtype) if return_noise else None
-            _run(x, res, noise, *args, backend, *imap)
-            return (res, noise) if return_noise else res
-        noise = torch.empty_like(x, dtype=out_dtype) if return_noise else None
-        check_out_memory(x, out, noise)
-        _run(x, out, noise, *args, backend, *imap)
+            _run(x, res, eps, *args, backend, *imap, noise)
+            return (res, eps) if return_noise else res
+        check_out_memory(x, out, eps, noise)
+        _run(x, out, eps, *args, backend, *imap, noise)
         # The kernels write through raw pointers: tell autograd that out (maybe x) changed, so a
         # backward that saved it raises "modified by an inplace operation" instead of using the
         # mollified values. (The custom op below does this itself for its mutated arguments.)
         _increment_version(out)
-        return (out, noise) if return_noise else out
+        return (out, eps) if return_noise else out
     if out is None:
-        res, noise = torch.ops.mollify_fast.mollify(x, *args, return_noise, backend, *imap, out_dtype)
-        return (res, noise) if return_noise else res
-    noise = torch.empty_like(x, dtype=out_dtype) if return_noise else None
-    inplace = out is x or (not torch.compiler.is_compiling() and same_view(out, x))
-    torch.ops.mollify_fast.mollify_out(out, None if inplace else x, noise, *args, backend, *imap)
-    return (out, noise) if return_noise else out
+        res, eps = torch.ops.mollify_fast.mollify(x, *args, return_noise, backend, *imap, out_dtype, noise)
+        return (res, eps) if return_noise else res
+    eps = torch.empty_like(x, dtype=out_dtype) if return_noise else None
+    compiling = torch.compiler.is_compiling()
+    inplace = out is x or (not compiling and same_view(out, x))
+    if noise is not None and (noise is out or (not compiling and same_view(noise, out))):
+        noise = noise.clone()  # out=noise: the op takes no two aliased arguments; same numbers
+    torch.ops.mollify_fast.mollify_out(out, None if inplace else x, eps, *args, backend, *imap, noise)
+    return (out, eps) if return_noise else out

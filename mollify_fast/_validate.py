@@ -138,10 +138,39 @@ def _is_0d_ndarray(v) -> bool:
     return type(v).__module__ == "numpy" and getattr(v, "ndim", None) == 0 and getattr(v.dtype, "kind", "") in "fiu"
 
 
+def check_noise(x: torch.Tensor, noise) -> None:
+    """The caller's eps (``noise=``): a dense floating tensor of x's shape on x's device, not
+    requiring grad. Any float dtype and any strides (it is only read)."""
+    if not torch.is_tensor(noise):
+        raise TypeError(
+            f"mollify: noise must be a torch.Tensor (the eps to use instead of drawing one) or None, got "
+            f"{type(noise).__name__}"
+        )
+    _check_layout(noise, "noise")
+    if noise.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"mollify: noise must be float16, bfloat16, float32 or float64, got {noise.dtype}; convert it "
+            "first, e.g. noise.float()"
+        )
+    if noise.shape != x.shape:
+        raise ValueError(
+            f"mollify: noise must have x's shape {tuple(x.shape)}, got {tuple(noise.shape)}; for an eps that "
+            "broadcasts (e.g. one per channel), pass noise.expand_as(x)"
+        )
+    if noise.device != x.device:
+        raise ValueError(f"mollify: noise is on {noise.device} but x is on {x.device}; move it with noise.to(x.device)")
+    if noise.requires_grad:
+        raise RuntimeError(
+            "mollify: noise requires grad, but mollify is autograd-free (the noise is data augmentation, not a "
+            "learnable map); pass noise.detach()"
+        )
+
+
 def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend, names,
-                 out_dtype: Optional[torch.dtype] = None):
+                 out_dtype: Optional[torch.dtype] = None, noise=None):
     """Type/shape/device checks; returns the split parameters. Raises before any write.
-    ``out_dtype``: the output dtype (:func:`check_input_map`); None means x.dtype."""
+    ``out_dtype``: the output dtype (:func:`check_input_map`); None means x.dtype. ``noise``:
+    the caller's eps (:func:`check_noise`)."""
     from .generator import Generator
 
     check_x(x)
@@ -176,6 +205,8 @@ def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, retur
                 raise _radius_too_large(f"blur_radius={blur_radius}")
         if blur_sigma is None:
             raise ValueError("mollify: blur_radius was given without blur_sigma; pass blur_sigma too")
+    if noise is not None:
+        check_noise(x, noise)
     if out is not None:
         if not torch.is_tensor(out):
             raise TypeError(f"mollify: out must be a torch.Tensor, got {type(out).__name__}")
@@ -315,9 +346,12 @@ def shares_elements(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(torch.isin(oa, ob).any())
 
 
-def check_out_memory(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]) -> None:
-    """Refuse ``out`` that shares elements with ``x`` (or ``noise``) without being the same view,
-    or that overlaps itself. Disjoint interleaved views of one buffer are fine."""
+def check_out_memory(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor],
+                     eps: Optional[torch.Tensor] = None) -> None:
+    """Refuse ``out`` that shares elements with ``x``, the returned ``noise`` or the caller's
+    ``eps`` (``noise=``) without being the same view, or that overlaps itself. Disjoint
+    interleaved views of one buffer are fine, and so is ``out`` being exactly eps's view (every
+    element's eps is read before its output is written)."""
     if out.numel() == 0:
         return
     if torch._debug_has_internal_overlap(out) == 1:
@@ -334,6 +368,15 @@ def check_out_memory(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.T
         if shares_elements(t, out):
             raise ValueError(
                 f"mollify: out partially overlaps {name}; pass out=x for in-place, or a separate buffer"
+            )
+    if eps is not None and eps.numel() and eps.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+        if eps.dtype == out.dtype and same_view(eps, out):
+            return  # out=noise: the result replaces the eps, element by element
+        (alo, ahi), (blo, bhi) = _extent(eps), _extent(out)
+        if eps.dtype != out.dtype and alo < bhi and blo < ahi or eps.dtype == out.dtype and shares_elements(eps, out):
+            raise ValueError(
+                "mollify: out partially overlaps noise (the eps given with noise=); pass a separate out, or "
+                "out=noise itself (the same view and dtype) to write the result over the eps"
             )
 
 

@@ -280,16 +280,17 @@ class Mollifier(torch.nn.Module):
                 f"pass x[None])"
             )
 
-    def _mollify(self, x: torch.Tensor, sigma):
-        """One mollify call for noise scale ``sigma`` (a float or a 0-d tensor)."""
+    def _mollify(self, x: torch.Tensor, sigma, noise: Optional[torch.Tensor] = None):
+        """One mollify call for noise scale ``sigma`` (a float or a 0-d tensor); ``noise``: the
+        caller's eps (``mollify(noise=)``), used instead of a draw."""
         if self.mode == "noise":
-            return mollify(x, sigma, generator=self.generator, backend=self.backend, **self._map)
+            return mollify(x, sigma, generator=self.generator, backend=self.backend, noise=noise, **self._map)
         blur = self.blur_sigma_max * sigma
         if self.mode == "blur":
-            return mollify(x, 0.0, blur_sigma=blur, generator=self.generator, backend=self.backend, **self._map)
-        return mollify(x, sigma, blur_sigma=blur, generator=self.generator, backend=self.backend, **self._map)
+            return mollify(x, 0.0, blur_sigma=blur, generator=self.generator, backend=self.backend, noise=noise, **self._map)
+        return mollify(x, sigma, blur_sigma=blur, generator=self.generator, backend=self.backend, noise=noise, **self._map)
 
-    def _apply_traced(self, x: torch.Tensor, step: torch.Tensor):
+    def _apply_traced(self, x: torch.Tensor, step: torch.Tensor, noise: Optional[torch.Tensor] = None):
         # Under torch.compile: no Python branch on the step's value (it would be a graph break
         # or a guard per step); the schedule from the tensor, 0 past the window.
         if step.dtype.is_floating_point or step.dtype == torch.bool or step.dim() != 0:
@@ -297,15 +298,17 @@ class Mollifier(torch.nn.Module):
         u = step.to(torch.float64) / self.mollify_steps
         g = torch.as_tensor(self._gamma(u, **self.schedule_kwargs), dtype=torch.float64)
         g = torch.where((g < 0) & (g >= -_ROUNDING), torch.zeros_like(g), g)  # rounding, as eager
-        return self._mollify(x, torch.where(u < 1, g, torch.zeros_like(g)).sqrt())
+        return self._mollify(x, torch.where(u < 1, g, torch.zeros_like(g)).sqrt(), noise)
 
-    def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
-        """``x`` mollified for ``step`` (``mol(x, step)``); ``x`` itself from ``mollify_steps`` on."""
+    def forward(self, x: torch.Tensor, step: Step, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x`` mollified for ``step`` (``mol(x, step)``); ``x`` itself from ``mollify_steps`` on.
+        ``noise``: your own eps (``mollify``'s ``noise=``), used instead of a draw; no generator
+        moves (mode ``"blur"`` adds no noise, so it only checks it)."""
         if torch.compiler.is_compiling():
             self._check_batch(x)
             # A Python int becomes dynamic after one recompile; as a tensor it keeps the
             # schedule's float arithmetic out of the compiler's symbolic guards.
-            return self._apply_traced(x, step if torch.is_tensor(step) else torch.tensor(step))
+            return self._apply_traced(x, step if torch.is_tensor(step) else torch.tensor(step), noise)
         step = self._check_step(step)
         if step >= self.mollify_steps:
             if self._map or (torch.is_tensor(x) and x.dtype == torch.uint8):
@@ -313,10 +316,10 @@ class Mollifier(torch.nn.Module):
                 return mollify(x, 0.0, alpha=1.0, generator=self.generator, backend=self.backend, **self._map)
             return x
         self._check_batch(x)
-        return self._mollify(x, math.sqrt(self._variance(step)))
+        return self._mollify(x, math.sqrt(self._variance(step)), noise)
 
     if TYPE_CHECKING:  # what ``mol(x, step)`` returns (torch.nn.Module types its __call__ as Any)
-        def __call__(self, x: torch.Tensor, step: Step) -> torch.Tensor: ...
+        def __call__(self, x: torch.Tensor, step: Step, noise: Optional[torch.Tensor] = None) -> torch.Tensor: ...
 
     def get_extra_state(self) -> Dict[str, Any]:
         """The position in a parent module's ``state_dict()``: the same dict as a standalone

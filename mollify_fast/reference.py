@@ -321,6 +321,7 @@ def mollify(
     input_shift: Number = 0.0,
     dequantize: bool = False,
     out_dtype: Optional[torch.dtype] = None,
+    noise: Optional[torch.Tensor] = None,
 ):
     """Exact ``alpha * B(x_f) + sigma * eps`` for stream ``(seed, offset)``.
 
@@ -328,6 +329,8 @@ def mollify(
     are numbers, 0-d tensors or ``[N]`` tensors. ``alpha=None`` means ``sqrt(1 - sigma^2)``
     (computed in float64). ``x_f`` is :func:`input_map` of x (``input_scale`` defaulting to
     :func:`default_input_scale`), with the :func:`dequant_uniforms` when ``dequantize``.
+    ``noise``: a given eps of x's shape (any float dtype) used instead of the stream's normals,
+    converted to the compute dtype.
     No argument checking beyond what the math needs: the public ``mollify_fast.mollify`` does it.
 
     Returns:
@@ -344,7 +347,7 @@ def mollify(
         alpha = torch.sqrt(1.0 - s64 * s64)
     a = _per_sample(alpha, x, acc)
     s = _per_sample(sigma, x, acc)
-    eps = noise_like(x, seed, offset)
+    eps = noise_like(x, seed, offset) if noise is None else noise.detach().to("cpu", acc)
     u = dequant_uniforms(seed, offset, x.numel()).reshape(x.shape) if dequantize else None
     xf = input_map(x.detach().cpu(), acc, input_scale, input_shift, u)
     if blur_sigma is not None and not _is_zero(blur_sigma):

@@ -177,10 +177,10 @@ def demangle_kernel(sym: str) -> Optional[Tuple[str, List[str]]]:
                 start = pos + len(mm.group(0))
                 args.append(_DTYPES.get(s[start:start + ln], s[start:start + ln]))
                 pos = s.index("E", start + ln) + 1
-            elif c == "S" and args:  # a substitution: in our kernels' arguments, the type just named again
-                mm = re.match(r"S\w*?_", s[pos:])
-                args.append(args[-1])
-                pos += len(mm.group(0))
+            elif c == "S":  # substitution S_ / S<seq>_: a type named before (ours: a repeated T)
+                mm = re.match(r"S[0-9A-Z]*_", s[pos:])
+                args.append(next((a for a in reversed(args) if a in _DTYPES.values()), "?"))
+                pos += len(mm.group(0)) if mm else 1
             elif c in _BUILTIN:
                 args.append(_DTYPES.get({"f": "float", "d": "double"}.get(c, c), _BUILTIN[c]))
                 pos += 1

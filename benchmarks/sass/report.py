@@ -103,6 +103,9 @@ def _triton_cases(pkg_root: str, quick: bool = False):
         # Real image sizes whose width is not a multiple of 16 (no divisibility hint, no
         # register cap) or of 4 (two Philox groups per thread): MNIST and CelebA's native frames.
         specs += [("blur r3+noise", layout, shape, 1.0, False, False) for layout, shape in REAL_SHAPES.items()]
+        # mollify(noise=): the caller's eps (x's dtype) read where the kernels would draw.
+        specs += [("noise, eps given", "contiguous", SHAPE, None, False, False),
+                  ("blur r3+noise, eps given", "contiguous", SHAPE, 1.0, False, False)]
         for variant, layout, shape, bs, ret, per_sample in specs:
             if quick and (dname, variant, layout) not in QUICK_TRITON:
                 continue
@@ -117,7 +120,10 @@ def _triton_cases(pkg_root: str, quick: bool = False):
             p = resolve_params(x, 0.5, sig_t, 0.0, None, True, bs or 0.0, blur_t, bs is not None,
                                RADII.get(bs, -1) if bs else -1)
             r = RADII.get(bs, 0) if bs else 0
-            for L in mt._plan(x, o, nz, p, (1234, 0)):
+            given = "eps given" in variant
+            launches = mt._plan_full(x, o, torch.randn_like(x), p, (1234, 0), True)[0] if given else \
+                mt._plan(x, o, nz, p, (1234, 0))
+            for L in launches:
                 out.append((Case("triton", L.kernel.__name__, variant, dname, layout, r, 2 if ret else 1,
                                  threads_per_block=32 * L.options.get("num_warps", 4)), L))
     return out
@@ -178,6 +184,7 @@ def run_cuda(src_root: str, rows: list, log) -> None:
         if radius_t is not None and radius_t < 0:
             radius_t = None  # the runtime-radius kernel: analysed at every case radius
         blur = "blur" in name.lower()
+        given = "noise_in" in name.lower()  # noise=: reads the caller's eps, writes no eps
         x = torch.empty(SHAPE)
         if not contig and not blur:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -185,14 +192,14 @@ def run_cuda(src_root: str, rows: list, log) -> None:
             len(coalesce(list(x.shape[:-2]), [list(x.stride()[:-2])] * 2)[0])
         radii = [radius_t] if radius_t is not None else (sorted(RADII.values()) if blur else [0])
         for r in radii:
-            for outputs in (1, 2) if not blur else (1,):
+            for outputs in (1, 2) if not (blur or given) else (1,):
                 keep = (lambda i: True) if outputs == 2 else \
                     (lambda i: not i.pred and not any(BLUR_GROUP.search(A.source_line(p, n)) for p, n in i.locs))
                 out = A.analyze(cubin, sym, spills.get(sym, (0, 0)), {"r": r, "ndims": ndims},
                                 elem_bytes=DTYPE_BYTES[dtype], outputs=outputs, unroll_marker=True,
                                 store_filter=keep, required_vars=("r",) if blur else (), funcs=funcs, res=res)
                 variant = (f"blur r{r}+noise" if blur else "noise") + ("+eps" if outputs == 2 else "") + \
-                    (" per-sample" if per_sample else "")
+                    (" per-sample" if per_sample else "") + (", eps given" if given else "")
                 layout = "contiguous (vector path)" if contig else ("any strides" if blur else "strided")
                 case = Case("cuda", f"{name}<{', '.join(targs)}>", variant, dtype, layout, r, outputs,
                             {"template": flags_s, "nvcc_flags": " ".join(flags)}, threads_per_block=threads)

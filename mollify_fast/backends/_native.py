@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from .._validate import Params
+from .._validate import Params, compute_dtype
 from ..generator import draw_default_seed
 
 DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
@@ -136,10 +136,24 @@ def _layout(shape: Union[Tuple[int, ...], List[int]], strides: Union[Tuple[Tuple
     return sizes, strides
 
 
-def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> tuple:
+def eps_input(x: torch.Tensor, eps: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """The caller's eps (mollify's ``noise=``) as the kernels read it, and its ``noise_in`` code
+    (csrc/mollify_args.h): as is in x's dtype (1) or in the compute dtype (2, float32 for
+    float16/bfloat16 x); any other dtype is converted once, to the compute dtype, never rounded
+    to x's dtype first (a float32 eps with bfloat16 x keeps its float32 values)."""
+    if eps.dtype == x.dtype:
+        return eps, 1
+    acc = compute_dtype(x.dtype)
+    return (eps if eps.dtype == acc else eps.to(acc)), 2
+
+
+def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
+                noise_in: int = 0) -> tuple:
     """The positional arguments of ``_C.mollify_cpu`` / ``_C.mollify_cuda`` /
     ``_C.mollify_cuda_emulated`` up to ``offset``
-    (positional: pybind11's keyword matching cost ~8 us per call with 25 arguments)."""
+    (positional: pybind11's keyword matching cost ~8 us per call with 25 arguments).
+    ``noise_in``: 0 when ``noise`` (if any) is written, else the code from :func:`eps_input`
+    (``noise`` is then the caller's eps, read; the stream is not used)."""
     seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
     tensors = (x, out) if noise is None else (x, out, noise)
     has_blur = p.blur is not None
@@ -159,6 +173,7 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
         x.data_ptr(),
         out.data_ptr(),
         0 if noise is None else noise.data_ptr(),
+        noise_in,
         numel,
         batch,
         numel // batch,

@@ -15,7 +15,7 @@ import torch
 
 from .._validate import Params
 from . import NoisePlan
-from ._native import X_DTYPE_CODES, extension, kernel_args, make_plan
+from ._native import X_DTYPE_CODES, eps_input, extension, kernel_args, make_plan
 
 
 _threads = torch.get_num_threads
@@ -56,13 +56,20 @@ def maps_input(x: torch.Tensor, out: torch.Tensor, p: Params) -> bool:
     return p.blur is None
 
 
-def mollify_cpu(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
+def mollify_cpu(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
+                noise_in: bool = False) -> None:
+    """``noise_in``: ``noise`` is the caller's eps (mollify's ``noise=``), read in the same pass
+    (never with an input map: mollify maps x into a temporary first)."""
     ext, _ = extension()
     if p.maps(x, out):
+        assert not noise_in, "an input map with the caller's eps runs on the mapped temporary"
         ext.mollify_cpu_mapped(*kernel_args(x, out, noise, p, stream), X_DTYPE_CODES[x.dtype], p.in_scale,
                                p.in_shift, p.dequant, _threads())
         return
-    ext.mollify_cpu(*kernel_args(x, out, noise, p, stream), _threads())
+    mode = 0
+    if noise_in and noise is not None:
+        noise, mode = eps_input(x, noise)
+    ext.mollify_cpu(*kernel_args(x, out, noise, p, stream, mode), _threads())
 
 
 def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):

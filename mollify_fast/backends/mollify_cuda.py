@@ -28,7 +28,7 @@ import torch
 
 from .._validate import Params
 from . import NoisePlan
-from ._native import X_DTYPE_CODES, extension, kernel_args, make_plan
+from ._native import X_DTYPE_CODES, eps_input, extension, kernel_args, make_plan
 
 EMULATE_ENV = "MOLLIFY_FAST_CUDA_EMULATE"
 SYNC_ENV = "MOLLIFY_FAST_CUDA_SYNC"
@@ -164,11 +164,19 @@ def maps_input(x: torch.Tensor, out: torch.Tensor, p: Params) -> bool:
     return p.blur is None
 
 
-def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
+def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
+                 noise_in: bool = False) -> None:
+    """``noise_in``: ``noise`` is the caller's eps (mollify's ``noise=``), read by the noise=
+    kernels (kernels/mollify_cuda_kernels.cuh) in the same pass (never with an input map:
+    mollify maps x into a temporary first)."""
     ext, _ = extension()
-    args = kernel_args(x, out, noise, p, stream)
+    mode = 0
+    if noise_in and noise is not None:
+        noise, mode = eps_input(x, noise)
+    args = kernel_args(x, out, noise, p, stream, mode)
     mapped = p.maps(x, out)
     if mapped:
+        assert not noise_in, "an input map with the caller's eps runs on the mapped temporary"
         args = args + (X_DTYPE_CODES[x.dtype], p.in_scale, p.in_shift, p.dequant)
     if x.is_cpu:
         (ext.mollify_cuda_emulated_mapped if mapped else ext.mollify_cuda_emulated)(*args)

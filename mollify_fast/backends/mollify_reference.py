@@ -30,8 +30,14 @@ def _cpu(v):
     return v.cpu() if torch.is_tensor(v) else v
 
 
-def mollify_reference(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
-    seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
+def mollify_reference(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
+                      noise_in: bool = False) -> None:
+    """``noise_in``: ``noise`` is the caller's eps (mollify's ``noise=``), read, not written, and
+    no stream is used."""
+    if noise_in:
+        seed, offset = 0, 0
+    else:
+        seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
     res = reference.mollify(
         x,
         _cpu(p.sigma),
@@ -45,7 +51,8 @@ def mollify_reference(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.
         input_shift=p.in_shift,
         dequantize=p.dequant,
         out_dtype=out.dtype,
+        noise=noise if noise_in else None,
     )
     out.copy_(res[0])
-    if noise is not None:
+    if noise is not None and not noise_in:
         noise.copy_(res[1])

@@ -77,11 +77,14 @@ def _draw(shape, acc: torch.dtype, device, gen, buf: Optional[torch.Tensor] = No
 
 
 def mollify_torch(
-    x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream
+    x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream, noise_in: bool = False
 ) -> None:
     """``out = alpha * src + fl(sigma * eps)`` for every call form: ``eps`` from :func:`_draw`,
     ``sigma * eps`` rounded, then ``torch.add(., src, alpha=a)`` (one fused multiply-add on both
-    its vector and scalar paths) or ``addcmul`` for per-sample alpha, written to out in any layout."""
+    its vector and scalar paths) or ``addcmul`` for per-sample alpha, written to out in any layout.
+
+    ``noise_in``: ``noise`` is the caller's eps (mollify's ``noise=``), converted to the compute
+    dtype and used as is: no generator is touched, and the numbers are the reference's."""
     gen = torch_generator(x.device, stream)  # one per device per thread: threads reproduce
     if p.maps(x, out):
         x = _mapped_input(x, out, p, gen)  # now in the compute dtype
@@ -89,6 +92,10 @@ def mollify_torch(
     a = _bcast(p.alpha, x)
     s = _bcast(p.sigma, x)
     src = blur(x, p, acc) if p.blur is not None else x
+    if noise_in and noise is not None:
+        t = torch.mul(noise.to(acc), s)  # a new tensor: noise may be out itself
+        out.copy_(_axpy(t, a, src, out=t))
+        return
     if x.dtype != acc:
         # Low precision: eps and the sum in float32, one rounding at the end, a quarter of the
         # batch at a time (at most ~4 MB of float32 scratch). Whole-batch float32 scratch plus

@@ -283,7 +283,7 @@ def _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R: tl.constexpr,
 @triton.jit
 def _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, sg, al,
               osh, osw, nsh, nsw, rmask, ALIGNED: tl.constexpr, HAS_NOISE: tl.constexpr,
-              SHARE: tl.constexpr = False):
+              SHARE: tl.constexpr = False, NOISE_IN: tl.constexpr = False):
     """Finish one output row of a ``[S, BW]`` tile: noise, ``alpha * B(x) + sigma * eps``, store.
 
     ``vals``: the 4 blurred lanes (``[S, BW]`` each, columns ``c + 0..3``); ``h``: the ``[S]``
@@ -291,7 +291,38 @@ def _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, 
     ``SHARE`` (W % 4 != 0): thread ``q``'s second counter group is thread ``q + 1``'s first,
     taken from it with ``tl.gather`` instead of a second Philox; the last thread of the row only
     supplies its group (its columns belong to the next column block and are not stored).
+    ``NOISE_IN``: eps is read from ``noise_base`` (the caller's, any float dtype) instead of drawn.
     """
+    if NOISE_IN:
+        cols, mask = _row_mask(c, W, rmask, ALIGNED, SHARE)
+        o = (h * nsh)[:, None, None] + (cols * nsw)[None, :, :]
+        eps = _f32(tl.load(noise_base[:, None, None] + o, mask=mask, other=0.0))
+    else:
+        eps = _row_normals(c, h, W, plane_elem0, k0, k1, off, ALIGNED, SHARE)
+    v0, v1, v2, v3 = vals
+    res = al[:, None, None] * _quad(v0, v1, v2, v3) + sg[:, None, None] * eps
+    if not NOISE_IN:
+        cols, mask = _row_mask(c, W, rmask, ALIGNED, SHARE)
+    o = (h * osh)[:, None, None] + (cols * osw)[None, :, :]
+    tl.store(out_base[:, None, None] + o, _cast(res, out_base), mask=mask)
+    if HAS_NOISE:
+        o = (h * nsh)[:, None, None] + (cols * nsw)[None, :, :]
+        tl.store(noise_base[:, None, None] + o, _cast(eps, noise_base), mask=mask)
+
+
+@triton.jit
+def _row_mask(c, W, rmask, ALIGNED: tl.constexpr, SHARE: tl.constexpr):
+    """``(cols [BW, 4], mask [S, BW, 4])`` of one output row's lanes (see :func:`_emit_row`)."""
+    cols = c[:, None] + tl.arange(0, 4)[None, :]  # [BW, 4]
+    ok = cols < W
+    if SHARE and not ALIGNED:
+        ok = ok & (tl.arange(0, c.shape[0]) < c.shape[0] - 1)[:, None]
+    return cols, rmask[:, None, None] & ok[None, :, :]
+
+
+@triton.jit
+def _row_normals(c, h, W, plane_elem0, k0, k1, off, ALIGNED: tl.constexpr, SHARE: tl.constexpr):
+    """The drawn eps ``[S, BW, 4]`` of one output row's lanes (see :func:`_emit_row`)."""
     idx = (plane_elem0 + h.to(tl.int64) * W)[:, None] + c[None, :]  # logical index of lane 0
     if ALIGNED:
         # W % 4 == 0: the thread's 4 elements are exactly counter group idx / 4.
@@ -312,19 +343,7 @@ def _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, 
         e1 = tl.where(m == 0, a1, tl.where(m == 1, a2, tl.where(m == 2, a3, b0)))
         e2 = tl.where(m == 0, a2, tl.where(m == 1, a3, tl.where(m == 2, b0, b1)))
         e3 = tl.where(m == 0, a3, tl.where(m == 1, b0, tl.where(m == 2, b1, b2)))
-    eps = _quad(e0, e1, e2, e3)
-    v0, v1, v2, v3 = vals
-    res = al[:, None, None] * _quad(v0, v1, v2, v3) + sg[:, None, None] * eps
-    cols = c[:, None] + tl.arange(0, 4)[None, :]  # [BW, 4]
-    ok = cols < W
-    if SHARE and not ALIGNED:
-        ok = ok & (tl.arange(0, c.shape[0]) < c.shape[0] - 1)[:, None]
-    mask = rmask[:, None, None] & ok[None, :, :]
-    o = (h * osh)[:, None, None] + (cols * osw)[None, :, :]
-    tl.store(out_base[:, None, None] + o, _cast(res, out_base), mask=mask)
-    if HAS_NOISE:
-        o = (h * nsh)[:, None, None] + (cols * nsw)[None, :, :]
-        tl.store(noise_base[:, None, None] + o, _cast(eps, noise_base), mask=mask)
+    return _quad(e0, e1, e2, e3)
 
 
 @triton.jit
@@ -357,7 +376,7 @@ def _mollify_noise_kernel(
     xs0, xs1, xs2, xs3, os0, os1, os2, os3, ns0, ns1, ns2, ns3, in_scale, in_shift,
     CONTIG: tl.constexpr, HAS_NOISE: tl.constexpr, IDX64: tl.constexpr, GROUP_ROWS: tl.constexpr,
     SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr,
-    BLOCK: tl.constexpr, MAP: tl.constexpr, DEQUANT: tl.constexpr,
+    BLOCK: tl.constexpr, MAP: tl.constexpr, DEQUANT: tl.constexpr, NOISE_IN: tl.constexpr,
 ):
     """``out[i] = alpha[n(i)] * x[i] + sigma[n(i)] * eps[i]`` over logical indices ``i``.
 
@@ -365,10 +384,12 @@ def _mollify_noise_kernel(
     logical elements, held by one thread. Index math is int32 unless ``IDX64`` (numel or an
     offset beyond 2**31). Strided layouts: with ``GROUP_ROWS`` (innermost size % 4 == 0) the 4
     lanes share their outer coordinates, so the index is decomposed once per group (int32
-    divisions per element spilled to 255 registers in int64 before).
+    divisions per element spilled to 255 registers in int64 before). ``NOISE_IN``: eps is read
+    from ``noise_ptr`` (the caller's, any float dtype) instead of drawn: no Philox.
 
     ``MAP``: x (uint8 or floating) goes through :func:`_map_in` first, ``DEQUANT`` adding the
     uniforms of counter group ``offset + ceil(numel / 4) + g`` (README, "The noise stream").
+    (``MAP`` and ``NOISE_IN`` never meet: mollify maps x into a temporary first then.)
     """
     k0, k1, off = _stream_key(seed_lo, seed_hi, off_lo, off_hi)
     pid = tl.program_id(0)
@@ -376,16 +397,23 @@ def _mollify_noise_kernel(
         g = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     else:
         g = pid * BLOCK + tl.arange(0, BLOCK)
-    z0, z1, z2, z3 = _normals4(off + g, k0, k1)
+    if NOISE_IN:
+        zero = tl.zeros([BLOCK], tl.float32)  # eps is read per lane below
+        z0, z1, z2, z3 = zero, zero, zero, zero
+    else:
+        z0, z1, z2, z3 = _normals4(off + g, k0, k1)
     if DEQUANT:
         u0, u1, u2, u3 = _uniforms4(off + ((numel + 3) // 4) + g, k0, k1)
     else:
         u0, u1, u2, u3 = z0, z1, z2, z3  # unused without DEQUANT
     i0 = 4 * g
     if CONTIG:
-        eps = _quad(z0, z1, z2, z3)
         i = i0[:, None] + tl.arange(0, 4)[None, :]
         mask = i < numel
+        if NOISE_IN:
+            eps = _f32(tl.load(noise_ptr + i, mask=mask, other=0.0))
+        else:
+            eps = _quad(z0, z1, z2, z3)
         s, a = _params_at(i, numel, sample_numel, sigma_ptr, alpha_ptr, sigma, alpha,
                           SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE)
         x = _f32(tl.load(x_ptr + i, mask=mask, other=0))
@@ -413,7 +441,7 @@ def _mollify_noise_kernel(
             _strided_lane(lanes[j], j, i0, bx, bo, bn, x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, sigma, alpha,
                           numel, sample_numel, s1, s2, s3, xs0, xs1, xs2, xs3, os0, os1, os2, os3,
                           ns0, ns1, ns2, ns3, HAS_NOISE, GROUP_ROWS, SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE,
-                          ulanes[j], in_scale, in_shift, MAP, DEQUANT)
+                          ulanes[j], in_scale, in_shift, MAP, DEQUANT, NOISE_IN)
 
 
 @triton.jit
@@ -421,7 +449,7 @@ def _strided_lane(z, j: tl.constexpr, i0, bx, bo, bn, x_ptr, out_ptr, noise_ptr,
                   numel, sample_numel, s1, s2, s3, xs0, xs1, xs2, xs3, os0, os1, os2, os3, ns0, ns1, ns2, ns3,
                   HAS_NOISE: tl.constexpr, GROUP_ROWS: tl.constexpr, SIGMA_PER_SAMPLE: tl.constexpr,
                   ALPHA_PER_SAMPLE: tl.constexpr, u, in_scale, in_shift, MAP: tl.constexpr,
-                  DEQUANT: tl.constexpr):
+                  DEQUANT: tl.constexpr, NOISE_IN: tl.constexpr):
     """Lane ``j`` (element ``4 g + j``) of each group ``g`` of the noise kernel's strided path."""
     i = i0 + j
     mask = i < numel
@@ -436,6 +464,8 @@ def _strided_lane(z, j: tl.constexpr, i0, bx, bo, bn, x_ptr, out_ptr, noise_ptr,
         ox = _dot4(d, xs0, xs1, xs2, xs3)
         oo = _dot4(d, os0, os1, os2, os3)
         on = _dot4(d, ns0, ns1, ns2, ns3)
+    if NOISE_IN:
+        z = _f32(tl.load(noise_ptr + on, mask=mask, other=0.0))
     x = _map_in(_f32(tl.load(x_ptr + ox, mask=mask, other=0)), u, in_scale, in_shift, MAP, DEQUANT)
     tl.store(out_ptr + oo, _cast(a * x + s * z, out_ptr), mask=mask)
     if HAS_NOISE:
@@ -450,7 +480,7 @@ def _mollify_blur_kernel(
     xs0, xs1, xs2, xsh, xsw, os0, os1, os2, osh, osw, ns0, ns1, ns2, nsh, nsw,
     R: tl.constexpr, TILE_H: tl.constexpr, S: tl.constexpr, BW: tl.constexpr, ALIGNED: tl.constexpr,
     HAS_NOISE: tl.constexpr, SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr,
-    BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr,
+    BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr, NOISE_IN: tl.constexpr,
 ):
     """Fused separable blur (radius ``R``, mirrored) + noise; see the module docstring.
 
@@ -508,7 +538,7 @@ def _mollify_blur_kernel(
                 vals = vals + (acc,)  # type: ignore[assignment]  # grows while Triton unrolls
             h = h0 + (t - 2 * R)
             _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, sg, al,
-                      osh, osw, nsh, nsw, umask & (h < H), ALIGNED, HAS_NOISE, True)
+                      osh, osw, nsh, nsw, umask & (h < H), ALIGNED, HAS_NOISE, True, NOISE_IN)
 
 
 @triton.jit
@@ -544,7 +574,7 @@ def _mollify_blur_axis_kernel(
     ss0, ss1, ss2, ssh, ssw, os0, os1, os2, osh, osw, ns0, ns1, ns2, nsh, nsw,
     ALONG_H: tl.constexpr, FINAL: tl.constexpr, S: tl.constexpr, BW: tl.constexpr, ALIGNED: tl.constexpr,
     HAS_NOISE: tl.constexpr, SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr,
-    BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr,
+    BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr, NOISE_IN: tl.constexpr,
 ):
     """One 1-D pass of the blur for radii beyond ``FUSED_MAX_RADIUS`` (dynamic tap loop).
 
@@ -596,7 +626,7 @@ def _mollify_blur_axis_kernel(
         a0, a2 = tl.split(even)
         a1, a3 = tl.split(odd)
         _emit_row((a0, a1, a2, a3), out_base, noise_base, h, c, H, W, plane.to(tl.int64) * H * W, k0, k1, off,
-                  sg, al, osh, osw, nsh, nsw, umask, ALIGNED, HAS_NOISE)
+                  sg, al, osh, osw, nsh, nsw, umask, ALIGNED, HAS_NOISE, False, NOISE_IN)
     else:
         cols = c[:, None] + lanes[None, :]
         o = (h * osh)[:, None, None] + (cols * osw)[None, :, :]
@@ -737,8 +767,12 @@ def _halves(v: int) -> Tuple[int, int]:
     return lo - (1 << 32) if lo >= 1 << 31 else lo, hi - (1 << 32) if hi >= 1 << 31 else hi
 
 
-def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tuple[torch.Tensor, torch.Tensor]]]:
+def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
+               ) -> Tuple[List[Launch], List[Tuple[torch.Tensor, torch.Tensor]]]:
     """The launches for one call, and the ``(dst, src)`` copies to run after them.
+
+    ``noise_in``: ``noise`` is the caller's eps (any float dtype, any strides), read instead of
+    drawn (the kernels' ``NOISE_IN``); nothing is written to it and the stream is not used.
 
     A layout the kernels cannot index (more than 4 coalesced dims for the noise, or 3 plane
     dims for the blur) is planned on contiguous copies ``xc = x.contiguous()``, ``oc``/``nc =
@@ -762,6 +796,9 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
     if layout is None:
         xc = x.contiguous()
         oc = torch.empty_like(xc, dtype=out.dtype)
+        if noise_in:
+            launches, _ = _plan_full(xc, oc, noise.contiguous(), p, (seed, offset), True)
+            return launches, [(out, oc)]
         nc = torch.empty_like(xc, dtype=noise.dtype) if noise is not None else None
         launches, _ = _plan_full(xc, oc, nc, p, (seed, offset))
         return launches, [(out, oc)] + ([(noise, cast(torch.Tensor, nc))] if noise is not None else [])
@@ -772,14 +809,16 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
     sig = 0.0 if sig_t else float(p.sigma)
     al = 0.0 if al_t else float(p.alpha)
     noise_p = noise if noise is not None else dummy
+    writes_noise = noise is not None and not noise_in
     opts = {"num_warps": NUM_WARPS}
     if not blur:
         sizes, (xs, os_, ns), contig, idx64, group_rows = layout
         grid = (-(-(-(-numel // 4)) // NOISE_BLOCK),)
         args = (x, out, noise_p, sig_p, al_p, sig, al, *stream_args, numel, numel // x.shape[0],
                 sizes[1], sizes[2], sizes[3], *xs, *os_, *ns, p.in_scale, p.in_shift)
-        consts = dict(CONTIG=contig, HAS_NOISE=noise is not None, IDX64=idx64, GROUP_ROWS=group_rows,
-                      SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t, BLOCK=NOISE_BLOCK, MAP=False, DEQUANT=False)
+        consts = dict(CONTIG=contig, HAS_NOISE=writes_noise, IDX64=idx64, GROUP_ROWS=group_rows,
+                      SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t, BLOCK=NOISE_BLOCK, MAP=False, DEQUANT=False,
+                      NOISE_IN=noise_in)
         if p.maps(x, out):
             # Separate roundings of the map's sum, product and shift, as the reference.
             consts.update(MAP=True, DEQUANT=p.dequant)
@@ -800,8 +839,8 @@ def _plan_full(x, out, noise, p: Params, stream) -> Tuple[List[Launch], List[Tup
     bl = 0.0 if bl_t else float(p.blur)
     R = int(p.max_radius)
     pps = planes // x.shape[0]
-    common = dict(ALIGNED=W % 4 == 0, HAS_NOISE=noise is not None, SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t,
-                  BLUR_PER_SAMPLE=bl_t, RADIUS_PER_SAMPLE=rad_t)
+    common = dict(ALIGNED=W % 4 == 0, HAS_NOISE=writes_noise, SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t,
+                  BLUR_PER_SAMPLE=bl_t, RADIUS_PER_SAMPLE=rad_t, NOISE_IN=noise_in)
     head = (sig_p, al_p, bl_p, rad_p, sig, al, bl, *stream_args)
     if R <= FUSED_MAX_RADIUS:
         bw, s, tile_h, strips, units, cb = _blur_tiles(H, W, planes, True, W % 4 != 0)
@@ -954,8 +993,9 @@ def _launch(launches: List[Launch], device=None) -> None:
             _COMPILED[key] = ck
 
 
-def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream) -> None:
-    launches, copies = _plan_full(x, out, noise, p, stream)
+def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
+                   noise_in: bool = False) -> None:
+    launches, copies = _plan_full(x, out, noise, p, stream, noise_in)
     if x.is_cuda and x.device.index != torch.cuda.current_device():
         # Triton launches on the current device's current stream: make that x's device.
         with torch.cuda.device(x.device):

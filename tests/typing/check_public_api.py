@@ -28,6 +28,8 @@ def check(flag: bool) -> None:
     assert_type(mf.mollify(x, torch.full((2,), 0.5), alpha=1.0, blur_sigma=0.5, return_noise=True),
                 Tuple[torch.Tensor, torch.Tensor])
     assert_type(mf.mollify(x, 0.5, return_noise=flag), Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]])
+    assert_type(mf.mollify(x, 0.5, noise=torch.randn_like(x)), torch.Tensor)
+    assert_type(mf.mollify(x, 0.5, noise=torch.randn_like(x), return_noise=True), Tuple[torch.Tensor, torch.Tensor])
 
     for f in (schedules.sigmoid, schedules.linear, schedules.cosine):
         assert_type(f(0.5), float)
@@ -39,6 +41,7 @@ def check(flag: bool) -> None:
 
     mol = Mollifier(10, "cosine")
     assert_type(mol(x, 3), torch.Tensor)
+    assert_type(mol(x, 3, noise=torch.randn_like(x)), torch.Tensor)
     assert_type(mf.Mollifier(10, mode="noise+blur", blur_sigma_max=1.0)(x, torch.tensor(3)), torch.Tensor)
     assert_type(mol.gamma(3), float)
     assert_type(mol.state_dict(), Dict[str, Any])
