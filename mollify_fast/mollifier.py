@@ -24,6 +24,7 @@ _D = TypeVar("_D", bound=Dict[str, Any])
 # A schedule's variance this far outside [0, 1] is rounding (e.g. ``1 - u - 0.1`` at u = 0.9 is
 # -2.8e-17) and is clipped; anything further out is a wrong schedule and is refused.
 _ROUNDING = 1e-12
+_is_compiling = torch.compiler.is_compiling
 
 
 def _int_like(name: str, v: Any) -> int:
@@ -242,6 +243,7 @@ class Mollifier(torch.nn.Module):
         self.generator = generator if generator is not None else Generator(None)
         self.generator._fold_rank()
         self._map = _input_map_kwargs(input_scale, input_shift, dequantize, out_dtype)
+        self._plain_noise = mode == "noise" and not self._map  # forward's short path applies
 
     @staticmethod
     def _check_step(step: Step) -> int:
@@ -304,7 +306,13 @@ class Mollifier(torch.nn.Module):
         """``x`` mollified for ``step`` (``mol(x, step)``); ``x`` itself from ``mollify_steps`` on.
         ``noise``: your own eps (``mollify``'s ``noise=``), used instead of a draw; no generator
         moves (mode ``"blur"`` adds no noise, so it only checks it)."""
-        if torch.compiler.is_compiling():
+        if (type(step) is int and noise is None and self._plain_noise and 0 <= step < self.mollify_steps
+                and not _is_compiling()):
+            # The training loop's call (an int step inside the window, mode "noise", no input
+            # map): the same steps as below, with the fewest Python calls (each costs
+            # microseconds with the caches cold after a training step).
+            return mollify(x, math.sqrt(self._variance(step)), generator=self.generator, backend=self.backend)
+        if _is_compiling():
             self._check_batch(x)
             # A Python int becomes dynamic after one recompile; as a tensor it keeps the
             # schedule's float arithmetic out of the compiler's symbolic guards.
