@@ -5,8 +5,11 @@
 For each model, one optimisation step (forward, backward, Adam) is timed with:
 ``none`` (no mollification), ``fused noise`` (``mollify_fast.mollify``, backend ``auto``),
 ``eager noise`` (``alpha * x + sigma * torch.randn_like(x)``), ``fused blur+noise`` and
-``eager blur+noise`` (torchvision ``gaussian_blur`` then the composition), blur sigma 1.
-Variants run round-robin, one step each per round, so drift hits them alike.
+``eager blur+noise`` (torchvision ``gaussian_blur`` then the composition), blur sigma 1, and for
+a uint8 batch as a DataLoader delivers it (the same images, ``round(x * 255)``): ``fused uint8``
+(``mollify(x_u8, sigma, dequantize=True)``: dequantisation, scaling and noise in one pass) and
+``eager uint8`` (``(x_u8.float() + torch.rand_like) / 256``, then the composition). Variants run
+round-robin, one step each per round, so drift hits them alike.
 
 Two overhead figures per variant, in percent of the median ``none`` step:
 * ``direct``: the mollify call itself, timed inside the step (synchronised on GPU);
@@ -45,7 +48,13 @@ FIELDS = ["run_id", "timestamp", "device", "cpu", "threads", "torch", "triton", 
           "variant", "metric", "unit", "p50", "p20", "p80", "n"]
 
 
-def variants(dev):
+def _eager_uint8(x_u8: torch.Tensor) -> torch.Tensor:
+    xf = x_u8.float()
+    xf = (xf + torch.rand_like(xf)) * (1 / 256)
+    return ALPHA * xf + SIGMA * torch.randn_like(xf)
+
+
+def variants(dev, x_u8):
     import torchvision.transforms.v2.functional as TF
 
     gen = mf.Generator(7)
@@ -55,6 +64,9 @@ def variants(dev):
         "eager noise": lambda x: ALPHA * x + SIGMA * torch.randn_like(x),
         "fused blur+noise": lambda x: mf.mollify(x, SIGMA, blur_sigma=1.0, generator=gen),
         "eager blur+noise": lambda x: ALPHA * TF.gaussian_blur(x, [7, 7], [1.0, 1.0]) + SIGMA * torch.randn_like(x),
+        # The step's float x is ignored: these start from the uint8 batch.
+        "fused uint8": lambda x: mf.mollify(x_u8, SIGMA, generator=gen, dequantize=True),
+        "eager uint8": lambda x: _eager_uint8(x_u8),
     }
 
 
@@ -90,7 +102,7 @@ def main(argv=None) -> int:
         model = model.to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         x = torch.rand(batch, 3, 32, 32, device=dev)
-        var = variants(dev)
+        var = variants(dev, (x * 255).round().to(torch.uint8))
         step_t = {k: [] for k in var}
         mol_t = {k: [] for k in var if var[k] is not None}
 
