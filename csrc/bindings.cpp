@@ -114,14 +114,16 @@ MollifyArgs with_call(const Plan& p, uintptr_t x, uintptr_t out, uintptr_t noise
 constexpr int kKeyWord = 0, kOffsetWord = 1, kOwnerWord = 2;
 
 // Take the counter groups of a numel-element call from a generator state this process owns
-// (OWNER == pid: its key is derived), in one atomic step: the offset advances by
+// (OWNER == pid: its key is derived; or OWNER == -pid, a provisional key, when the caller says
+// it still holds: no process group yet), in one atomic step: the offset advances by
 // ceil(numel / 4) and (key, old offset) is the call's stream. False, with nothing changed, for
-// any other state (another process's, a provisional or pending key): Python's take_stream then
-// derives the key under its lock. Every advance of an owned state goes through this function
-// (Python's too), so two takes never get the same groups, from any thread.
-bool take_groups(uintptr_t state, int64_t numel, uint64_t& seed, uint64_t& offset) {
+// any other state (another process's, a pending key): Python's take_stream then derives the
+// key under its lock. Every advance of an owned state goes through this function (Python's
+// too), so two takes never get the same groups, from any thread.
+bool take_groups(uintptr_t state, int64_t numel, bool provisional_ok, uint64_t& seed, uint64_t& offset) {
   int64_t* s = reinterpret_cast<int64_t*>(state);
-  if (__atomic_load_n(s + kOwnerWord, __ATOMIC_ACQUIRE) != static_cast<int64_t>(getpid())) return false;
+  const int64_t owner = __atomic_load_n(s + kOwnerWord, __ATOMIC_ACQUIRE), pid = static_cast<int64_t>(getpid());
+  if (owner != pid && !(provisional_ok && owner == -pid)) return false;
   seed = static_cast<uint64_t>(__atomic_load_n(s + kKeyWord, __ATOMIC_RELAXED));
   offset = __atomic_fetch_add(reinterpret_cast<uint64_t*>(s + kOffsetWord), static_cast<uint64_t>((numel + 3) >> 2),
                               __ATOMIC_RELAXED);
@@ -209,24 +211,25 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "mollify_cpu_plan_gen",
       [](const Plan& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uintptr_t state,
-         int num_threads) {
+         bool provisional_ok, int num_threads) {
         uint64_t seed, offset;
-        if (!take_groups(state, p.a.numel, seed, offset)) return false;
+        if (!take_groups(state, p.a.numel, provisional_ok, seed, offset)) return false;
         const MollifyArgs a = with_call(p, x, out, noise, sigma, alpha, seed, offset);
         py::gil_scoped_release release;
         mollify_fast::mollify_cpu(a, num_threads);
         return true;
       },
       "mollify_cpu_plan taking its stream from a generator state: (plan, x, out, noise, sigma, alpha, "
-      "state_ptr, num_threads); False (nothing done) when the state is not this process's derived stream");
+      "state_ptr, provisional_ok, num_threads); False (nothing done) when the state is not this process's "
+      "derived stream (or provisional one, with provisional_ok)");
   m.def(
       "take_stream",
-      [](uintptr_t state, int64_t numel) -> py::object {
+      [](uintptr_t state, int64_t numel, bool provisional_ok) -> py::object {
         uint64_t seed, offset;
-        if (!take_groups(state, numel, seed, offset)) return py::none();
+        if (!take_groups(state, numel, provisional_ok, seed, offset)) return py::none();
         return py::make_tuple(seed, offset);
       },
-      py::arg("state_ptr"), py::arg("numel"),
+      py::arg("state_ptr"), py::arg("numel"), py::arg("provisional_ok"),
       "(key, offset) of a numel-element call, advancing the generator state at state_ptr atomically; None "
       "(nothing changed) when the state is not this process's derived stream");
   m.def("set_parallel_grain", &mollify_fast::set_parallel_grain, py::arg("elements_per_thread"),
@@ -293,9 +296,9 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "mollify_cuda_plan_gen",
       [](const Plan& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uintptr_t state,
-         uintptr_t stream, int device) {
+         bool provisional_ok, uintptr_t stream, int device) {
         uint64_t seed, offset;
-        if (!take_groups(state, p.a.numel, seed, offset)) return false;
+        if (!take_groups(state, p.a.numel, provisional_ok, seed, offset)) return false;
         mollify_fast::mollify_cuda(with_call(p, x, out, noise, sigma, alpha, seed, offset), stream, device);
         return true;
       },

@@ -48,7 +48,7 @@ from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, Params, check_out_memory, che
 from ._validate import check_input_map, check_map_values, check_x, map_compute_dtype
 from . import reference as _reference
 from ._replay import take as take_replayable, untracked as replay_untracked
-from .generator import Generator, draw_default_seed
+from .generator import Generator, draw_default_seed, provisional_ok
 
 Number = Union[int, float]  # also numpy floating scalars and 0-d ndarrays
 ParamLike = Union[Number, torch.Tensor]
@@ -504,7 +504,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
     if generator is not None:
         # No checkpoint around the call: cpu and cuda take the stream inside the launch call.
         if run_gen is not None and replay_untracked() and run_gen(x, out, noise, float(s), float(a),
-                                                                  generator._state.data_ptr()):
+                                                                  generator._state.data_ptr(), provisional_ok()):
             _last_backend = name
             return (out, noise) if return_noise else out
         stream = take_replayable(generator._state, numel)

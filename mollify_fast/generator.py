@@ -216,6 +216,12 @@ except ImportError:
     _atomic_take = None
 
 
+def provisional_ok() -> bool:
+    """True while a provisional key (OWNER == -pid: the rank was not known at the first draw)
+    stays as it is: no process group yet (the condition under which :func:`_derive` keeps it)."""
+    return not (_DIST and torch.distributed.is_initialized())
+
+
 def take_stream(state: torch.Tensor, numel: int) -> Tuple[int, int]:
     """Read ``(key, offset)`` from a generator state tensor and advance it past one call.
 
@@ -223,8 +229,8 @@ def take_stream(state: torch.Tensor, numel: int) -> Tuple[int, int]:
     the compiled extension, the advance of a derived stream is one atomic step in C++ (the same
     one the cpu and cuda fast paths take inside their launch call), so it never races them.
     """
-    if _atomic_take is not None:  # a derived stream: no lock, no view
-        taken = _atomic_take(state.data_ptr(), numel)
+    if _atomic_take is not None:  # a derived (or still valid provisional) stream: no lock, no view
+        taken = _atomic_take(state.data_ptr(), numel, provisional_ok())
         if taken is not None:
             return taken
     # Inlined to_unsigned64 / groups_for / to_signed64: this runs on every call, and the three
@@ -234,7 +240,7 @@ def take_stream(state: torch.Tensor, numel: int) -> Tuple[int, int]:
         if v[OWNER] != _PID:
             _derive(v)
         if _atomic_take is not None:
-            taken = _atomic_take(state.data_ptr(), numel)
+            taken = _atomic_take(state.data_ptr(), numel, provisional_ok())
             if taken is not None:
                 return taken
         key = int(v[KEY]) & MASK64

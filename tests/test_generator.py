@@ -1,6 +1,7 @@
 """README, "The noise stream": ``mf.Generator`` streams under copies, checkpoints and threads."""
 import copy
 import io
+import os
 import pickle
 import queue
 import sys
@@ -316,3 +317,25 @@ def test_forked_child_after_a_multithreaded_cpu_call_does_not_hang():
         assert torch.equal(torch.from_numpy(got), want), "the child drew other numbers"
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(mgen._atomic_take is None, reason="needs the compiled extension (its atomic take)")
+def test_a_provisional_key_takes_the_launch_call_route_with_the_same_stream():
+    # A Mollifier's generator is rank-folded: without a process group its key is provisional
+    # (OWNER == -pid) and is rechecked at each draw. The cpu launch call takes such a stream
+    # itself (no process group: the key holds), with the numbers and offsets of the Python route.
+    g, h = mf.Generator(31), mf.Generator(31)
+    g._fold_rank()
+    h._fold_rank()
+    x = torch.zeros(3, 7)
+    for _ in range(3):
+        fast = mf.mollify(x, 1.0, generator=g, backend="cpu")
+        slow = mf.mollify(x, 1.0, generator=h, backend="reference")
+        assert int(g._state[mgen.OWNER]) == -os.getpid()  # still provisional
+        torch.testing.assert_close(fast, slow, rtol=0, atol=2e-6 * (1 + float(slow.abs().max())))
+        assert g.state_dict() == h.state_dict()
+    # and the launch call refuses the provisional key once told it no longer holds
+    assert mgen._atomic_take(g._state.data_ptr(), 4, False) is None
+    before = g.offset
+    assert mgen._atomic_take(g._state.data_ptr(), 4, True) == (int(g._state[mgen.KEY]) & mgen.MASK64, before)
+    assert g.offset == before + 1

@@ -84,10 +84,10 @@ def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]
         launch(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma, alpha,
                stream[0], stream[1], _threads())
 
-    def run_gen(x, out, noise, sigma, alpha, state_ptr):
+    def run_gen(x, out, noise, sigma, alpha, state_ptr, provisional_ok):
         # The stream taken from the generator state inside the launch call (one atomic step, as
         # generator.take_stream); False: nothing done, the caller takes it the long way.
         return launch_gen(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma,
-                          alpha, state_ptr, _threads())
+                          alpha, state_ptr, provisional_ok, _threads())
 
     return NoisePlan(run, run_gen)
