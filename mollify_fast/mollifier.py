@@ -25,6 +25,8 @@ _D = TypeVar("_D", bound=Dict[str, Any])
 # -2.8e-17) and is clipped; anything further out is a wrong schedule and is refused.
 _ROUNDING = 1e-12
 _is_compiling = torch.compiler.is_compiling
+_tracing_state = torch._C._get_tracing_state
+_nn_module = torch.nn.modules.module
 
 
 def _int_like(name: str, v: Any) -> int:
@@ -244,6 +246,8 @@ class Mollifier(torch.nn.Module):
         self.generator._fold_rank()
         self._map = _input_map_kwargs(input_scale, input_shift, dequantize, out_dtype)
         self._plain_noise = mode == "noise" and not self._map  # forward's short path applies
+        # The schedule with its keywords bound once (a keyword unpack per call is a cold-cache cost).
+        self._gamma_at = functools.partial(self._gamma, **self.schedule_kwargs) if self.schedule_kwargs else self._gamma
 
     @staticmethod
     def _check_step(step: Step) -> int:
@@ -261,7 +265,7 @@ class Mollifier(torch.nn.Module):
 
     def _variance(self, step: int) -> float:
         u = step / self.mollify_steps
-        g = self._gamma(u, **self.schedule_kwargs)
+        g = self._gamma_at(u)
         if 0.0 <= g <= 1.0:  # one comparison on the hot path; False for NaN
             return float(g)
         v = float(g)
@@ -328,6 +332,18 @@ class Mollifier(torch.nn.Module):
 
     if TYPE_CHECKING:  # what ``mol(x, step)`` returns (torch.nn.Module types its __call__ as Any)
         def __call__(self, x: torch.Tensor, step: Step, noise: Optional[torch.Tensor] = None) -> torch.Tensor: ...
+    else:
+        def __call__(self, *args, **kwargs):
+            # nn.Module's call path when anything uses it (a compiled module, jit tracing, a hook
+            # on this module or a global one); else forward directly, as that path itself does,
+            # minus its two frames (each a cold-cache cost in a training loop).
+            if (self._compiled_call_impl is None and not _tracing_state()
+                    and not (self._backward_hooks or self._backward_pre_hooks or self._forward_hooks
+                             or self._forward_pre_hooks or _nn_module._global_backward_pre_hooks
+                             or _nn_module._global_backward_hooks or _nn_module._global_forward_hooks
+                             or _nn_module._global_forward_pre_hooks)):
+                return self.forward(*args, **kwargs)
+            return torch.nn.Module.__call__(self, *args, **kwargs)
 
     def get_extra_state(self) -> Dict[str, Any]:
         """The position in a parent module's ``state_dict()``: the same dict as a standalone

@@ -350,3 +350,24 @@ def test_custom_schedule_values_outside_0_1():
         with pytest.raises(ValueError, match=value):
             mol.gamma(3)
         assert mol.generator.state_dict() == {"seed": 2, "offset": 0}
+
+
+def test_module_hooks_and_compiled_modules_still_take_nn_modules_call_path():
+    # mol(x, step) skips nn.Module's call frames only when nothing uses them: a forward hook,
+    # a forward pre-hook and a global hook still run, with the same result as the plain call.
+    x = torch.zeros(2, 3)
+    mol = mf.Mollifier(10, schedule="linear", generator=mf.Generator(3))
+    ref = mf.Mollifier(10, schedule="linear", generator=mf.Generator(3))(x, 2)
+    seen = []
+    h1 = mol.register_forward_pre_hook(lambda m, args: seen.append("pre"))
+    h2 = mol.register_forward_hook(lambda m, args, out: seen.append("post"))
+    h3 = torch.nn.modules.module.register_module_forward_hook(lambda m, args, out: seen.append("global"))
+    try:
+        out = mol(x, 2)
+    finally:
+        h1.remove(), h2.remove(), h3.remove()
+    assert seen == ["pre", "post", "global"] or seen == ["pre", "global", "post"]
+    assert torch.equal(out, ref)
+    seen.clear()
+    mol(x, 3)
+    assert seen == []
