@@ -21,11 +21,17 @@
 namespace mollify_fast {
 namespace {
 
+// Every thread of a grid of `blocks` blocks in order (block b's thread t is b * kThreads + t):
+// f(thread index, grid stride), each running its grid-stride loop as on the GPU.
+template <typename F>
+void each_thread(int64_t blocks, F&& f) {
+  const int64_t stride = blocks * kThreads;
+  for (int64_t i = 0; i < stride; ++i) f(i, stride);
+}
+
 template <typename T, bool kVec, bool kPerSample>
 void emulate_noise(const MollifyArgs& a, const LaunchPlan& p) {
-  const int64_t stride = p.grid_x * kThreads;
-  for (int64_t b = 0; b < p.grid_x; ++b)
-    for (int t = 0; t < kThreads; ++t) noise_thread<T, kVec, kPerSample>(a, b * kThreads + t, stride);
+  each_thread(p.grid_x, [&](int64_t i, int64_t stride) { noise_thread<T, kVec, kPerSample>(a, i, stride); });
 }
 
 template <typename T, int KR, typename E = void>
@@ -63,12 +69,9 @@ void emulate(const MollifyArgs& a) {
     case KernelKind::kBlurTiled:
       with_radius(p.kr, [&](auto tag) { emulate_blur_tiled<T, decltype(tag)::value>(a, p); });
       break;
-    case KernelKind::kBlurDirect: {
-      const int64_t stride = p.grid_x * kThreads;
-      for (int64_t b = 0; b < p.grid_x; ++b)
-        for (int t = 0; t < kThreads; ++t) blur_direct_thread<T>(a, p.geom, b * kThreads + t, stride);
+    case KernelKind::kBlurDirect:
+      each_thread(p.grid_x, [&](int64_t i, int64_t stride) { blur_direct_thread<T>(a, p.geom, i, stride); });
       break;
-    }
     case KernelKind::kNoiseIn:
     case KernelKind::kBlurNoiseIn:
     case KernelKind::kBlurNoiseInTiled:
@@ -78,14 +81,12 @@ void emulate(const MollifyArgs& a) {
           emulate_blur_tiled<T, -1, E>(a, p);
           return;
         }
-        const int64_t stride = p.grid_x * kThreads;
-        for (int64_t b = 0; b < p.grid_x; ++b)
-          for (int t = 0; t < kThreads; ++t) {
-            if (p.kind == KernelKind::kNoiseIn)
-              noise_in_thread<T, E>(a, b * kThreads + t, stride);
-            else
-              blur_noise_in_thread<T, E>(a, b * kThreads + t, stride);
-          }
+        each_thread(p.grid_x, [&](int64_t i, int64_t stride) {
+          if (p.kind == KernelKind::kNoiseIn)
+            noise_in_thread<T, E>(a, i, stride);
+          else
+            blur_noise_in_thread<T, E>(a, i, stride);
+        });
       });
       break;
   }
@@ -98,11 +99,10 @@ void mollify_cuda_emulated_mapped(const MollifyArgs& a, const MapArgs& m) {
   if (a.numel == 0) return;
   const int64_t groups = (a.numel + 3) / 4;
   const int64_t blocks = std::min<int64_t>((groups + kThreads - 1) / kThreads, kMaxNoiseBlocks);
-  const int64_t stride = blocks * kThreads;
   with_map_types(m.x_dtype, a.dtype, [&](auto xi, auto xo) {
-    for (int64_t b = 0; b < blocks; ++b)
-      for (int t = 0; t < kThreads; ++t)
-        mapped_noise_thread<decltype(xi), decltype(xo)>(a, m, b * kThreads + t, stride);
+    each_thread(blocks, [&](int64_t i, int64_t stride) {
+      mapped_noise_thread<decltype(xi), decltype(xo)>(a, m, i, stride);
+    });
   });
 }
 

@@ -23,13 +23,10 @@ the harness in seconds. Progress: a line per model and round (a bar on a termina
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as _dt
 import math
 import os
 import sys
 import time
-import uuid
 
 import torch
 
@@ -39,19 +36,14 @@ if ROOT not in sys.path:
 
 import mollify_fast as mf  # noqa: E402
 from benchmarks.progress import progress  # noqa: E402
-from benchmarks.harness import cpu_model, device_name, pct, versions  # noqa: E402
+from benchmarks.harness import append_csv, device_slug, pct, run_meta, versions  # noqa: E402
+from benchmarks.micro.bench_uint8 import eager_chain  # noqa: E402
 from benchmarks.demo.models import build_image_model  # noqa: E402
 
 SIGMA = 0.5
 ALPHA = math.sqrt(1 - SIGMA**2)
 FIELDS = ["run_id", "timestamp", "device", "cpu", "threads", "torch", "triton", "mollify_fast", "model", "batch",
           "variant", "metric", "unit", "p50", "p20", "p80", "n"]
-
-
-def _eager_uint8(x_u8: torch.Tensor) -> torch.Tensor:
-    xf = x_u8.float()
-    xf = (xf + torch.rand_like(xf)) * (1 / 256)
-    return ALPHA * xf + SIGMA * torch.randn_like(xf)
 
 
 def variants(dev, x_u8):
@@ -66,7 +58,7 @@ def variants(dev, x_u8):
         "eager blur+noise": lambda x: ALPHA * TF.gaussian_blur(x, [7, 7], [1.0, 1.0]) + SIGMA * torch.randn_like(x),
         # The step's float x is ignored: these start from the uint8 batch.
         "fused uint8": lambda x: mf.mollify(x_u8, SIGMA, generator=gen, dequantize=True),
-        "eager uint8": lambda x: _eager_uint8(x_u8),
+        "eager uint8": lambda x: eager_chain(x_u8, ALPHA, SIGMA),
     }
 
 
@@ -90,11 +82,7 @@ def main(argv=None) -> int:
         args.models = "vae" if args.models == ap.get_default("models") else args.models
     batch = args.batch or (8 if args.quick else 64 if dev == "cpu" else 256)
     rounds = args.rounds or (3 if args.quick else 30 if dev == "cpu" else 100)
-    ver = versions()
-    meta = {"run_id": uuid.uuid4().hex[:8],
-            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "device": device_name(dev), "cpu": cpu_model(), "threads": torch.get_num_threads(),
-            "torch": ver["torch"], "triton": ver["triton"], "mollify_fast": ver["mollify_fast"]}
+    meta = dict(run_meta(dev), triton=versions()["triton"])
     rows, lines = [], []
     for name in args.models.split(","):
         torch.manual_seed(0)
@@ -150,15 +138,8 @@ def main(argv=None) -> int:
                          f"{pct(direct, .8):.2f}]   paired {pct(paired, .5):6.2f}% [{pct(paired, .2):.2f}, "
                          f"{pct(paired, .8):.2f}]")
     os.makedirs(args.out, exist_ok=True)
-    slug = "cpu" if dev == "cpu" else "".join(c if c.isalnum() else "_" for c in device_name(dev)).strip("_").lower()
-    path = os.path.join(args.out, f"training_{slug}.csv")
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in FIELDS})
+    path = os.path.join(args.out, f"training_{device_slug(dev)}.csv")
+    append_csv(path, rows, FIELDS)
     print(f"\ntraining-step overhead on {meta['device']}, {meta['threads']} threads, "
           f"percent of the plain step, median [p20, p80]:")
     print("\n".join(lines))

@@ -51,18 +51,20 @@ EAGER_PASSES = {
 FUSED_BYTES = 1 + 4  # one uint8 read, one float32 write
 
 
+def eager_chain(x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    """What the fused input map replaces, pass by pass (:data:`EAGER_PASSES`): a uint8 batch to
+    a dequantised, scaled, mollified float32 batch."""
+    xf = x.float()
+    xf = xf + torch.rand_like(xf)
+    xf = xf * (1 / 256)
+    return alpha * xf + sigma * torch.randn_like(xf)
+
+
 def providers(sigma: float):
     alpha = math.sqrt(1 - sigma * sigma)
     g = mf.Generator(1)
-
-    def eager(x):
-        xf = x.float()
-        xf = xf + torch.rand_like(xf)
-        xf = xf * (1 / 256)
-        return alpha * xf + sigma * torch.randn_like(xf)
-
     return {
-        "eager": (eager, sum(EAGER_PASSES.values())),
+        "eager": (lambda x: eager_chain(x, alpha, sigma), sum(EAGER_PASSES.values())),
         "fused": (lambda x: mf.mollify(x, sigma, generator=g, dequantize=True), FUSED_BYTES),
     }
 
