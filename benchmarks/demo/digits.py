@@ -25,6 +25,29 @@ N_TRAIN = 1500  # of 1797 digits; the remaining 297 are the test split
 CLASSIFIER_FILE = "digits_classifier.pt"
 
 
+LEVELS = 16  # the digits' grey levels are 0..16: a pixel is level / 16
+
+
+def as_levels(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] (multiples of 1/16) back to their uint8 grey levels 0..16, exactly: the
+    demo stores and batches the training images as uint8, as an image pipeline delivers them."""
+    lv = torch.round(x * LEVELS)
+    if not torch.equal(lv / LEVELS, x):
+        raise ValueError("as_levels: x is not a multiple of 1/16 in [0, 1]")
+    return lv.to(torch.uint8)
+
+
+def vae_batch(xb: torch.Tensor, step: int, mol, gen: "mf.Generator") -> torch.Tensor:
+    """One training batch ``xb`` (uint8 levels [B, 1, 8, 8]) to the floats the VAE trains on, in
+    one fused pass: ``mol(xb, step)`` for a mollified arm (a Mollifier built with
+    ``input_scale=1/16``), and for the vanilla arm the input map alone,
+    ``mollify(xb, 0.0, alpha=1.0, input_scale=1/16)`` (no noise is added; ``gen`` keeps the op
+    off PyTorch's global RNG). Either way ``x_f = xb / 16`` exactly, as the float pipeline."""
+    if mol is not None:
+        return mol(xb, step)
+    return mf.mollify(xb, 0.0, alpha=1.0, input_scale=1.0 / LEVELS, generator=gen)
+
+
 def digits_split() -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(train_x [1500, 64], train_y [1500], test_x [297, 64], test_y [297])``, pixels in
     [0, 1] (the 17 grey levels 0..16 divided by 16), one fixed shuffle (seed 0)."""
@@ -157,14 +180,16 @@ def run_vae(seed: int, mode: str, decoder, steps: int, window: float, device: st
     torch.manual_seed(seed)
     model = MLPVAE(decoder_sigma=decoder).to(device)
     tx, te = train_x.to(device), test_x.to(device)
+    tx_u8 = as_levels(train_x).view(-1, 1, 8, 8).to(device)  # the batches come from here, as uint8
     bg = torch.Generator(device=device).manual_seed(seed)
     n_mol = max(1, int(window * steps))
     mol = None
     if mode == "noise":
-        mol = mf.Mollifier(n_mol, generator=mf.Generator(seed), backend=backend)
+        mol = mf.Mollifier(n_mol, generator=mf.Generator(seed), backend=backend, input_scale=1.0 / LEVELS)
     elif mode == "blur":
         mol = mf.Mollifier(n_mol, mode="blur", blur_sigma_max=BLUR_SIGMA_MAX, generator=mf.Generator(seed),
-                           backend=backend)
+                           backend=backend, input_scale=1.0 / LEVELS)
+    map_gen = mf.Generator(seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     eval_rng = torch.Generator(device=device)
 
@@ -190,10 +215,9 @@ def run_vae(seed: int, mode: str, decoder, steps: int, window: float, device: st
     t0, c0 = time.perf_counter(), time.process_time()
     t_meas = 0.0
     for step in range(steps):
-        # [N, 1, 8, 8]: the blur acts on the last two dims and refuses a 2-D batch.
-        x = tx[torch.randint(0, tx.shape[0], (128,), generator=bg, device=device)].view(-1, 1, 8, 8)
-        if mol is not None:
-            x = mol(x, step)
+        # uint8 [N, 1, 8, 8] (the blur acts on the last two dims and refuses a 2-D batch), mapped
+        # to floats by the same fused call that mollifies it.
+        x = vae_batch(tx_u8[torch.randint(0, tx.shape[0], (128,), generator=bg, device=device)], step, mol, map_gen)
         loss = -model.elbo(x.flatten(1)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -9,10 +9,12 @@ import sys
 import pytest
 import torch
 
+import mollify_fast as mf
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from benchmarks.demo.digits import (DigitsClassifier, digits_split, feature_distance,  # noqa: E402
-                                    frechet_distance, gaussian_stats, load_or_train_classifier,
-                                    train_classifier)
+from benchmarks.demo.digits import (BLUR_SIGMA_MAX, DigitsClassifier, as_levels, digits_split,  # noqa: E402
+                                    feature_distance, frechet_distance, gaussian_stats,
+                                    load_or_train_classifier, train_classifier, vae_batch)
 from benchmarks.demo.tabular import load_table, run_flow, split_standardise  # noqa: E402
 from benchmarks.demo.models import (BatchNormFlow, Glow, MLPVAE, RealNVP2D, RealNVPImage, TabularFlow,  # noqa: E402
                                       squeeze)
@@ -288,3 +290,27 @@ def test_digits_classifier_learns_and_is_cached(tmp_path, one_thread):
     assert acc2 == acc  # the cached weights, not a retrained model
     # Real digits are far closer to held-out digits than noise is.
     assert feature_distance(clf, tx[:300], ex) < 0.2 * feature_distance(clf, torch.rand(300, 64), ex)
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "noise", "blur"])
+def test_vae_uint8_batches_give_the_float_pipelines_numbers(mode):
+    # The VAE's batches are uint8 grey levels mapped by the mollify call itself: every arm must
+    # train on exactly the floats (and the stream) of the float pipeline it replaces, across
+    # the window's end.
+    tx = digits_split()[0][:256]
+    u8 = as_levels(tx).view(-1, 1, 8, 8)
+    assert u8.dtype == torch.uint8 and int(u8.max()) == 16
+    xf = tx.view(-1, 1, 8, 8)
+    kw = {} if mode != "blur" else {"mode": "blur", "blur_sigma_max": BLUR_SIGMA_MAX}
+    mol = None if mode == "vanilla" else mf.Mollifier(10, generator=mf.Generator(5), input_scale=1 / 16, **kw)
+    ref = None if mode == "vanilla" else mf.Mollifier(10, generator=mf.Generator(5), **kw)
+    gen = mf.Generator(5)
+    for step in (0, 3, 9, 10, 12):
+        got = vae_batch(u8, step, mol, gen)
+        want = xf if ref is None else ref(xf, step)
+        assert got.dtype == torch.float32 and torch.equal(got, want), (mode, step)
+
+
+def test_as_levels_refuses_values_off_the_grid():
+    with pytest.raises(ValueError, match="multiple of 1/16"):
+        as_levels(torch.tensor([0.5, 0.51]))
