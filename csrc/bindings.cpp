@@ -60,7 +60,7 @@ MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::v
                       uintptr_t x, uintptr_t out, uintptr_t noise, int noise_in, int64_t numel, int64_t batch,
                       int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p,
                       uintptr_t alpha_p, uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p,
-                      int max_radius, uint64_t seed, uint64_t offset) {
+                      int max_radius, uint64_t seed, uint64_t offset, uintptr_t stream_words) {
   MollifyArgs a{};
   if (sizes.empty() || sizes.size() > static_cast<size_t>(mollify_fast::kMaxDims))
     throw std::invalid_argument("sizes must have 1 to 8 dims after coalescing");
@@ -91,6 +91,7 @@ MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::v
   a.radius = radius;
   a.radius_p = reinterpret_cast<const int32_t*>(radius_p);
   a.max_radius = max_radius;
+  a.stream = reinterpret_cast<const int64_t*>(stream_words);  // 0: the stream is (seed, offset)
   return a;
 }
 
@@ -137,7 +138,7 @@ bool take_groups(uintptr_t state, int64_t numel, bool provisional_ok, uint64_t& 
       py::arg("x"), py::arg("out"), py::arg("noise"), py::arg("noise_in"), py::arg("numel"), py::arg("batch"), \
       py::arg("sample_numel"), py::arg("sigma"), py::arg("alpha"), py::arg("blur_sigma"),               \
       py::arg("sigma_p"), py::arg("alpha_p"), py::arg("blur_p"), py::arg("has_blur"), py::arg("radius"), \
-      py::arg("radius_p"), py::arg("max_radius"), py::arg("seed"), py::arg("offset")
+      py::arg("radius_p"), py::arg("max_radius"), py::arg("seed"), py::arg("offset"), py::arg("stream_words")
 
 // The parameter list of every entry point, and the call that packs it into MollifyArgs.
 #define MOLLIFY_PARAMS                                                                                        \
@@ -145,10 +146,10 @@ bool take_groups(uintptr_t state, int64_t numel, bool provisional_ok, uint64_t& 
       const std::vector<int64_t>&ns, uintptr_t x, uintptr_t out, uintptr_t noise, int noise_in, int64_t numel,   \
       int64_t batch, int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p,     \
       uintptr_t alpha_p, uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p, int max_radius, uint64_t seed, \
-      uint64_t offset
+      uint64_t offset, uintptr_t stream_words
 #define MOLLIFY_MAKE_ARGS                                                                                   \
   make_args(dtype, sizes, xs, os, ns, x, out, noise, noise_in, numel, batch, sample_numel, sigma, alpha, blur_sigma, \
-            sigma_p, alpha_p, blur_p, has_blur, radius, radius_p, max_radius, seed, offset)
+            sigma_p, alpha_p, blur_p, has_blur, radius, radius_p, max_radius, seed, offset, stream_words)
 
 // The input map's extra arguments (csrc/mollify_args.h, MapArgs), after MOLLIFY_PARAMS.
 #define MAP_PARAMS int x_dtype, double scale, double shift, bool dequant

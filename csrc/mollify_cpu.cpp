@@ -41,7 +41,7 @@ constexpr int64_t kBand = 32;
 // pointer to element i0's normal.
 inline float* draw(const MollifyArgs& a, int64_t i0, int64_t len, float* buf) {
   const int64_t g0 = i0 >> 2, g1 = (i0 + len + 3) >> 2;
-  normals_cpu(a.seed, a.offset + static_cast<uint64_t>(g0), g1 - g0, buf);
+  normals_cpu(stream_key(a), stream_offset(a) + static_cast<uint64_t>(g0), g1 - g0, buf);
   return buf + (i0 & 3);
 }
 
@@ -353,7 +353,7 @@ void mapped_noise_kernel(const MollifyArgs& a, const MapArgs& m, int nthreads) {
   const TI* x = static_cast<const TI*>(a.x);
   TO *out = static_cast<TO*>(a.out), *noise = static_cast<TO*>(a.noise);
   const A scale = static_cast<A>(m.scale), shift = static_cast<A>(m.shift);
-  const uint64_t ugroup0 = a.offset + static_cast<uint64_t>((a.numel + 3) >> 2);
+  const uint64_t ugroup0 = stream_offset(a) + static_cast<uint64_t>((a.numel + 3) >> 2);
   const bool per_sample = a.alpha_p || a.sigma_p;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
@@ -368,7 +368,7 @@ void mapped_noise_kernel(const MollifyArgs& a, const MapArgs& m, int nthreads) {
       const float* u = ubuf.data();
       if (m.dequant) {
         const int64_t g0 = i0 >> 2, g1 = (i0 + len + 3) >> 2;
-        uniforms_cpu(a.seed, ugroup0 + static_cast<uint64_t>(g0), g1 - g0, ubuf.data());
+        uniforms_cpu(stream_key(a), ugroup0 + static_cast<uint64_t>(g0), g1 - g0, ubuf.data());
         u += i0 & 3;
       }
       // Split where the sample changes, as noise_kernel: the parameters are fixed inside a run.

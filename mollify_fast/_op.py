@@ -47,8 +47,9 @@ from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, Params, check_out_memory, che
                         resolve_params, same_view)
 from ._validate import check_input_map, check_map_values, check_x, map_compute_dtype
 from . import reference as _reference
-from ._replay import take as take_replayable, untracked as replay_untracked
-from .generator import Generator, draw_default_seed, provisional_ok
+from ._replay import in_checkpoint, take as take_replayable, untracked as replay_untracked
+from .generator import (DeviceStream, Generator, advance_resident, draw_default_seed, provisional_ok, resident_words,
+                        take_words, to_unsigned64)
 
 Number = Union[int, float]  # also numpy floating scalars and 0-d ndarrays
 ParamLike = Union[Number, torch.Tensor]
@@ -65,14 +66,20 @@ def _capturing(x: torch.Tensor) -> bool:
     return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
-def _refuse_capture() -> None:
+def _refuse_capture(why: str) -> None:
     raise RuntimeError(
         "mollify: called while a CUDA graph is being captured (torch.cuda.graph, or torch.compile with "
-        "mode='reduce-overhead' or 'max-autotune'), which mollify does not support yet: its noise stream is "
-        "decided on the host at call time, so every replay would repeat the captured noise and the generator "
-        "would not advance. Mollify the batch outside the captured region (before the compiled step), or compile "
-        "with the default mode. Nothing was written and no generator moved."
+        f"mode='reduce-overhead' or 'max-autotune') {why}. Nothing was written and no generator moved "
+        "(README, \"CUDA graphs\")."
     )
+
+
+def _device_key(device: torch.device) -> DeviceStream:
+    """The default generator's stream during capture: a key drawn on the device by PyTorch's own
+    graph-safe RNG (so every replay draws a new one, reproducibly under torch.manual_seed),
+    offset 0."""
+    key = torch.randint(-(1 << 63), (1 << 63) - 1, (1,), dtype=torch.int64, device=device)
+    return DeviceStream(torch.cat([key, torch.zeros(1, dtype=torch.int64, device=device)]))
 
 
 def last_backend() -> Optional[str]:
@@ -107,13 +114,28 @@ def _run(
     (``noise=``), read by the kernels instead of drawing: no stream is taken, and ``noise``
     gets a copy of it (rounded to the output dtype)."""
     global _last_backend
-    if _capturing(x):
-        _refuse_capture()
+    capturing = _capturing(x)
     p: Params = resolve_params(_dtype_carrier(x, out), sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur,
                                blur_radius)
     p = _with_map(p, x, out, in_scale, in_shift, dequant)
     mapped = p.maps(x, out)
     name, launch = backends.resolve(backend, _map_probe(x, out) if mapped else x, p)
+    if capturing and eps is None and name not in backends.STREAM_WORDS and not (name == "torch" and gen_state is None):
+        _refuse_capture(f"on backend {name!r}, whose kernels take the stream by value: every replay would repeat "
+                        f"the captured noise; use backend 'cuda' or 'triton' (or 'auto')")
+    # gen_state: a generator's host state (7 int64 words), or a device-resident stream's words
+    # [key, offset] (what mollify passes for a resident generator).
+    given_words = gen_state is not None and gen_state.numel() == 2
+    words = gen_state if given_words else None if gen_state is None else resident_words(gen_state)
+    if words is not None and (words.device != x.device or name not in backends.STREAM_WORDS
+                              or (not capturing and not replay_untracked() and in_checkpoint())):
+        # Drawn on the host (the device's offset read back first): a backend that takes the
+        # stream by value, another device, or an eager call a checkpoint records or replays.
+        words = None
+    if capturing and gen_state is not None and words is None and eps is None:
+        _refuse_capture("with a Generator whose stream is on the host: every replay would repeat the captured "
+                        "noise and the generator would not advance; call generator.to_device(x.device) before "
+                        "the warm-up (a Mollifier moved with .to(device) does it)")
     # A lazily negated view (``z.conj().imag``) reads and writes with its sign flipped; the
     # kernels see raw memory, so they get a resolved x and write a temporary that is copied
     # into such an out (copy_ honours the sign).
@@ -136,12 +158,20 @@ def _run(
     # Decided before the stream is taken: nothing below refuses a call.
     unfused = (x.numel() != 0 and name not in _PURE and not mapped
                and _needs_unfused(name, x, out, noise if eps is None else eps, p))
+    # (key, offset) by value, the words the kernels read (DeviceStream), or None (torch's RNG).
+    stream: Union[Tuple[int, int], DeviceStream, None]
     if eps is not None:
         stream = (0, 0)  # not used: no generator moves, PyTorch's default one included
+    elif words is not None:
+        stream = DeviceStream(words)  # read by the kernels; advanced below, after them
+    elif given_words:
+        stream = take_replayable(cast(torch.Tensor, gen_state), _stream_elements(x.numel(), dequant), take_words)
     elif gen_state is not None:
         stream = take_replayable(gen_state, _stream_elements(x.numel(), dequant))
     elif name == "torch":
         stream = None  # the torch backend draws from PyTorch's default generator directly
+    elif capturing:
+        stream = _device_key(x.device)
     else:
         stream = (draw_default_seed(x.device), 0)
     _last_backend = name
@@ -162,6 +192,8 @@ def _run(
             launch(x, out, noise, p, stream)
         else:
             launch(x, out, eps, p, stream, noise_in=True)
+    if words is not None and eps is None:
+        advance_resident(words, _stream_elements(x.numel(), dequant))
     if neg_out is not None:
         neg_out.copy_(out)
 
@@ -216,6 +248,10 @@ def _run_mapped(name: str, launch, x: torch.Tensor, out: torch.Tensor, noise: Op
     else:
         u = None
         if p.dequant:
+            if isinstance(stream, DeviceStream):
+                if _capturing(x):
+                    _refuse_capture("with dequantize=True on a backend whose kernels do not draw the uniforms")
+                stream = tuple(to_unsigned64(w) for w in stream.words.tolist())
             seed, offset = stream
             u = _reference.dequant_uniforms(seed, offset, x.numel()).reshape(x.shape).to(x.device)
         xf = _reference.input_map(x, acc, p.in_scale, p.in_shift, u).contiguous()
@@ -507,6 +543,8 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
                                                                   generator._state.data_ptr(), provisional_ok()):
             _last_backend = name
             return (out, noise) if return_noise else out
+        if resident_words(generator._state) is not None:
+            return None  # device-resident: the general path reads it on the device
         stream = take_replayable(generator._state, numel)
     elif name == "torch":
         stream = None
@@ -692,7 +730,10 @@ def mollify(
     has_blur = b is not None
     b_num, b_t = b if has_blur else (0.0, None)
     radius = -1 if blur_radius is None else blur_radius
-    state = generator._state if generator is not None else None
+    # A device-resident stream travels as its words (an int64 [2] tensor on its device, mutated by
+    # the op): inside a compiled graph the op then mutates no CPU tensor, which would keep it out
+    # of a CUDA graph (README, "CUDA graphs").
+    state = None if generator is None else generator._words if generator._words is not None else generator._state
     args = (s[0], s[1], a_num, a_t, vp, b_num, b_t, has_blur, radius, state)
     if _plain_eager(x):
         # Same implementation as the custom ops, minus ~60 us of Python dispatch per call

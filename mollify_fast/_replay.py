@@ -107,25 +107,36 @@ def untracked() -> bool:
     return _grad_enabled() and _top_hooks(False) is None and _graph_task() == -1
 
 
-def take(state: torch.Tensor, numel: int) -> Tuple[int, int]:
-    """:func:`take_stream`, replayed for a checkpoint's recomputation (module docstring)."""
+def in_checkpoint() -> bool:
+    """True when a draw now would be recorded or replayed by :func:`take` (inside a checkpointed
+    forward or its recomputation, or in a backward)."""
+    if untracked():
+        return False
+    hooks = _top_hooks(False) if _grad_enabled() else None
+    return _graph_task() != -1 or _checkpoint_call(hooks) is not None
+
+
+def take(state: torch.Tensor, numel: int,
+         taker: Callable[[torch.Tensor, int], Tuple[int, int]] = take_stream) -> Tuple[int, int]:
+    """:func:`take_stream` (or ``taker``: a device-resident stream's words are taken by
+    ``generator.take_words``), replayed for a checkpoint's recomputation (module docstring)."""
     hooks = None
     if _grad_enabled():
         hooks = _top_hooks(False)
         task = _graph_task()
         if hooks is None and task == -1:
-            return take_stream(state, numel)  # the common case: not checkpointed
+            return taker(state, numel)  # the common case: not checkpointed
     else:
         task = _graph_task()
     call = _checkpoint_call(hooks)
     if call is None:
-        return take_stream(state, numel)
+        return taker(state, numel)
     try:
         draws = _attached(call, _RECORD).setdefault(id(state), [])
     except AttributeError:  # an object that takes no attributes: a plain draw
-        return take_stream(state, numel)
+        return taker(state, numel)
     if task == -1:  # the checkpointed forward: draw and record
-        stream = take_stream(state, numel)
+        stream = taker(state, numel)
         draws.append(stream)
         return stream
     replayed = _attached(call, _REPLAYED)
@@ -134,4 +145,4 @@ def take(state: torch.Tensor, numel: int) -> Tuple[int, int]:
     replayed[k] = i + 1
     if i < len(draws):
         return draws[i]  # the recomputation: the forward's i-th draw, the generator stays
-    return take_stream(state, numel)
+    return taker(state, numel)

@@ -476,6 +476,9 @@ def resolve_params(
     Runs with real values (eager, or inside the custom op when compiled) and before any stream
     is taken, so a refusal changes nothing.
     """
+    if x.is_cuda and (sigma_t is not None or alpha_t is not None or blur_t is not None) \
+            and torch.cuda.is_current_stream_capturing():
+        return _captured_params(x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius)
     acc = compute_dtype(x.dtype)
     xd = x.dtype
 
@@ -553,3 +556,50 @@ def resolve_params(
         if not torch.is_tensor(b_val) and b_val == 0.0:
             b_val = None  # identity
     return Params(s_val, a_val, b_val, radius, max_radius, blur_host, radius_host)
+
+
+def _captured_params(x: torch.Tensor, sigma: float, sigma_t: Optional[torch.Tensor], alpha: float,
+                     alpha_t: Optional[torch.Tensor], vp: bool, blur: float, blur_t: Optional[torch.Tensor],
+                     has_blur: bool, blur_radius: int) -> Params:
+    """:func:`resolve_params` during CUDA graph capture (README, "CUDA graphs"), where nothing may
+    sync with the host: a sigma or alpha tensor on x's device is used as it is, unchecked (a
+    negative, too large or non-finite value then gives non-finite output instead of an error),
+    as one value per sample, so every replay reads the tensor's values at that replay. A 0-d
+    CPU tensor is read as a number (frozen into the graph, as numbers are); numbers are checked
+    as always. A per-sample CPU tensor (its copy to the GPU would be captured from pageable
+    memory) and a blur_sigma tensor (the radius it gives decides the launch) are refused."""
+    n = x.shape[0]
+    acc = compute_dtype(x.dtype)
+
+    def on_device(name: str, t: torch.Tensor) -> Optional[torch.Tensor]:
+        if t.device == x.device:
+            return (t.expand(n) if t.dim() == 0 else t).to(torch.float64)
+        if t.dim() == 0 and t.device.type == "cpu":
+            return None  # read as a number below
+        raise RuntimeError(
+            f"mollify: during CUDA graph capture a {name} tensor must be on x's device ({x.device}) or a 0-d CPU "
+            f"tensor, got a {tuple(t.shape)} tensor on {t.device}: copying it would be captured from host memory. "
+            f"Move it to {x.device} before capturing")
+
+    if blur_t is not None:
+        raise RuntimeError(
+            "mollify: during CUDA graph capture blur_sigma must be a number: the blur radius it gives decides the "
+            "kernel launch and would be read on the host (a sync); use one blur_sigma for the graph")
+    s_dev = None if sigma_t is None else on_device("sigma", sigma_t)
+    a_dev = None if alpha_t is None or vp else on_device("alpha", alpha_t)
+    s_num = float(sigma_t) if sigma_t is not None and s_dev is None else sigma
+    a_num = float(alpha_t) if alpha_t is not None and a_dev is None and not vp else alpha
+    # Numbers (and the blur) through the usual checks; the device tensors replace them after.
+    p = resolve_params(x, 0.0 if s_dev is not None else s_num, None, 1.0 if a_dev is not None else a_num, None,
+                       vp and s_dev is None, blur, None, has_blur, blur_radius)
+    if s_dev is not None:
+        sig = s_dev.to(acc).contiguous()
+        if vp:
+            alp: Param = torch.sqrt(1.0 - s_dev * s_dev).to(acc).contiguous()
+        else:
+            alp = a_dev.to(acc).contiguous() if a_dev is not None else p.alpha
+        return Params(sig, alp, p.blur, p.radius, p.max_radius, p.blur_host, p.radius_host)
+    if a_dev is not None:
+        return Params(p.sigma, a_dev.to(acc).contiguous(), p.blur, p.radius, p.max_radius, p.blur_host,
+                      p.radius_host)
+    return p

@@ -27,14 +27,14 @@ import secrets
 import threading
 import warnings
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Dict, Optional, SupportsInt, Tuple, Union, cast
+from typing import Any, Dict, NamedTuple, Optional, SupportsInt, Tuple, Union, cast
 
 import torch
 import torch.utils.data
 
 __all__ = [
     "Generator", "MASK64", "to_signed64", "to_unsigned64", "draw_default_seed", "groups_for",
-    "take_stream", "torch_generator",
+    "take_stream", "torch_generator", "DeviceStream", "resident_words", "take_words", "advance_resident",
 ]
 
 MASK64 = (1 << 64) - 1
@@ -50,6 +50,10 @@ _PENDING = 1  # BASE not drawn yet: draw it from PyTorch's default CPU generator
 _FOLD_RANK = 2  # fold the torch.distributed rank into the key (the Mollifier's streams)
 _UNRANKED = 4  # drew as rank 0 before the rank was known (warned about if it turns out not 0)
 _RANK_DOMAIN = 0x52414E4B << 32  # tags ranks apart from worker seeds and pids
+
+# OWNER of a device-resident stream (Generator.to_device): never a pid (nor minus one), so the
+# extension's atomic take (which needs OWNER == pid) always leaves it to take_stream.
+_RESIDENT = -(1 << 62)
 
 _PID = os.getpid()
 _lock = threading.Lock()
@@ -210,6 +214,46 @@ def _fix_seed(v) -> None:
         v[OWNER] = 0
 
 
+class DeviceStream(NamedTuple):
+    """A stream the kernels read from memory instead of receiving it by value (README, "CUDA
+    graphs"): ``words`` is an int64 tensor ``[key, offset]`` (the unsigned values' bits) on the
+    launch's device. A captured CUDA graph then draws from wherever the stream is at each replay;
+    the call advances ``words[1]`` on the device after its kernels (a generator's stream), or
+    not at all (a key drawn on the device for the call)."""
+    words: torch.Tensor
+
+
+def resident_words(state: torch.Tensor) -> Optional[torch.Tensor]:
+    """The device words ``[key, offset]`` of a generator state made device-resident by
+    :meth:`Generator.to_device`, else None."""
+    return state.__dict__.get("_mf_words")
+
+
+def _pull(state: torch.Tensor, v) -> Optional[torch.Tensor]:
+    """For a device-resident stream: copy the device's offset into the host state (a device
+    sync; caller holds the lock) and return the words; else None."""
+    words = state.__dict__.get("_mf_words")
+    if words is not None:
+        v[OFFSET] = int(words[1])
+    return words
+
+
+def take_words(words: torch.Tensor, numel: int) -> Tuple[int, int]:
+    """A host-side draw from a device-resident stream's words (a backend whose kernels take the
+    stream by value, or another device): ``(key, offset)`` read back (a sync), then the words
+    advanced in stream order."""
+    with _lock:
+        key, offset = (to_unsigned64(w) for w in words.tolist())
+        advance_resident(words, numel)
+    return key, offset
+
+
+def advance_resident(words: torch.Tensor, numel: int) -> None:
+    """After a call's kernels: move a device-resident stream past the call's counter groups, on
+    the device, in stream order (captured into a CUDA graph, every replay advances it)."""
+    words[1:].add_((int(numel) + 3) >> 2)
+
+
 try:  # the compiled extension's atomic take (None without it: then every take holds the lock)
     from ._C import take_stream as _atomic_take
 except ImportError:
@@ -237,6 +281,14 @@ def take_stream(state: torch.Tensor, numel: int) -> Tuple[int, int]:
     # function calls were ~0.4 us of a ~4 us eager call on the dev VM.
     with _lock:
         v = _view(state)
+        words = _pull(state, v)
+        if words is not None:  # device-resident: a host-side draw (a CPU call, another device)
+            key = int(v[KEY]) & MASK64
+            offset = int(v[OFFSET]) & MASK64
+            nxt = (offset + ((int(numel) + 3) >> 2)) & MASK64
+            v[OFFSET] = to_signed64(nxt)
+            words[1:].fill_(to_signed64(nxt))  # stream-ordered: no sync
+            return key, offset
         if v[OWNER] != _PID:
             _derive(v)
         if _atomic_take is not None:
@@ -284,8 +336,11 @@ class Generator:
         ckpt = g.state_dict()          # {'seed': 1234, 'offset': ceil(x.numel() / 4)}
     """
 
+    _words: Optional[torch.Tensor] = None  # the device-resident stream's words (to_device), else None
+
     def __init__(self, seed: Optional[int] = 0, offset: int = 0) -> None:
         self._state = torch.zeros(_SLOTS, dtype=torch.int64)
+        self._words = None
         self.manual_seed(seed, offset)
 
     @staticmethod
@@ -307,6 +362,12 @@ class Generator:
         Mollifier's stream stays rank-folded.
         """
         offset = self._check("offset", offset)
+        words = self._words  # an attribute, not the tensor's __dict__: traceable by torch.compile
+        if words is not None:  # restart on the host, then on the device again (a new key)
+            self._to_host()
+            self.manual_seed(seed, offset)
+            self._make_resident(words.device)
+            return self
         pending = seed is None
         base = 0 if pending else self._check("seed", seed)
         new = torch.tensor([0, to_signed64(offset), 0, _PID, to_signed64(base), _PENDING if pending else 0, -1],
@@ -355,10 +416,73 @@ class Generator:
         """Always the CPU: the state is a CPU tensor whichever device the noise is drawn on."""
         return torch.device("cpu")
 
+    def _host(self) -> list:
+        """The state's words, the offset read back from the device first when device-resident."""
+        if "_mf_words" in self._state.__dict__:
+            with _lock:
+                _pull(self._state, _view(self._state))
+        return self._state.tolist()
+
+    def to_device(self, device: Union[str, torch.device, int]) -> "Generator":
+        """Make the stream device-resident on a CUDA device, for CUDA graphs (README, "CUDA graphs").
+
+        From then on a call on that device reads ``(key, offset)`` from device memory and advances
+        the offset there, after its kernels, in stream order: a call captured by
+        ``torch.cuda.graph`` (or ``torch.compile``'s ``"reduce-overhead"`` / ``"max-autotune"``)
+        draws fresh noise at every replay, replay ``k`` exactly the noise the ``k``-th eager call
+        would have drawn, and no call syncs with the host. Reading the position (``offset``,
+        ``state_dict()``, a copy) or drawing on the host (a CPU call, another device) first waits
+        for the device and reads it back (one sync). ``to_device("cpu")`` brings the stream back
+        to the host. Call it outside any capture (before the warm-up), once the
+        ``torch.distributed`` process group exists if the key is rank-folded (a Mollifier's): the
+        key is fixed here. A ``Mollifier`` moved with ``.to(device)`` / ``.cuda()`` does this for
+        its generator. Returns ``self``."""
+        dev = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        if dev.type == "cpu":
+            self._to_host()
+            return self
+        if dev.type != "cuda":
+            raise ValueError(f"Generator.to_device: device must be a CUDA device or 'cpu', got {dev}")
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("Generator.to_device: called during CUDA graph capture; make the generator "
+                               "device-resident before capturing (and before the warm-up calls)")
+        self._make_resident(dev)
+        return self
+
+    def _make_resident(self, dev: torch.device) -> None:
+        """Device words for ``dev`` (any device: the host-run CUDA driver and the Triton
+        interpreter read CPU words, which is how the CPU tests run this path)."""
+        self._to_host()
+        key, offset = take_stream(self._state, 0)  # derives the key here (advances nothing)
+        words = torch.tensor([to_signed64(key), to_signed64(offset)], dtype=torch.int64, device=dev)
+        try:  # a static input of compiled graphs: a CUDA graph may mutate it in place
+            torch._dynamo.mark_static_address(words)
+        except Exception:  # noqa: BLE001 - an optimisation hint only
+            pass
+        with _lock:
+            self._state._mf_words = words  # type: ignore[attr-defined]  # in the tensor's __dict__, as _mf_view
+            self._words = words
+            _view(self._state)[OWNER] = _RESIDENT
+
+    def _to_host(self) -> None:
+        with _lock:
+            v = _view(self._state)
+            if _pull(self._state, v) is not None:
+                del self._state._mf_words  # type: ignore[attr-defined]
+                self._words = None
+                v[OWNER] = _PID
+
+    @property
+    def resident_device(self) -> Optional[torch.device]:
+        """The device whose memory holds the stream position (:meth:`to_device`), or None (the host)."""
+        return None if self._words is None else self._words.device
+
     def get_state(self) -> torch.Tensor:
         """The position as a CPU int64 tensor ``[seed, offset, pending]`` (64-bit values as
         their int64 bits; ``pending`` 1 for a seed not drawn yet), for :meth:`set_state`."""
-        s = self._state.tolist()
+        s = self._host()
         return torch.tensor([s[BASE], s[OFFSET], s[FLAGS] & _PENDING], dtype=torch.int64)
 
     def set_state(self, state: torch.Tensor) -> "Generator":
@@ -374,11 +498,12 @@ class Generator:
 
     @property
     def offset(self) -> int:
-        return to_unsigned64(self._state[OFFSET])
+        """The counter offset (read back from the device when device-resident: a sync)."""
+        return to_unsigned64(self._host()[OFFSET])
 
     def state_dict(self) -> Dict[str, Optional[int]]:
         """``{'seed': ..., 'offset': ...}``: plain ints (None for a seed not drawn yet)."""
-        s = self._state.tolist()
+        s = self._host()
         seed = None if s[FLAGS] & _PENDING else to_unsigned64(s[BASE])
         return {"seed": seed, "offset": to_unsigned64(s[OFFSET])}
 
@@ -410,6 +535,7 @@ class Generator:
     def _snapshot(self, checkpoint: bool = False) -> Dict[str, int]:
         with _lock:
             v = _view(self._state)
+            _pull(self._state, v)  # a device-resident stream: its position now (the copy is on the host)
             if int(v[HOME]) != _PID:
                 _derive(v, settle=True)  # inherited: become this process's stream first
             if checkpoint:
@@ -423,6 +549,7 @@ class Generator:
         return s
 
     def __setstate__(self, s: Dict[str, int]) -> None:
+        self._words = None
         self._state = torch.tensor([0, s["offset"], 0, _PID, s["base"], s["flags"], -1], dtype=torch.int64)
 
     def __repr__(self) -> str:
@@ -473,6 +600,7 @@ def _rebuild_live(s: Dict[str, int], home: int, rank: int) -> Generator:
     """A generator sent to another process: still the sender's, so its first draw here derives
     a stream of this process's own."""
     g = Generator.__new__(Generator)
+    g._words = None
     g._state = torch.tensor([0, s["offset"], 0, home, s["base"], s["flags"], rank], dtype=torch.int64)
     return g
 

@@ -249,6 +249,20 @@ class Mollifier(torch.nn.Module):
         # The schedule with its keywords bound once (a keyword unpack per call is a cold-cache cost).
         self._gamma_at = functools.partial(self._gamma, **self.schedule_kwargs) if self.schedule_kwargs else self._gamma
 
+    def _apply(self, fn, recurse=True):
+        # nn.Module.to / .cuda / .cpu (what Lightning and every training script call on the
+        # model): the stream follows the module, device-resident on a CUDA device (README,
+        # "CUDA graphs") and back on the host for the CPU; a dtype-only move changes nothing.
+        home = self.generator.resident_device
+        probe = fn(torch.empty(0, device=home) if home is not None else torch.empty(0))
+        if isinstance(probe, torch.Tensor):
+            dev = probe.device
+            if dev.type == "cuda" and dev != home:
+                self.generator.to_device(dev)
+            elif dev.type == "cpu" and home is not None and dev != home:
+                self.generator.to_device("cpu")
+        return super()._apply(fn, recurse)
+
     @staticmethod
     def _check_step(step: Step) -> int:
         step = _int_like("step", step)
@@ -321,6 +335,12 @@ class Mollifier(torch.nn.Module):
             # A Python int becomes dynamic after one recompile; as a tensor it keeps the
             # schedule's float arithmetic out of the compiler's symbolic guards.
             return self._apply_traced(x, step if torch.is_tensor(step) else torch.tensor(step), noise)
+        if torch.is_tensor(step) and step.is_cuda and torch.cuda.is_current_stream_capturing():
+            # Inside a CUDA graph capture: reading the step would sync with the host; the
+            # schedule is computed on the device from the tensor, as under the compiler, so each
+            # replay anneals by the step the tensor holds then (README, "CUDA graphs").
+            self._check_batch(x)
+            return self._apply_traced(x, step, noise)
         step = self._check_step(step)
         if step >= self.mollify_steps:
             if self._map or (torch.is_tensor(x) and x.dtype == torch.uint8):

@@ -153,26 +153,147 @@ def test_compile_fullgraph_on_cuda():
     assert torch.equal(a, b)
 
 
+# ---- CUDA graphs (README, "CUDA graphs"): a device-resident stream, fresh noise per replay ----
+
+def _warm_up(fn, n=2):
+    """The torch.cuda.graph recipe: warm-up calls on a side stream before capturing."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(n):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+
+
+def _param(kind, n):
+    if kind == "scalar":
+        return 0.3
+    if kind == "0d":
+        return torch.tensor(0.3, device="cuda")
+    return torch.linspace(0.1, 0.9, n, device="cuda")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("param", ["scalar", "0d", "per_sample"])
+@pytest.mark.parametrize("blur", [None, 1.0])
+def test_graph_replay_k_draws_what_eager_call_k_draws(backend, param, blur):
+    """A resident generator in a captured graph: replay k equals the k-th eager call of a host
+    generator in the same state (tensor parameters read at each replay), and after the replays
+    both generators are at the same offset (the host view read back from the device)."""
+    _need(backend)
+    x = torch.rand(8, 3, 32, 40, device="cuda")
+    sigma = _param(param, x.shape[0])
+    kw = {} if blur is None else {"blur_sigma": blur}
+    g, ref = mf.Generator(3).to_device("cuda"), mf.Generator(3)
+    _warm_up(lambda: mf.mollify(x, sigma, generator=g, backend=backend, **kw))
+    for _ in range(2):
+        mf.mollify(x, sigma, generator=ref, backend=backend, **kw)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = mf.mollify(x, sigma, generator=g, backend=backend, **kw)
+    assert g.state_dict() == ref.state_dict()  # the capture ran nothing
+    for k in range(3):
+        if torch.is_tensor(sigma):
+            sigma.mul_(0.9)  # a tensor parameter: each replay reads its current values
+        graph.replay()
+        want = mf.mollify(x, sigma, generator=ref, backend=backend, **kw)
+        assert_parity(out, want, f"replay {k}")
+        assert not torch.equal(out, mf.mollify(x, sigma, generator=mf.Generator(3), backend=backend, **kw))
+    assert g.state_dict() == ref.state_dict()
+    assert g.offset == ref.offset
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS + ["torch"])
-@pytest.mark.parametrize("gen", ["generator", "default"])
-def test_cuda_graph_capture_is_refused_before_anything_moves(backend, gen):
-    """A captured call would replay its captured noise forever: refused during capture, with
-    x unwritten and the generator where it was."""
+def test_graph_with_the_default_generator_draws_fresh_noise_each_replay(backend):
+    from conftest import check_standard_normal
+
     if backend != "torch":
         _need(backend)
     elif not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+    x = torch.zeros(64, 3, 32, 32, device="cuda")
+    _warm_up(lambda: mf.mollify(x, 1.0, alpha=1.0, backend=backend))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = mf.mollify(x, 1.0, alpha=1.0, backend=backend)
+    torch.manual_seed(0)
+    graph.replay()
+    a = out.clone()
+    graph.replay()
+    b = out.clone()
+    torch.manual_seed(0)
+    graph.replay()
+    assert not torch.equal(a, b)  # a new key (PyTorch's graph-safe RNG) at every replay
+    assert torch.equal(out, a)  # reproducible under torch.manual_seed
+    check_standard_normal(a)
+
+
+@pytest.mark.parametrize("case", ["host_generator", "reference_backend", "blur_tensor", "cpu_per_sample"])
+def test_capture_refusals_write_nothing_and_move_nothing(case):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
     x = torch.rand(8, 3, 32, 32, device="cuda")
     before = x.clone()
-    g = mf.Generator(3) if gen == "generator" else None
-    state = g.state_dict() if g is not None else None
-    mf.mollify(x, 0.3, generator=mf.Generator(0), backend=backend)  # warm-up outside the capture
+    g = mf.Generator(3) if case == "host_generator" else mf.Generator(3).to_device("cuda")
+    state = g.state_dict()
+    kw = {"host_generator": {}, "reference_backend": {"backend": "reference"},
+          "blur_tensor": {"blur_sigma": torch.ones(8, device="cuda")},
+          "cpu_per_sample": {"alpha": torch.ones(8)}}[case]
+    mf.mollify(x.clone(), 0.3, generator=mf.Generator(0).to_device("cuda"))  # warm-up outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with pytest.raises(RuntimeError, match="CUDA graph is being captured"):
+    with pytest.raises(RuntimeError, match="CUDA graph"):
         with torch.cuda.graph(graph):
-            mf.mollify(x, 0.3, generator=g, backend=backend, out=x)
+            mf.mollify(x, 0.3, generator=g, out=x, **kw)
     torch.cuda.synchronize()
     assert torch.equal(x, before)
-    if g is not None:
-        assert g.state_dict() == state
+    assert g.state_dict() == state
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_compiled_cuda_graph_modes_keep_the_op_in_the_graph_and_anneal(mode):
+    """A Mollifier moved with .cuda() (its stream device-resident) called with a tensor step in a
+    step compiled with reduce-overhead / max-autotune: no cudagraph skip, fresh noise each step,
+    the schedule computed from the step tensor, the generator where the eager run leaves it."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    m = mf.Mollifier(10, generator=mf.Generator(4)).cuda()
+    assert m.generator.resident_device is not None
+    ref = mf.Mollifier(10, generator=mf.Generator(4))
+    step_fn = torch.compile(lambda x, s: m(x, s) * 1.0, mode=mode, fullgraph=True)
+    x = torch.randn(32, 3, 16, 16, device="cuda")
+    outs = []
+    for step in range(6):
+        out = step_fn(x, torch.tensor(step, device="cuda")).clone()
+        assert_parity(out, ref(x, step), f"step {step}")
+        outs.append(out)
+    assert not torch.equal(outs[-1], outs[-2])
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+    assert m.generator.offset == ref.generator.offset
+    m.cpu()
+    assert m.generator.resident_device is None and m.generator.state_dict() == ref.generator.state_dict()
+
+
+def test_mollifier_in_a_captured_graph_anneals_with_a_step_tensor():
+    """Eager torch.cuda.graph around a Mollifier: the step as a CUDA tensor is read on the
+    device at each replay (the schedule computed there), the noise is fresh at each replay."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    m = mf.Mollifier(10, generator=mf.Generator(5)).cuda()
+    ref = mf.Mollifier(10, generator=mf.Generator(5))
+    x = torch.randn(16, 3, 8, 8, device="cuda")
+    step_t = torch.zeros((), dtype=torch.int64, device="cuda")
+    _warm_up(lambda: m(x, step_t))
+    ref(x, 0)
+    ref(x, 0)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = m(x, step_t)
+    for step in (1, 2, 5, 9, 12):
+        step_t.fill_(step)
+        graph.replay()
+        assert_parity(out, ref(x, step) if step < 10 else x, f"step {step}")

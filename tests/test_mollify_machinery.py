@@ -138,10 +138,14 @@ def _drawers(kind):
     if kind == "generator":
         g = mf.Generator(3)
         return (lambda t: mf.mollify(t, 0.5, generator=g, backend="cpu")), (lambda: g.offset)
+    if kind == "resident":  # a device-resident stream (README, "CUDA graphs"), its words on the CPU here
+        g = mf.Generator(3)
+        g._make_resident(torch.device("cpu"))
+        return (lambda t: mf.mollify(t, 0.5, generator=g, backend="cpu")), (lambda: g.offset)
     return (lambda t: mf.mollify(t, 0.5, backend="cpu")), (lambda: None)
 
 
-@pytest.mark.parametrize("kind", ["mollifier", "generator", "default"])
+@pytest.mark.parametrize("kind", ["mollifier", "generator", "resident", "default"])
 @pytest.mark.parametrize("reentrant", [True, False])
 def test_checkpoint_recomputation_replays_the_noise(kind, reentrant):
     """Before: the recomputation drew new noise (gradients differed from the unchecked step)

@@ -27,6 +27,10 @@ import torch
 
 BACKENDS = ("torch", "cpu", "triton", "cuda", "reference")
 NAMES = ("auto",) + BACKENDS
+# Backends whose kernels can read the stream from memory (a generator.DeviceStream: the words
+# [key, offset] on x's device) instead of by value: the ones that run inside a CUDA graph with
+# fresh noise at every replay (README, "CUDA graphs"); cpu reads host words.
+STREAM_WORDS = frozenset({"cpu", "cuda", "triton"})
 
 
 class NoisePlan(NamedTuple):

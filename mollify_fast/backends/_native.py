@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 
 from .._validate import Params, compute_dtype
-from ..generator import draw_default_seed
+from ..generator import DeviceStream, draw_default_seed
 
 DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 X_DTYPE_CODES = {**DTYPE_CODES, torch.uint8: 4}  # x of a call with an input map (csrc/mollify_args.h)
@@ -150,11 +150,16 @@ def eps_input(x: torch.Tensor, eps: torch.Tensor) -> Tuple[torch.Tensor, int]:
 def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
                 noise_in: int = 0) -> tuple:
     """The positional arguments of ``_C.mollify_cpu`` / ``_C.mollify_cuda`` /
-    ``_C.mollify_cuda_emulated`` up to ``offset``
+    ``_C.mollify_cuda_emulated`` up to ``stream_words`` (the address of a :class:`DeviceStream`'s
+    words, else 0)
     (positional: pybind11's keyword matching cost ~8 us per call with 25 arguments).
     ``noise_in``: 0 when ``noise`` (if any) is written, else the code from :func:`eps_input`
     (``noise`` is then the caller's eps, read; the stream is not used)."""
-    seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
+    if isinstance(stream, DeviceStream):  # read by the kernel from the stream's words (README, "CUDA graphs")
+        seed, offset, words = 0, 0, stream.words.data_ptr()
+    else:
+        seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
+        words = 0
     tensors = (x, out) if noise is None else (x, out, noise)
     has_blur = p.blur is not None
     sizes, strides = _layout(tuple(x.shape), tuple(t.stride() for t in tensors), has_blur)
@@ -189,6 +194,7 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
         int(p.max_radius),
         int(seed),
         int(offset),
+        words,
     )
 
 

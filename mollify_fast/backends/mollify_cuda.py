@@ -184,8 +184,8 @@ def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tenso
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
     cuda_stream = torch.cuda.current_stream(dev)
     (ext.mollify_cuda_mapped if mapped else ext.mollify_cuda)(*args, cuda_stream.cuda_stream, dev)
-    if os.environ.get(SYNC_ENV, "").strip() == "1":
-        cuda_stream.synchronize()  # a fault in the kernel raises here, at the call
+    if os.environ.get(SYNC_ENV, "").strip() == "1" and not torch.cuda.is_current_stream_capturing():
+        cuda_stream.synchronize()  # a fault in the kernel raises here, at the call (a capture cannot sync)
 
 
 def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):

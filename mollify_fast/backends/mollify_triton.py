@@ -50,7 +50,7 @@ import triton.language as tl
 from triton.language.random import philox_impl, uint_to_uniform_float
 
 from .._validate import Params
-from ..generator import draw_default_seed, to_unsigned64
+from ..generator import DeviceStream, draw_default_seed, to_unsigned64
 from ._native import coalesce
 
 MAX_DIMS = 4  # noise kernel: coalesced dims it indexes; more runs on contiguous copies
@@ -124,11 +124,19 @@ def _f32(v):
 
 
 @triton.jit
-def _stream_key(seed_lo, seed_hi, off_lo, off_hi):
-    """The Philox key words and the 64-bit start counter from the four int32 halves."""
-    k0 = seed_lo.to(tl.uint32, bitcast=True)
-    k1 = seed_hi.to(tl.uint32, bitcast=True)
-    off = (off_hi.to(tl.int64) << 32) | off_lo.to(tl.uint32, bitcast=True).to(tl.int64)
+def _stream_key(seed_lo, seed_hi, off_lo, off_hi, words_ptr, WORDS: tl.constexpr):
+    """The Philox key words and the 64-bit start counter from the four int32 halves, or, with
+    ``WORDS``, from the int64 words ``[key, offset]`` at ``words_ptr`` (a device-resident stream:
+    README, "CUDA graphs")."""
+    if WORDS:
+        key = tl.load(words_ptr)
+        off = tl.load(words_ptr + 1)
+        k0 = (key & 0xFFFFFFFF).to(tl.uint32)
+        k1 = ((key >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    else:
+        k0 = seed_lo.to(tl.uint32, bitcast=True)
+        k1 = seed_hi.to(tl.uint32, bitcast=True)
+        off = (off_hi.to(tl.int64) << 32) | off_lo.to(tl.uint32, bitcast=True).to(tl.int64)
     return k0, k1, off
 
 
@@ -371,12 +379,12 @@ def _units(pid_u, units, strips, planes_per_sample, P1, P2, S: tl.constexpr):
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _mollify_noise_kernel(
     x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr,
-    sigma, alpha, seed_lo, seed_hi, off_lo, off_hi, numel, sample_numel,
+    sigma, alpha, seed_lo, seed_hi, off_lo, off_hi, words_ptr, numel, sample_numel,
     s1, s2, s3,
     xs0, xs1, xs2, xs3, os0, os1, os2, os3, ns0, ns1, ns2, ns3, in_scale, in_shift,
     CONTIG: tl.constexpr, HAS_NOISE: tl.constexpr, IDX64: tl.constexpr, GROUP_ROWS: tl.constexpr,
     SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr,
-    BLOCK: tl.constexpr, MAP: tl.constexpr, DEQUANT: tl.constexpr, NOISE_IN: tl.constexpr,
+    BLOCK: tl.constexpr, MAP: tl.constexpr, DEQUANT: tl.constexpr, NOISE_IN: tl.constexpr, WORDS: tl.constexpr,
 ):
     """``out[i] = alpha[n(i)] * x[i] + sigma[n(i)] * eps[i]`` over logical indices ``i``.
 
@@ -391,7 +399,7 @@ def _mollify_noise_kernel(
     uniforms of counter group ``offset + ceil(numel / 4) + g`` (README, "The noise stream").
     (``MAP`` and ``NOISE_IN`` never meet: mollify maps x into a temporary first then.)
     """
-    k0, k1, off = _stream_key(seed_lo, seed_hi, off_lo, off_hi)
+    k0, k1, off = _stream_key(seed_lo, seed_hi, off_lo, off_hi, words_ptr, WORDS)
     pid = tl.program_id(0)
     if IDX64:
         g = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
@@ -475,19 +483,20 @@ def _strided_lane(z, j: tl.constexpr, i0, bx, bo, bn, x_ptr, out_ptr, noise_ptr,
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _mollify_blur_kernel(
     x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, blur_ptr, radius_ptr,
-    sigma, alpha, blur_sigma, seed_lo, seed_hi, off_lo, off_hi,
+    sigma, alpha, blur_sigma, seed_lo, seed_hi, off_lo, off_hi, words_ptr,
     H, W, units, strips, col_blocks, planes_per_sample, P1, P2,
     xs0, xs1, xs2, xsh, xsw, os0, os1, os2, osh, osw, ns0, ns1, ns2, nsh, nsw,
     R: tl.constexpr, TILE_H: tl.constexpr, S: tl.constexpr, BW: tl.constexpr, ALIGNED: tl.constexpr,
     HAS_NOISE: tl.constexpr, SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr,
     BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr, NOISE_IN: tl.constexpr,
+    WORDS: tl.constexpr,
 ):
     """Fused separable blur (radius ``R``, mirrored) + noise; see the module docstring.
 
     Grid: 1-D, ``cdiv(units, S) * col_blocks`` programs (no axis limited to 65,535). A unit is
     ``(plane, strip)``, a strip ``TILE_H`` rows; row/column math is int32 inside a plane.
     """
-    k0, k1, off = _stream_key(seed_lo, seed_hi, off_lo, off_hi)
+    k0, k1, off = _stream_key(seed_lo, seed_hi, off_lo, off_hi, words_ptr, WORDS)
     pid = tl.program_id(0)
     pid_c = pid % col_blocks
     umask, plane, strip, n, pd0, pd1, pd2 = _units(pid // col_blocks, units, strips, planes_per_sample, P1, P2, S)
@@ -569,12 +578,13 @@ def _bc(v, S: tl.constexpr):
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _mollify_blur_axis_kernel(
     src_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, blur_ptr, radius_ptr,
-    sigma, alpha, blur_sigma, seed_lo, seed_hi, off_lo, off_hi, radius,
+    sigma, alpha, blur_sigma, seed_lo, seed_hi, off_lo, off_hi, words_ptr, radius,
     H, W, units, col_blocks, planes_per_sample, P1, P2,
     ss0, ss1, ss2, ssh, ssw, os0, os1, os2, osh, osw, ns0, ns1, ns2, nsh, nsw,
     ALONG_H: tl.constexpr, FINAL: tl.constexpr, S: tl.constexpr, BW: tl.constexpr, ALIGNED: tl.constexpr,
     HAS_NOISE: tl.constexpr, SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr,
     BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr, NOISE_IN: tl.constexpr,
+    WORDS: tl.constexpr,
 ):
     """One 1-D pass of the blur for radii beyond ``FUSED_MAX_RADIUS`` (dynamic tap loop).
 
@@ -582,7 +592,7 @@ def _mollify_blur_axis_kernel(
     Height pass (``ALONG_H=True``, ``FINAL=True``): taps along H of the scratch, then noise and
     ``alpha * B(x) + sigma * eps`` as in the fused kernel. A unit is one row of one plane.
     """
-    k0, k1, off = _stream_key(seed_lo, seed_hi, off_lo, off_hi)
+    k0, k1, off = _stream_key(seed_lo, seed_hi, off_lo, off_hi, words_ptr, WORDS)
     pid = tl.program_id(0)
     pid_c = pid % col_blocks
     umask, plane, h, n, pd0, pd1, pd2 = _units(pid // col_blocks, units, H, planes_per_sample, P1, P2, S)
@@ -779,8 +789,12 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
     torch.empty_like(xc)`` (same logical order, so the same noise); the copies back into
     ``out``/``noise`` are returned as ``(dst, src)`` pairs. Touches no GPU for CPU tensors.
     """
-    seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
-    stream_args = _halves(seed) + _halves(offset)
+    words = isinstance(stream, DeviceStream)
+    if words:  # the kernels read [key, offset] from stream.words (README, "CUDA graphs")
+        seed = offset = 0
+    else:
+        seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
+    stream_args = _halves(seed) + _halves(offset) + (stream.words if words else out,)
     numel = x.numel()
     tensors = (x, out) if noise is None else (x, out, noise)
     strides = tuple(t.stride() for t in tensors)
@@ -797,10 +811,10 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
         xc = x.contiguous()
         oc = torch.empty_like(xc, dtype=out.dtype)
         if noise_in:
-            launches, _ = _plan_full(xc, oc, noise.contiguous(), p, (seed, offset), True)
+            launches, _ = _plan_full(xc, oc, noise.contiguous(), p, stream if words else (seed, offset), True)
             return launches, [(out, oc)]
         nc = torch.empty_like(xc, dtype=noise.dtype) if noise is not None else None
-        launches, _ = _plan_full(xc, oc, nc, p, (seed, offset))
+        launches, _ = _plan_full(xc, oc, nc, p, stream if words else (seed, offset))
         return launches, [(out, oc)] + ([(noise, cast(torch.Tensor, nc))] if noise is not None else [])
     dummy = out  # any pointer for the per-sample slots that a constexpr flag disables
     sig_t, al_t = torch.is_tensor(p.sigma), torch.is_tensor(p.alpha)
@@ -818,7 +832,7 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
                 sizes[1], sizes[2], sizes[3], *xs, *os_, *ns, p.in_scale, p.in_shift)
         consts = dict(CONTIG=contig, HAS_NOISE=writes_noise, IDX64=idx64, GROUP_ROWS=group_rows,
                       SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t, BLOCK=NOISE_BLOCK, MAP=False, DEQUANT=False,
-                      NOISE_IN=noise_in)
+                      NOISE_IN=noise_in, WORDS=words)
         if p.maps(x, out):
             # Separate roundings of the map's sum, product and shift, as the reference.
             consts.update(MAP=True, DEQUANT=p.dequant)
@@ -840,7 +854,7 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
     R = int(p.max_radius)
     pps = planes // x.shape[0]
     common = dict(ALIGNED=W % 4 == 0, HAS_NOISE=writes_noise, SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t,
-                  BLUR_PER_SAMPLE=bl_t, RADIUS_PER_SAMPLE=rad_t, NOISE_IN=noise_in)
+                  BLUR_PER_SAMPLE=bl_t, RADIUS_PER_SAMPLE=rad_t, NOISE_IN=noise_in, WORDS=words)
     head = (sig_p, al_p, bl_p, rad_p, sig, al, bl, *stream_args)
     if R <= FUSED_MAX_RADIUS:
         bw, s, tile_h, strips, units, cb = _blur_tiles(H, W, planes, True, W % 4 != 0)
