@@ -31,8 +31,9 @@ fi
 echo "triton_min_version.sh: running the Triton tests with triton ${got} from .triton-min/"
 export TRITON_INTERPRET=1
 # The Triton tests: this backend's own (tests/test_mollify_triton*.py: the launch path too), the
-# parity tests that run it (-k triton; noise= and the uint8 input map too), and the sm_90 budget
-# check of the representative subset.
-files=(tests/test_mollify_triton*.py tests/test_mollify_backends.py tests/test_mollify_noise_input.py tests/test_mollify_uint8.py)
+# parity tests that run it (-k triton; noise=, the uint8 input map and the device-resident stream
+# too), and the sm_90 budget check of the representative subset.
+files=(tests/test_mollify_triton*.py tests/test_mollify_backends.py tests/test_mollify_noise_input.py tests/test_mollify_uint8.py
+       tests/test_mollify_device_stream.py)
 for f in tests/test_sass_report.py; do [ -f "$f" ] && files+=("$f"); done
 exec "$py" -m pytest -q -p no:cacheprovider "${files[@]}" -k "triton or sass" "$@"

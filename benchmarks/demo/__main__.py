@@ -87,7 +87,7 @@ def tabular_section(args, device, summary, out) -> List[str]:
                 for arm in arms:
                     r = demo_tabular.run_cached(os.path.join(out, "runs"), ds, kind, arm, seed, epochs,
                                                 device=device, backend=args.backend, resume=args.resume,
-                                                cached_only=args.cached_only)
+                                                cached_only=args.cached_only, report_every=max(1, epochs // 6))
                     if r is None:
                         progress(f"{ds} {kind} {arm} seed {seed}: not in {out}/runs, left out (--cached-only)")
                         continue

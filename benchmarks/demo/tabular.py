@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -75,11 +75,13 @@ def split_standardise(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torc
 
 def run_flow(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor, kind: str, mollified: bool, seed: int,
              epochs: int = 150, device: str = "cpu", batch: int = 100, lr: float = 1e-4, hidden: int = 512,
-             backend: str = "auto", keep_model: bool = False) -> dict:
+             backend: str = "auto", keep_model: bool = False,
+             on_epoch: Optional[Callable[[int, float, float], None]] = None) -> dict:
     """Train a :class:`TabularFlow` as the authors' UCI script (module docstring); returns the
     per-epoch validation and test log-likelihood (nats per row, mean over rows, eval mode after
     the batch-norm re-estimation), the epoch-``epochs`` figures, the test figure at the best
-    validation epoch, timings, and with ``keep_model`` the trained model under ``"model"``."""
+    validation epoch, timings, and with ``keep_model`` the trained model under ``"model"``.
+    ``on_epoch(epoch, test_ll, cpu_s)``: called after every epoch (progress reports)."""
     torch.manual_seed(seed)
     model = TabularFlow(train.shape[1], kind, hidden=hidden).to(device)
     tx, vx, te = train.to(device), val.to(device), test.to(device)
@@ -104,6 +106,8 @@ def run_flow(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor, kind: s
         with torch.no_grad():
             val_ll.append(model(vx).mean().item())
             test_ll.append(model(te).mean().item())
+        if on_epoch is not None:
+            on_epoch(epoch + 1, test_ll[-1], time.process_time() - c0)
     # The best validation epoch; a non-finite validation figure never wins.
     finite = [v if math.isfinite(v) else -math.inf for v in val_ll]
     best = max(range(epochs), key=finite.__getitem__)
@@ -117,12 +121,13 @@ def run_flow(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor, kind: s
 
 def run_cached(cache_dir: str, ds: str, kind: str, arm: str, seed: int, epochs: int = 150, hidden: int = 512,
                lr: float = 1e-4, batch: int = 100, device: str = "cpu", backend: str = "auto",
-               resume: bool = False, cached_only: bool = False) -> Optional[dict]:
+               resume: bool = False, cached_only: bool = False, report_every: int = 0) -> Optional[dict]:
     """:func:`run_flow` on dataset ``ds`` (arm "vanilla" or "mollified"), its result written
     to ``cache_dir/<ds>_<kind>_<arm>_seed<seed>.json``. With ``resume``, a file already there
     from a run with the same settings is returned instead of training again, so a long
     ``--full`` run can be continued after an interruption; with ``cached_only`` such a file or
-    ``None``, nothing is trained (a report on the runs finished so far)."""
+    ``None``, nothing is trained (a report on the runs finished so far). ``report_every``: print
+    a progress line every that many epochs while training (0: none)."""
     path = os.path.join(cache_dir, f"{ds}_{kind}_{arm}_seed{seed}.json")
     settings = {"epochs": epochs, "hidden": hidden, "lr": lr, "batch": batch}
     if (resume or cached_only) and os.path.exists(path):
@@ -134,7 +139,13 @@ def run_cached(cache_dir: str, ds: str, kind: str, arm: str, seed: int, epochs: 
     if cached_only:
         return None
     train, val, test, _ = split_standardise(load_table(ds))
-    res = run_flow(train, val, test, kind, arm == "mollified", seed, epochs, device, batch, lr, hidden, backend)
+    def report(epoch: int, test: float, cpu: float) -> None:
+        if report_every and (epoch % report_every == 0 or epoch == epochs):
+            print(f"    {ds} {kind} {arm} seed {seed}: epoch {epoch}/{epochs}, test {test:.2f}, {cpu:.0f} s CPU",
+                  flush=True)
+
+    res = run_flow(train, val, test, kind, arm == "mollified", seed, epochs, device, batch, lr, hidden, backend,
+                   on_epoch=report)
     res.update(settings, dataset=ds, kind=kind, arm=arm, seed=seed, device=device)
     os.makedirs(cache_dir, exist_ok=True)
     tmp = path + ".tmp"
