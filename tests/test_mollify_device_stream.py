@@ -197,3 +197,44 @@ def test_mollifier_moves_with_the_module_and_dtype_moves_change_nothing():
     m.generator._make_resident(torch.device("cpu"))
     model.to(torch.float64)  # a dtype-only move: still resident
     assert m.generator.resident_device == torch.device("cpu")
+
+
+WORDS_COMPILE_SCRIPT = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from benchmarks.sass import compile as C
+from mollify_fast.backends import mollify_triton as T
+from mollify_fast.generator import DeviceStream
+from mollify_fast._validate import resolve_params
+out = []
+words = torch.zeros(2, dtype=torch.int64)
+for shape, blur in (((8, 3, 32, 32), None), ((4, 3, 32, 32), 1.0), ((2, 3, 64, 64), 3.5)):
+    x = torch.empty(shape)
+    p = resolve_params(x, 0.3, None, 0.9, None, False, 0.0 if blur is None else blur, None, blur is not None, -1)
+    launches, _ = T._plan_full(x, torch.empty_like(x), None, p, DeviceStream(words))
+    for L in launches:
+        comp = C.triton_compile(L.kernel, L.args, {**L.constexprs, **L.options})
+        out.append({"kernel": L.kernel.__name__, "words": L.constexprs["WORDS"], "spills": list(comp.spills),
+                    "words_arg": comp.info["signature"].get("words_ptr")})
+print(json.dumps(out))
+"""
+
+
+def test_device_stream_variants_compile_for_sm90():
+    # The interpreter accepts more than the compiler: the WORDS variants (the int64 loads and the
+    # key's split into two uint32 words) go through Triton's real compiler and ptxas for sm_90.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    r = subprocess.run([sys.executable, "-c", WORDS_COMPILE_SCRIPT, root], capture_output=True, text=True, env=env,
+                       cwd=root, timeout=3600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    kernels = {g["kernel"] for g in got}
+    assert kernels == {"_mollify_noise_kernel", "_mollify_blur_kernel", "_mollify_blur_axis_kernel"}, got
+    for g in got:
+        assert g["words"] is True and g["words_arg"] == "*i64" and g["spills"] == [0, 0], g
