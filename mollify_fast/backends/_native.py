@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 
 from .._validate import Params, compute_dtype
-from ..generator import DeviceStream, draw_default_seed
+from ..generator import DeviceStream
 
 DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 X_DTYPE_CODES = {**DTYPE_CODES, torch.uint8: 4}  # x of a call with an input map (csrc/mollify_args.h)
@@ -122,9 +122,7 @@ def _layout(shape: Union[Tuple[int, ...], List[int]], strides: Union[Tuple[Tuple
     strides = [list(s) for s in strides]
     if has_blur:
         # Keep H and W; coalesce the plane dims [N, ...] in front of them.
-        if len(shape) < 3:
-            raise ValueError(f"mollify: blur needs x with at least 3 dims [N, ..., H, W], got shape {tuple(shape)}; "
-                             "pass a single image as x[None]")
+        assert len(shape) >= 3, "mollify validates a blur's rank (>= 3 dims) before any backend"
         lead, lead_strides = coalesce(shape[:-2], [s[:-2] for s in strides])
         sizes = lead + shape[-2:]
         strides = [ls + s[-2:] for ls, s in zip(lead_strides, strides)]
@@ -158,7 +156,8 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
     if isinstance(stream, DeviceStream):  # read by the kernel from the stream's words (README, "CUDA graphs")
         seed, offset, words = 0, 0, stream.words.data_ptr()
     else:
-        seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
+        assert stream is not None, "only the torch backend draws from PyTorch's RNG (stream None)"
+        seed, offset = stream
         words = 0
     tensors = (x, out) if noise is None else (x, out, noise)
     has_blur = p.blur is not None

@@ -11,7 +11,6 @@ import torch
 
 from .. import reference
 from .._validate import Params
-from ..generator import draw_default_seed
 
 
 def availability() -> Tuple[bool, str]:
@@ -37,7 +36,8 @@ def mollify_reference(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.
     if noise_in:
         seed, offset = 0, 0
     else:
-        seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
+        assert stream is not None, "only the torch backend draws from PyTorch's RNG (stream None)"
+        seed, offset = stream
     res = reference.mollify(
         x,
         _cpu(p.sigma),

@@ -50,7 +50,7 @@ import triton.language as tl
 from triton.language.random import philox_impl, uint_to_uniform_float
 
 from .._validate import Params
-from ..generator import DeviceStream, draw_default_seed, to_unsigned64
+from ..generator import DeviceStream, to_unsigned64
 from ._native import coalesce
 
 MAX_DIMS = 4  # noise kernel: coalesced dims it indexes; more runs on contiguous copies
@@ -793,7 +793,8 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
     if words:  # the kernels read [key, offset] from stream.words (README, "CUDA graphs")
         seed = offset = 0
     else:
-        seed, offset = stream if stream is not None else (draw_default_seed(x.device), 0)
+        assert stream is not None, "only the torch backend draws from PyTorch's RNG (stream None)"
+        seed, offset = stream
     stream_args = _halves(seed) + _halves(offset) + (stream.words if words else out,)
     numel = x.numel()
     tensors = (x, out) if noise is None else (x, out, noise)
@@ -839,8 +840,7 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
             opts = dict(opts, enable_fp_fusion=False)
         return [Launch(_mollify_noise_kernel, grid, args, consts, opts, numel)], []
     H, W = x.shape[-2:]
-    if x.dim() < 3:
-        raise ValueError(f"mollify: blur needs x with at least 3 dims [N, ..., H, W], got shape {tuple(x.shape)}")
+    assert x.dim() >= 3, "mollify validates a blur's rank (>= 3 dims) before any backend"
     if p.max_radius >= min(H, W):
         raise ValueError(
             f"mollify: the triton blur kernels mirror once, so they need blur radius < min(H, W) = {min(H, W)}, "
