@@ -45,7 +45,7 @@ void copy_dims(const std::vector<int64_t>& v, int64_t* dst, const char* name, si
 
 // What changes from call to call: the data pointers, the scalar parameters and the stream.
 void set_call(MollifyArgs& a, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uint64_t seed,
-              uint64_t offset) {  // noise_in stays: a Plan is always kNoiseOut
+              uint64_t offset) {  // noise_in and stream stay: a layout's Args for the fast path has neither
   a.x = reinterpret_cast<const void*>(x);
   a.out = reinterpret_cast<void*>(out);
   a.noise = reinterpret_cast<void*>(noise);
@@ -95,16 +95,20 @@ MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::v
   return a;
 }
 
-// A launch plan: MollifyArgs filled once per layout (dtype, coalesced sizes and strides,
-// counts) by the Python launcher's cache. A call then passes only what changes: the three data
-// pointers, the scalar parameters and the stream. The full 24-argument entry points cost
-// ~2.5 us per call in pybind11 argument conversion (two std::vector<int64_t> per tensor) on
-// the 2-core dev VM; a plan call ~0.5 us. Per-sample parameters and the blur keep the full path.
-struct Plan {
+// The one argument record of every entry point (README, "Backends and the build"): MollifyArgs
+// (and, for a call with an input map, MapArgs), packed once from the Python launcher's
+// positional list (mollify_fast/backends/_native.py, kernel_args: the one encoder of the call on
+// the Python side). The fast path builds one per layout and each call passes only what changes
+// (the three data pointers, the scalar parameters and the stream: with_call), which costs ~0.5 us
+// in pybind11 against ~2.5 us for converting the whole list (two std::vector<int64_t> per
+// tensor) on the 2-core dev VM.
+struct Args {
   MollifyArgs a;
+  mollify_fast::MapArgs map{};
+  bool mapped = false;
 };
 
-MollifyArgs with_call(const Plan& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha,
+MollifyArgs with_call(const Args& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha,
                       uint64_t seed, uint64_t offset) {
   MollifyArgs a = p.a;
   set_call(a, x, out, noise, sigma, alpha, seed, offset);
@@ -133,28 +137,6 @@ bool take_groups(uintptr_t state, int64_t numel, bool provisional_ok, uint64_t& 
 
 }  // namespace
 
-#define MOLLIFY_ARGS                                                                                    \
-  py::arg("dtype"), py::arg("sizes"), py::arg("x_strides"), py::arg("out_strides"), py::arg("noise_strides"), \
-      py::arg("x"), py::arg("out"), py::arg("noise"), py::arg("noise_in"), py::arg("numel"), py::arg("batch"), \
-      py::arg("sample_numel"), py::arg("sigma"), py::arg("alpha"), py::arg("blur_sigma"),               \
-      py::arg("sigma_p"), py::arg("alpha_p"), py::arg("blur_p"), py::arg("has_blur"), py::arg("radius"), \
-      py::arg("radius_p"), py::arg("max_radius"), py::arg("seed"), py::arg("offset"), py::arg("stream_words")
-
-// The parameter list of every entry point, and the call that packs it into MollifyArgs.
-#define MOLLIFY_PARAMS                                                                                        \
-  int dtype, const std::vector<int64_t>&sizes, const std::vector<int64_t>&xs, const std::vector<int64_t>&os,    \
-      const std::vector<int64_t>&ns, uintptr_t x, uintptr_t out, uintptr_t noise, int noise_in, int64_t numel,   \
-      int64_t batch, int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p,     \
-      uintptr_t alpha_p, uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p, int max_radius, uint64_t seed, \
-      uint64_t offset, uintptr_t stream_words
-#define MOLLIFY_MAKE_ARGS                                                                                   \
-  make_args(dtype, sizes, xs, os, ns, x, out, noise, noise_in, numel, batch, sample_numel, sigma, alpha, blur_sigma, \
-            sigma_p, alpha_p, blur_p, has_blur, radius, radius_p, max_radius, seed, offset, stream_words)
-
-// The input map's extra arguments (csrc/mollify_args.h, MapArgs), after MOLLIFY_PARAMS.
-#define MAP_PARAMS int x_dtype, double scale, double shift, bool dequant
-#define MAP_ARGS py::arg("x_dtype"), py::arg("scale"), py::arg("shift"), py::arg("dequant")
-
 namespace {
 mollify_fast::MapArgs make_map(int x_dtype, double scale, double shift, bool dequant) {
   if (x_dtype < 0 || x_dtype > mollify_fast::kUInt8) throw std::invalid_argument("x dtype code must be 0..4");
@@ -164,54 +146,62 @@ mollify_fast::MapArgs make_map(int x_dtype, double scale, double shift, bool deq
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "mollify_fast compiled kernels (CPU, the CUDA kernels' host emulation, and CUDA when built with it)";
+  py::class_<Args>(m, "Args",
+                   "One call's kernel arguments (MollifyArgs, and MapArgs with an input map), packed once; every "
+                   "entry point takes one. Built positionally from backends._native.kernel_args's list, then "
+                   "optionally the input map (x dtype code, 4: uint8; scale; shift; dequant). A fast-path plan is "
+                   "one built for a layout whose pointers, scalar parameters and stream each call replaces.")
+      .def(py::init([](int dtype, const std::vector<int64_t>& sizes, const std::vector<int64_t>& xs,
+                       const std::vector<int64_t>& os, const std::vector<int64_t>& ns, uintptr_t x, uintptr_t out,
+                       uintptr_t noise, int noise_in, int64_t numel, int64_t batch, int64_t sample_numel, double sigma,
+                       double alpha, double blur_sigma, uintptr_t sigma_p, uintptr_t alpha_p, uintptr_t blur_p,
+                       bool has_blur, int radius, uintptr_t radius_p, int max_radius, uint64_t seed, uint64_t offset,
+                       uintptr_t stream_words, int x_dtype, double scale, double shift, bool dequant) {
+             Args r{make_args(dtype, sizes, xs, os, ns, x, out, noise, noise_in, numel, batch, sample_numel, sigma,
+                              alpha, blur_sigma, sigma_p, alpha_p, blur_p, has_blur, radius, radius_p, max_radius,
+                              seed, offset, stream_words)};
+             if (x_dtype >= 0) {
+               r.map = make_map(x_dtype, scale, shift, dequant);
+               r.mapped = true;
+             }
+             return r;
+           }),
+           py::arg("dtype"), py::arg("sizes"), py::arg("x_strides"), py::arg("out_strides"), py::arg("noise_strides"),
+           py::arg("x"), py::arg("out"), py::arg("noise"), py::arg("noise_in"), py::arg("numel"), py::arg("batch"),
+           py::arg("sample_numel"), py::arg("sigma"), py::arg("alpha"), py::arg("blur_sigma"), py::arg("sigma_p"),
+           py::arg("alpha_p"), py::arg("blur_p"), py::arg("has_blur"), py::arg("radius"), py::arg("radius_p"),
+           py::arg("max_radius"), py::arg("seed"), py::arg("offset"), py::arg("stream_words"),
+           py::arg("x_dtype") = -1, py::arg("scale") = 1.0, py::arg("shift") = 0.0, py::arg("dequant") = false)
+      .def_property_readonly("ndim", [](const Args& p) { return p.a.ndim; })
+      .def_property_readonly("numel", [](const Args& p) { return p.a.numel; })
+      .def_property_readonly("mapped", [](const Args& p) { return p.mapped; });
   m.def(
       "mollify_cpu",
-      [](MOLLIFY_PARAMS, int num_threads) {
-        MollifyArgs a = MOLLIFY_MAKE_ARGS;
+      [](const Args& p, int num_threads) {
+        const Args c = p;
         py::gil_scoped_release release;
-        mollify_fast::mollify_cpu(a, num_threads);
+        if (c.mapped)
+          mollify_fast::mollify_cpu_mapped(c.a, c.map, num_threads);
+        else
+          mollify_fast::mollify_cpu(c.a, num_threads);
       },
-      MOLLIFY_ARGS, py::arg("num_threads"));
-  m.def(
-      "mollify_cpu_mapped",
-      [](MOLLIFY_PARAMS, MAP_PARAMS, int num_threads) {
-        MollifyArgs a = MOLLIFY_MAKE_ARGS;
-        const mollify_fast::MapArgs map = make_map(x_dtype, scale, shift, dequant);
-        py::gil_scoped_release release;
-        mollify_fast::mollify_cpu_mapped(a, map, num_threads);
-      },
-      MOLLIFY_ARGS, MAP_ARGS, py::arg("num_threads"),
-      "mollify_cpu with an input map (README, 'The input map'): x of dtype code x_dtype (4: uint8), out and "
-      "noise of `dtype`; no blur.");
-  py::class_<Plan>(m, "Plan",
-                   "MollifyArgs of one layout (pointers, scalar parameters and stream left to each call); "
-                   "built from the same arguments as mollify_cpu, whose pointers and values it ignores.")
-      .def(py::init([](MOLLIFY_PARAMS) {
-             Plan p{MOLLIFY_MAKE_ARGS};
-             if (p.a.sigma_p || p.a.alpha_p || p.a.blur_p || p.a.radius_p)
-               throw std::invalid_argument("Plan: per-sample parameters take the full entry points");
-             if (p.a.noise_in != mollify_fast::kNoiseOut)
-               throw std::invalid_argument("Plan: a noise input (noise=) takes the full entry points");
-             return p;
-           }),
-           MOLLIFY_ARGS)
-      .def_property_readonly("ndim", [](const Plan& p) { return p.a.ndim; })
-      .def_property_readonly("numel", [](const Plan& p) { return p.a.numel; });
+      py::arg("args"), py::arg("num_threads"),
+      "The cpu kernels on an Args (with an input map: x of dtype code x_dtype, out and noise of `dtype`; no blur).");
   m.def(
       "mollify_cpu_plan",
-      [](const Plan& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uint64_t seed,
+      [](const Args& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uint64_t seed,
          uint64_t offset, int num_threads) {
         const MollifyArgs a = with_call(p, x, out, noise, sigma, alpha, seed, offset);
         py::gil_scoped_release release;
         mollify_fast::mollify_cpu(a, num_threads);
       },
-      "mollify_cpu with a Plan: (plan, x, out, noise, sigma, alpha, seed, offset, num_threads), positional");
+      "mollify_cpu on a layout's Args: (args, x, out, noise, sigma, alpha, seed, offset, num_threads), positional");
   // Inside a training loop every Python step of a call runs with cold caches (~1-3 us each on
   // the 2-core dev VM): taking the stream here, in the launch call, saves the ten or so steps of
   // Python's take_stream.
   m.def(
       "mollify_cpu_plan_gen",
-      [](const Plan& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uintptr_t state,
+      [](const Args& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uintptr_t state,
          bool provisional_ok, int num_threads) {
         uint64_t seed, offset;
         if (!take_groups(state, p.a.numel, provisional_ok, seed, offset)) return false;
@@ -256,47 +246,36 @@ PYBIND11_MODULE(_C, m) {
   // The CUDA kernels' code run on CPU tensors (csrc/mollify_cuda_host.cpp): built without nvcc too.
   m.def(
       "mollify_cuda_emulated",
-      [](MOLLIFY_PARAMS) {
-        MollifyArgs a = MOLLIFY_MAKE_ARGS;
+      [](const Args& p) {
+        const Args c = p;
         py::gil_scoped_release release;
-        mollify_fast::mollify_cuda_emulated(a);
+        if (c.mapped)
+          mollify_fast::mollify_cuda_emulated_mapped(c.a, c.map);
+        else
+          mollify_fast::mollify_cuda_emulated(c.a);
       },
-      MOLLIFY_ARGS);
-  m.def(
-      "mollify_cuda_emulated_mapped",
-      [](MOLLIFY_PARAMS, MAP_PARAMS) {
-        MollifyArgs a = MOLLIFY_MAKE_ARGS;
-        const mollify_fast::MapArgs map = make_map(x_dtype, scale, shift, dequant);
-        py::gil_scoped_release release;
-        mollify_fast::mollify_cuda_emulated_mapped(a, map);
-      },
-      MOLLIFY_ARGS, MAP_ARGS);
+      py::arg("args"));
 #ifdef MOLLIFY_FAST_WITH_CUDA
   m.attr("with_cuda") = true;
   m.def(
       "mollify_cuda",
-      [](MOLLIFY_PARAMS, uintptr_t stream, int device) {
-        MollifyArgs a = MOLLIFY_MAKE_ARGS;
-        mollify_fast::mollify_cuda(a, stream, device);
+      [](const Args& p, uintptr_t stream, int device) {
+        if (p.mapped)
+          mollify_fast::mollify_cuda_mapped(p.a, p.map, stream, device);
+        else
+          mollify_fast::mollify_cuda(p.a, stream, device);
       },
-      MOLLIFY_ARGS, py::arg("stream"), py::arg("device"));
-  m.def(
-      "mollify_cuda_mapped",
-      [](MOLLIFY_PARAMS, MAP_PARAMS, uintptr_t stream, int device) {
-        MollifyArgs a = MOLLIFY_MAKE_ARGS;
-        mollify_fast::mollify_cuda_mapped(a, make_map(x_dtype, scale, shift, dequant), stream, device);
-      },
-      MOLLIFY_ARGS, MAP_ARGS, py::arg("stream"), py::arg("device"));
+      py::arg("args"), py::arg("stream"), py::arg("device"));
   m.def(
       "mollify_cuda_plan",
-      [](const Plan& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uint64_t seed,
+      [](const Args& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uint64_t seed,
          uint64_t offset, uintptr_t stream, int device) {
         mollify_fast::mollify_cuda(with_call(p, x, out, noise, sigma, alpha, seed, offset), stream, device);
       },
-      "mollify_cuda with a Plan: (plan, x, out, noise, sigma, alpha, seed, offset, stream, device), positional");
+      "mollify_cuda on a layout's Args: (args, x, out, noise, sigma, alpha, seed, offset, stream, device), positional");
   m.def(
       "mollify_cuda_plan_gen",
-      [](const Plan& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uintptr_t state,
+      [](const Args& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uintptr_t state,
          bool provisional_ok, uintptr_t stream, int device) {
         uint64_t seed, offset;
         if (!take_groups(state, p.a.numel, provisional_ok, seed, offset)) return false;

@@ -22,7 +22,7 @@ Fast path (``_fast``): an eager noise-only call with Python-number or 0-d-tensor
 no ``out`` and no input map options (``input_scale``, ``input_shift``, ``dequantize``,
 ``out_dtype``; a uint8 x has no plan either) looks up a launch plan cached per (shape, strides, dtype, device, alpha given,
 return_noise, backend). The plan holds the resolved backend and, for ``cpu``/``cuda``, the
-kernel's layout arguments already packed (``_C.Plan``); a call then checks its numbers in one
+kernel's layout arguments already packed (the layout's ``_C.Args``); a call then checks its numbers in one
 comparison each, allocates, takes the stream and makes one extension call. Whatever the fast
 path does not handle, or any value it would refuse, goes down the general path, which checks
 and raises exactly as before: the fast path itself never raises and changes nothing before it

@@ -61,11 +61,11 @@ def _prepared(backend: str, x, out, p, stream):
         launches, copies = T._plan_full(x, out, None, p, stream)
         assert not copies
         return lambda: T._launch(launches, None)
-    from mollify_fast.backends._native import extension, kernel_args
+    from mollify_fast.backends._native import call_args, extension
 
-    args = kernel_args(x, out, None, p, stream)
+    args = call_args(x, out, None, p, stream)
     ext, _ = extension()
-    return lambda: ext.mollify_cuda_emulated(*args)
+    return lambda: ext.mollify_cuda_emulated(args)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])

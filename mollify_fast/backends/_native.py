@@ -197,12 +197,23 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
     )
 
 
+def call_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
+              noise_in: int = 0):
+    """The call's ``_C.Args`` (the one record every C++ entry point takes): :func:`kernel_args`,
+    and the input map when the call has one (x's dtype code, scale, shift, dequant)."""
+    ext, _ = extension()
+    args = kernel_args(x, out, noise, p, stream, noise_in)
+    if p.maps(x, out):
+        return ext.Args(*args, X_DTYPE_CODES[x.dtype], p.in_scale, p.in_shift, p.dequant)
+    return ext.Args(*args)
+
+
 _PLAN_PARAMS = Params(sigma=0.0, alpha=0.0, blur=None, radius=0, max_radius=0)
 
 
 def make_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
-    """``_C.Plan`` for the noise op on this layout: everything but the data pointers, the scalar
-    parameters and the stream, which each call passes (``_C.mollify_cpu_plan`` and
-    ``_C.mollify_cuda_plan``). Raises like :func:`kernel_args` (more than ``MAX_DIMS`` dims)."""
+    """``_C.Args`` of the noise op on this layout, for the fast path: everything but the data
+    pointers, the scalar parameters and the stream, which each call passes (``_C.mollify_cpu_plan``
+    and ``_C.mollify_cuda_plan``). Raises like :func:`kernel_args` (more than ``MAX_DIMS`` dims)."""
     ext, _ = extension()
-    return ext.Plan(*kernel_args(x, out, noise, _PLAN_PARAMS, (0, 0)))
+    return ext.Args(*kernel_args(x, out, noise, _PLAN_PARAMS, (0, 0)))

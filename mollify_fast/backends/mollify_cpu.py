@@ -15,7 +15,7 @@ import torch
 
 from .._validate import Params
 from . import NoisePlan
-from ._native import X_DTYPE_CODES, eps_input, extension, kernel_args, make_plan
+from ._native import call_args, eps_input, extension, make_plan
 
 
 _threads = torch.get_num_threads
@@ -61,22 +61,18 @@ def mollify_cpu(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
     """``noise_in``: ``noise`` is the caller's eps (mollify's ``noise=``), read in the same pass
     (never with an input map: mollify maps x into a temporary first)."""
     ext, _ = extension()
-    if p.maps(x, out):
-        assert not noise_in, "an input map with the caller's eps runs on the mapped temporary"
-        ext.mollify_cpu_mapped(*kernel_args(x, out, noise, p, stream), X_DTYPE_CODES[x.dtype], p.in_scale,
-                               p.in_shift, p.dequant, _threads())
-        return
+    assert not (noise_in and p.maps(x, out)), "an input map with the caller's eps runs on the mapped temporary"
     mode = 0
     if noise_in and noise is not None:
         noise, mode = eps_input(x, noise)
-    ext.mollify_cpu(*kernel_args(x, out, noise, p, stream, mode), _threads())
+    ext.mollify_cpu(call_args(x, out, noise, p, stream, mode), _threads())
 
 
 def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
     """A launcher for repeated noise-only calls on x's layout (see ``_op._fast``):
     ``run(x, out, noise, sigma, alpha, (seed, offset))`` with Python-float parameters that the
     caller has checked. Same kernel and arguments as :func:`mollify_cpu`; the layout part of
-    them is built once, here, into a ``_C.Plan``."""
+    them is built once, here, into the layout's ``_C.Args``."""
     ext, _ = extension()
     cplan, launch, launch_gen = make_plan(x, out, noise), ext.mollify_cpu_plan, ext.mollify_cpu_plan_gen
 

@@ -28,7 +28,7 @@ import torch
 
 from .._validate import Params
 from . import NoisePlan
-from ._native import X_DTYPE_CODES, eps_input, extension, kernel_args, make_plan
+from ._native import call_args, eps_input, extension, make_plan
 
 EMULATE_ENV = "MOLLIFY_FAST_CUDA_EMULATE"
 SYNC_ENV = "MOLLIFY_FAST_CUDA_SYNC"
@@ -173,17 +173,14 @@ def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tenso
     mode = 0
     if noise_in and noise is not None:
         noise, mode = eps_input(x, noise)
-    args = kernel_args(x, out, noise, p, stream, mode)
-    mapped = p.maps(x, out)
-    if mapped:
-        assert not noise_in, "an input map with the caller's eps runs on the mapped temporary"
-        args = args + (X_DTYPE_CODES[x.dtype], p.in_scale, p.in_shift, p.dequant)
+    assert not (noise_in and p.maps(x, out)), "an input map with the caller's eps runs on the mapped temporary"
+    args = call_args(x, out, noise, p, stream, mode)
     if x.is_cpu:
-        (ext.mollify_cuda_emulated_mapped if mapped else ext.mollify_cuda_emulated)(*args)
+        ext.mollify_cuda_emulated(args)
         return
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
     cuda_stream = torch.cuda.current_stream(dev)
-    (ext.mollify_cuda_mapped if mapped else ext.mollify_cuda)(*args, cuda_stream.cuda_stream, dev)
+    ext.mollify_cuda(args, cuda_stream.cuda_stream, dev)
     if os.environ.get(SYNC_ENV, "").strip() == "1" and not torch.cuda.is_current_stream_capturing():
         cuda_stream.synchronize()  # a fault in the kernel raises here, at the call (a capture cannot sync)
 
