@@ -19,6 +19,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "dispatch.h"
 #include "dtypes.h"
 #include "mollify_args.h"
 #include "philox.h"
@@ -391,17 +392,6 @@ void mapped_noise_kernel(const MollifyArgs& a, const MapArgs& m, int nthreads) {
   }
 }
 
-template <typename TI>
-void mapped_out(const MollifyArgs& a, const MapArgs& m, int nthreads) {
-  switch (a.dtype) {
-    case kFloat16: mapped_noise_kernel<TI, Half>(a, m, nthreads); break;
-    case kBFloat16: mapped_noise_kernel<TI, BF16>(a, m, nthreads); break;
-    case kFloat32: mapped_noise_kernel<TI, float>(a, m, nthreads); break;
-    case kFloat64: mapped_noise_kernel<TI, double>(a, m, nthreads); break;
-    default: throw std::invalid_argument("mollify_cpu_mapped: unsupported out dtype code");
-  }
-}
-
 }  // namespace
 
 // The noise op with an input map (no blur), nthreads as for mollify_cpu.
@@ -409,14 +399,10 @@ void mollify_cpu_mapped(const MollifyArgs& a, const MapArgs& m, int nthreads) {
   if (a.numel == 0) return;
   if (a.has_blur) throw std::invalid_argument("mollify_cpu_mapped: no blur (the map runs unfused there)");
   if (a.ndim < 1 || a.ndim > kMaxDims) throw std::invalid_argument("mollify_cpu_mapped: ndim out of range");
-  switch (m.x_dtype) {
-    case kUInt8: mapped_out<uint8_t>(a, m, nthreads); break;
-    case kFloat16: mapped_out<Half>(a, m, nthreads); break;
-    case kBFloat16: mapped_out<BF16>(a, m, nthreads); break;
-    case kFloat32: mapped_out<float>(a, m, nthreads); break;
-    case kFloat64: mapped_out<double>(a, m, nthreads); break;
-    default: throw std::invalid_argument("mollify_cpu_mapped: unsupported x dtype code");
-  }
+  dispatch_input(m.x_dtype, "mollify_cpu_mapped", [&](auto xi) {
+    dispatch_float(a.dtype, "mollify_cpu_mapped",
+                   [&](auto xo) { mapped_noise_kernel<decltype(xi), decltype(xo)>(a, m, nthreads); });
+  });
 }
 
 // nthreads: from threads_for_call (csrc/cpu_dispatch.cpp), at least 1.
@@ -427,13 +413,7 @@ void mollify_cpu(const MollifyArgs& a, int nthreads) {
   advise_huge_pages(a.out, a.numel * element_size(a.dtype));
   if (a.noise && a.noise_in == kNoiseOut) advise_huge_pages(a.noise, a.numel * element_size(a.dtype));
   if (a.ndim < 1 || a.ndim > kMaxDims) throw std::invalid_argument("mollify_cpu: ndim out of range");
-  switch (a.dtype) {
-    case kFloat16: run<Half>(a, nthreads); break;
-    case kBFloat16: run<BF16>(a, nthreads); break;
-    case kFloat32: run<float>(a, nthreads); break;
-    case kFloat64: run<double>(a, nthreads); break;
-    default: throw std::invalid_argument("mollify_cpu: unsupported dtype code");
-  }
+  dispatch_float(a.dtype, "mollify_cpu", [&](auto t) { run<decltype(t)>(a, nthreads); });
 }
 
 MF_ISA_END

@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "dispatch.h"
 #include "mollify_cuda_kernels.cuh"
 
 namespace mollify_fast {
@@ -99,22 +100,18 @@ void mollify_cuda_emulated_mapped(const MollifyArgs& a, const MapArgs& m) {
   if (a.numel == 0) return;
   const int64_t groups = (a.numel + 3) / 4;
   const int64_t blocks = std::min<int64_t>((groups + kThreads - 1) / kThreads, kMaxNoiseBlocks);
-  with_map_types(m.x_dtype, a.dtype, [&](auto xi, auto xo) {
-    each_thread(blocks, [&](int64_t i, int64_t stride) {
-      mapped_noise_thread<decltype(xi), decltype(xo)>(a, m, i, stride);
+  dispatch_input(m.x_dtype, "mollify_cuda_emulated_mapped", [&](auto xi) {
+    dispatch_float(a.dtype, "mollify_cuda_emulated_mapped", [&](auto xo) {
+      each_thread(blocks, [&](int64_t i, int64_t stride) {
+        mapped_noise_thread<decltype(xi), decltype(xo)>(a, m, i, stride);
+      });
     });
   });
 }
 
 void mollify_cuda_emulated(const MollifyArgs& a) {
   if (a.numel == 0) return;
-  switch (a.dtype) {
-    case kFloat16: emulate<Half>(a); break;
-    case kBFloat16: emulate<BF16>(a); break;
-    case kFloat32: emulate<float>(a); break;
-    case kFloat64: emulate<double>(a); break;
-    default: throw std::invalid_argument("mollify_cuda_emulated: unsupported dtype code");
-  }
+  dispatch_float(a.dtype, "mollify_cuda_emulated", [&](auto t) { emulate<decltype(t)>(a); });
 }
 
 }  // namespace mollify_fast

@@ -16,6 +16,7 @@
 #include <string>
 #include <type_traits>
 
+#include "dispatch.h"
 #include "mollify_cuda_kernels.cuh"
 
 namespace mollify_fast {
@@ -173,13 +174,7 @@ void mollify_cuda(const MollifyArgs& a, uintptr_t stream_handle, int device) {
   try {
     int sms = 0;
     check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "reading the SM count");
-    switch (a.dtype) {
-      case kFloat16: launch<Half>(a, sms, stream); break;
-      case kBFloat16: launch<BF16>(a, sms, stream); break;
-      case kFloat32: launch<float>(a, sms, stream); break;
-      case kFloat64: launch<double>(a, sms, stream); break;
-      default: throw std::invalid_argument("mollify_cuda: unsupported dtype code");
-    }
+    dispatch_float(a.dtype, "mollify_cuda", [&](auto t) { launch<decltype(t)>(a, sms, stream); });
   } catch (...) {
     if (previous != device) cudaSetDevice(previous);
     throw;
@@ -198,8 +193,10 @@ void mollify_cuda_mapped(const MollifyArgs& a, const MapArgs& m, uintptr_t strea
   try {
     const int64_t groups = (a.numel + 3) / 4;
     const unsigned grid = static_cast<unsigned>(std::min<int64_t>((groups + kThreads - 1) / kThreads, kMaxNoiseBlocks));
-    with_map_types(m.x_dtype, a.dtype, [&](auto xi, auto xo) {
-      mollify_mapped_noise_kernel<decltype(xi), decltype(xo)><<<grid, kThreads, 0, stream>>>(a, m);
+    dispatch_input(m.x_dtype, "mollify_cuda_mapped", [&](auto xi) {
+      dispatch_float(a.dtype, "mollify_cuda_mapped", [&](auto xo) {
+        mollify_mapped_noise_kernel<decltype(xi), decltype(xo)><<<grid, kThreads, 0, stream>>>(a, m);
+      });
     });
     check(cudaGetLastError(), "launching the mapped noise kernel");
   } catch (...) {
