@@ -17,7 +17,7 @@
 #include <type_traits>
 
 #include "dispatch.h"
-#include "mollify_cuda_kernels.cuh"
+#include "mollify_cuda_plan.h"
 
 namespace mollify_fast {
 namespace {
