@@ -418,7 +418,7 @@ class Generator:
 
     def _host(self) -> list:
         """The state's words, the offset read back from the device first when device-resident."""
-        if "_mf_words" in self._state.__dict__:
+        if self._words is not None:
             with _lock:
                 _pull(self._state, _view(self._state))
         return self._state.tolist()
