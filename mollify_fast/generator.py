@@ -363,10 +363,10 @@ class Generator:
         """
         offset = self._check("offset", offset)
         words = self._words  # an attribute, not the tensor's __dict__: traceable by torch.compile
-        if words is not None:  # restart on the host, then on the device again (a new key)
+        if words is not None:  # restart on the host, then on the device again, in the same words
             self._to_host()
             self.manual_seed(seed, offset)
-            self._make_resident(words.device)
+            self._make_resident(words.device, words)
             return self
         pending = seed is None
         base = 0 if pending else self._check("seed", seed)
@@ -445,22 +445,30 @@ class Generator:
             return self
         if dev.type != "cuda":
             raise ValueError(f"Generator.to_device: device must be a CUDA device or 'cpu', got {dev}")
+        if self._words is not None and self._words.device == dev:
+            return self  # already there (its words keep their address: captured graphs hold it)
         if torch.cuda.is_current_stream_capturing():
             raise RuntimeError("Generator.to_device: called during CUDA graph capture; make the generator "
                                "device-resident before capturing (and before the warm-up calls)")
         self._make_resident(dev)
         return self
 
-    def _make_resident(self, dev: torch.device) -> None:
+    def _make_resident(self, dev: torch.device, words: Optional[torch.Tensor] = None) -> None:
         """Device words for ``dev`` (any device: the host-run CUDA driver and the Triton
-        interpreter read CPU words, which is how the CPU tests run this path)."""
+        interpreter read CPU words, which is how the CPU tests run this path). ``words``: refill
+        these (a restart of a resident stream), so that a CUDA graph captured with them, which
+        holds their address, draws the restarted stream."""
         self._to_host()
         key, offset = take_stream(self._state, 0)  # derives the key here (advances nothing)
-        words = torch.tensor([to_signed64(key), to_signed64(offset)], dtype=torch.int64, device=dev)
-        try:  # a static input of compiled graphs: a CUDA graph may mutate it in place
-            torch._dynamo.mark_static_address(words)
-        except Exception:  # noqa: BLE001 - an optimisation hint only
-            pass
+        new = torch.tensor([to_signed64(key), to_signed64(offset)], dtype=torch.int64)
+        if words is not None and words.device == dev:
+            words.copy_(new)
+        else:
+            words = new.to(dev)
+            try:  # a static input of compiled graphs: a CUDA graph may mutate it in place
+                torch._dynamo.mark_static_address(words)
+            except Exception:  # noqa: BLE001 - an optimisation hint only
+                pass
         with _lock:
             self._state._mf_words = words  # type: ignore[attr-defined]  # in the tensor's __dict__, as _mf_view
             self._words = words

@@ -238,3 +238,24 @@ def test_device_stream_variants_compile_for_sm90():
     assert kernels == {"_mollify_noise_kernel", "_mollify_blur_kernel", "_mollify_blur_axis_kernel"}, got
     for g in got:
         assert g["words"] is True and g["words_arg"] == "*i64" and g["spills"] == [0, 0], g
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_restarting_a_resident_stream_keeps_its_words(backend):
+    # A captured graph holds the words' address: load_state_dict / manual_seed (a resumed run) and
+    # a repeated to_device must refill the same words, or the graph would draw a stream nobody reads.
+    backend_or_skip(backend)
+    x = torch.randn(2, 3, 8, 8)
+    g = _resident(1)
+    words = resident_words(g._state)
+    out = torch.empty_like(x)
+    p = resolve_params(x, 0.3, None, 0.9, None, False, 0.0, None, False, -1)
+    replay = _prepared(backend, x, out, p, DeviceStream(words))
+    replay()
+    advance_resident(words, x.numel())
+    g.load_state_dict({"seed": 77, "offset": 5})
+    assert resident_words(g._state) is words and g._words is words
+    replay()
+    advance_resident(words, x.numel())
+    assert torch.equal(out, mf.mollify(x, 0.3, alpha=0.9, generator=mf.Generator(77, 5), backend=backend))
+    assert g.state_dict() == {"seed": 77, "offset": 5 + (x.numel() + 3) // 4}
