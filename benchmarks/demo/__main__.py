@@ -353,8 +353,9 @@ def main(argv=None) -> int:
               f"{summary['load_average_at_end']:.1f} at the end (2 cores: above ~1 means other work shared "
               f"the machine and stretched the wall time, not the CPU time).")
     if resumed:
-        header += (f" {resumed} flow runs were read back from `runs/` (`--resume`): an earlier invocation "
-                   "with the same settings trained them, and their time is not in these totals.")
+        header += (f" {resumed} flow runs were read back from `runs/` (`--resume` or `--cached-only`): earlier "
+                   "invocations with the same settings trained them, and their time is not in these totals (each "
+                   "run's CPU time is in its JSON).")
     report = "\n".join(lines)
     print("\n" + report)
     # A run of one part writes its own summary, so the parts of a long run can be made apart.
