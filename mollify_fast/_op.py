@@ -48,8 +48,8 @@ from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, Params, check_out_memory, che
 from ._validate import check_input_map, check_map_values, check_x, map_compute_dtype
 from . import reference as _reference
 from ._replay import in_checkpoint, take as take_replayable, untracked as replay_untracked
-from .generator import (DeviceStream, Generator, advance_resident, draw_default_seed, provisional_ok, resident_words,
-                        take_words, to_unsigned64)
+from .generator import (DeviceStream, Generator, advance_resident, draw_default_seed, provisional_ok, read_words,
+                        resident_words, take_words)
 
 Number = Union[int, float]  # also numpy floating scalars and 0-d ndarrays
 ParamLike = Union[Number, torch.Tensor]
@@ -251,7 +251,7 @@ def _run_mapped(name: str, launch, x: torch.Tensor, out: torch.Tensor, noise: Op
             if isinstance(stream, DeviceStream):
                 if _capturing(x):
                     _refuse_capture("with dequantize=True on a backend whose kernels do not draw the uniforms")
-                stream = tuple(to_unsigned64(w) for w in stream.words.tolist())
+                stream = read_words(stream.words)
             seed, offset = stream
             u = _reference.dequant_uniforms(seed, offset, x.numel()).reshape(x.shape).to(x.device)
         xf = _reference.input_map(x, acc, p.in_scale, p.in_shift, u).contiguous()
@@ -543,7 +543,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
                                                                   generator._state.data_ptr(), provisional_ok()):
             _last_backend = name
             return (out, noise) if return_noise else out
-        if resident_words(generator._state) is not None:
+        if generator._words is not None:
             return None  # device-resident: the general path reads it on the device
         stream = take_replayable(generator._state, numel)
     elif name == "torch":
