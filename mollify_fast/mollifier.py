@@ -330,17 +330,14 @@ class Mollifier(torch.nn.Module):
             # map): the same steps as below, with the fewest Python calls (each costs
             # microseconds with the caches cold after a training step).
             return mollify(x, math.sqrt(self._variance(step)), generator=self.generator, backend=self.backend)
-        if _is_compiling():
+        if _is_compiling() or (torch.is_tensor(step) and step.is_cuda and torch.cuda.is_current_stream_capturing()):
+            # Under the compiler a Python int becomes dynamic after one recompile; as a tensor it
+            # keeps the schedule's float arithmetic out of the compiler's symbolic guards. Inside a
+            # CUDA graph capture reading the step would sync with the host: the schedule is
+            # computed on the device from the tensor, so each replay anneals by the step the
+            # tensor holds then (README, "CUDA graphs").
             self._check_batch(x)
-            # A Python int becomes dynamic after one recompile; as a tensor it keeps the
-            # schedule's float arithmetic out of the compiler's symbolic guards.
             return self._apply_traced(x, step if torch.is_tensor(step) else torch.tensor(step), noise)
-        if torch.is_tensor(step) and step.is_cuda and torch.cuda.is_current_stream_capturing():
-            # Inside a CUDA graph capture: reading the step would sync with the host; the
-            # schedule is computed on the device from the tensor, as under the compiler, so each
-            # replay anneals by the step the tensor holds then (README, "CUDA graphs").
-            self._check_batch(x)
-            return self._apply_traced(x, step, noise)
         step = self._check_step(step)
         if step >= self.mollify_steps:
             if self._map or (torch.is_tensor(x) and x.dtype == torch.uint8):
