@@ -43,6 +43,7 @@ import torch
 
 from . import backends
 from ._blur import blur as blur_planes
+from ._call import FUNCTIONAL_SCHEMA, OUT_ARGS, OUT_SCHEMA, Call, Param, arg_dims
 from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, Params, check_out_memory, check_static, compute_dtype,
                         resolve_params, same_view)
 from ._validate import check_input_map, check_map_values, check_x, map_compute_dtype
@@ -87,47 +88,30 @@ def last_backend() -> Optional[str]:
     return _last_backend
 
 
-def _run(
-    x: torch.Tensor,
-    out: torch.Tensor,
-    noise: Optional[torch.Tensor],
-    sigma: float,
-    sigma_t: Optional[torch.Tensor],
-    alpha: float,
-    alpha_t: Optional[torch.Tensor],
-    vp: bool,
-    blur: float,
-    blur_t: Optional[torch.Tensor],
-    has_blur: bool,
-    blur_radius: int,
-    gen_state: Optional[torch.Tensor],
-    backend: str,
-    in_scale: float = 1.0,
-    in_shift: float = 0.0,
-    dequant: bool = False,
-    eps: Optional[torch.Tensor] = None,
-) -> None:
+def _run(call: Call) -> None:
     """Everything that reads values, in an order that writes nothing until all checks pass.
 
-    The output dtype is out's; ``in_scale``/``in_shift``/``dequant`` are the input map.
-    ``noise``: the buffer that receives eps (return_noise), or None. ``eps``: the caller's eps
-    (``noise=``), read by the kernels instead of drawing: no stream is taken, and ``noise``
-    gets a copy of it (rounded to the output dtype)."""
+    ``call.out`` is given (the output dtype is its dtype). ``call.noise``: the buffer that
+    receives eps (return_noise), or None. ``call.given_noise``: the caller's eps (``noise=``),
+    read by the kernels instead of drawing: no stream is taken, and ``noise`` gets a copy of it
+    (rounded to the output dtype)."""
     global _last_backend
+    x, out, noise, eps, gen_state = call.x, cast(torch.Tensor, call.out), call.noise, call.given_noise, call.stream
+    dequant = call.dequantize
     capturing = _capturing(x)
-    p: Params = resolve_params(_dtype_carrier(x, out), sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur,
-                               blur_radius)
-    p = _with_map(p, x, out, in_scale, in_shift, dequant)
+    p: Params = resolve_params(_dtype_carrier(x, out), call.sigma, call.alpha, call.blur_sigma, call.blur_radius)
+    p = _with_map(p, x, out, call.input_scale, call.input_shift, dequant)
     mapped = p.maps(x, out)
-    name, launch = backends.resolve(backend, _map_probe(x, out) if mapped else x, p)
-    if capturing and eps is None and name not in backends.STREAM_WORDS and not (name == "torch" and gen_state is None):
+    name, launch = backends.resolve(call.backend, _map_probe(x, out) if mapped else x, p)
+    limits = backends.LIMITS[name]
+    if capturing and eps is None and not limits.stream_words and not (limits.torch_rng and gen_state is None):
         _refuse_capture(f"on backend {name!r}, whose kernels take the stream by value: every replay would repeat "
                         f"the captured noise; use backend 'cuda' or 'triton' (or 'auto')")
     # gen_state: a generator's host state (7 int64 words), or a device-resident stream's words
     # [key, offset] (what mollify passes for a resident generator).
     given_words = gen_state is not None and gen_state.numel() == 2
     words = gen_state if given_words else None if gen_state is None else resident_words(gen_state)
-    if words is not None and (words.device != x.device or name not in backends.STREAM_WORDS
+    if words is not None and (words.device != x.device or not limits.stream_words
                               or (not capturing and not replay_untracked() and in_checkpoint())):
         # Drawn on the host (the device's offset read back first): a backend that takes the
         # stream by value, another device, or an eager call a checkpoint records or replays.
@@ -151,13 +135,12 @@ def _run(
     if eps is not None:
         if eps.is_neg():
             eps = eps.resolve_neg()
-        if name in ("cpu", "cuda") and not mapped:
+        if limits.prepares_eps and not mapped:
             from .backends._native import eps_input
 
             eps = eps_input(x, eps)[0]  # the one conversion the C++ kernels need, if any
     # Decided before the stream is taken: nothing below refuses a call.
-    unfused = (x.numel() != 0 and name not in _PURE and not mapped
-               and _needs_unfused(name, x, out, noise if eps is None else eps, p))
+    unfused = x.numel() != 0 and not mapped and _needs_unfused(limits, x, out, noise if eps is None else eps, p)
     # (key, offset) by value, the words the kernels read (DeviceStream), or None (torch's RNG).
     stream: Union[Tuple[int, int], DeviceStream, None]
     if eps is not None:
@@ -168,8 +151,8 @@ def _run(
         stream = take_replayable(cast(torch.Tensor, gen_state), _stream_elements(x.numel(), dequant), take_words)
     elif gen_state is not None:
         stream = take_replayable(gen_state, _stream_elements(x.numel(), dequant))
-    elif name == "torch":
-        stream = None  # the torch backend draws from PyTorch's default generator directly
+    elif limits.torch_rng:
+        stream = None  # the backend draws from PyTorch's default generator directly
     elif capturing:
         stream = _device_key(x.device)
     else:
@@ -196,9 +179,6 @@ def _run(
         advance_resident(words, _stream_elements(x.numel(), dequant))
     if neg_out is not None:
         neg_out.copy_(out)
-
-
-_PURE = ("torch", "reference")  # handle any radius and rank themselves
 
 
 # ---- the input map (README, "The contract, in short"): uint8 in, floats out ----
@@ -258,7 +238,7 @@ def _run_mapped(name: str, launch, x: torch.Tensor, out: torch.Tensor, noise: Op
     pf = replace(p, in_scale=1.0, in_shift=0.0, dequant=False)
     res = out if out.dtype == acc else torch.empty_like(xf)
     eps = noise if noise is None or noise.dtype == acc else torch.empty_like(xf)
-    if _needs_unfused(name, xf, res, eps if given is None else given, pf):
+    if _needs_unfused(backends.LIMITS[name], xf, res, eps if given is None else given, pf):
         _run_unfused(launch, xf, res, eps, pf, stream, given)
     elif given is not None:
         launch(xf, res, given, pf, stream, noise_in=True)
@@ -270,26 +250,26 @@ def _run_mapped(name: str, launch, x: torch.Tensor, out: torch.Tensor, noise: Op
         noise.copy_(cast(torch.Tensor, eps))
 
 
-def _needs_unfused(name: str, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params) -> bool:
-    """True when a compiled kernel cannot take the call as it is.
+def _needs_unfused(limits: backends.Limits, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor],
+                   p: Params) -> bool:
+    """True when the backend's kernels cannot take the call as it is (``backends.Limits``).
 
-    * A blur radius ``r >= min(H, W)``: the kernels mirror once (a radius below the image
-      size), and their cost grows with r per pixel; beyond the image the weights fold onto it.
-    * cpu/cuda: more than ``MAX_DIMS`` dims left after merging (the kernels' index arrays).
+    * A blur radius ``r >= min(H, W)``: the compiled kernels mirror once (a radius below the
+      image size), and their cost grows with r per pixel; beyond the image the weights fold onto it.
+    * More dims left after merging than the kernels index.
     """
-    if p.blur is not None and p.max_radius >= min(x.shape[-2], x.shape[-1]):
+    if p.blur is not None and not limits.any_radius and p.max_radius >= min(x.shape[-2], x.shape[-1]):
         return True
-    if x.dim() > 8 and name in ("cpu", "cuda"):
-        from .backends._native import MAX_DIMS, coalesce
+    most = limits.max_dims if p.blur is None else limits.max_plane_dims
+    if most is None or x.dim() <= most:
+        return False
+    from .backends._native import coalesce
 
-        ts = (x, out) if noise is None else (x, out, noise)
-        strides = [list(t.stride()) for t in ts]
-        if p.blur is None:
-            dims = len(coalesce(list(x.shape), strides)[0])
-        else:  # H and W stay; the plane dims in front of them merge
-            dims = len(coalesce(list(x.shape[:-2]), [st[:-2] for st in strides])[0]) + 2
-        return dims > MAX_DIMS
-    return False
+    ts = (x, out) if noise is None else (x, out, noise)
+    if p.blur is None:
+        return len(coalesce(list(x.shape), [list(t.stride()) for t in ts])[0]) > most
+    # H and W stay; the plane dims in front of them merge
+    return len(coalesce(list(x.shape[:-2]), [list(t.stride())[:-2] for t in ts])[0]) > most
 
 
 def _run_unfused(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params,
@@ -318,75 +298,40 @@ def _run_unfused(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[tor
         noise.copy_(cast(torch.Tensor, eps))
 
 
-@torch.library.custom_op("mollify_fast::mollify", mutates_args=("gen_state",))
-def _mollify_op(
-    x: torch.Tensor,
-    sigma: float,
-    sigma_t: Optional[torch.Tensor],
-    alpha: float,
-    alpha_t: Optional[torch.Tensor],
-    vp: bool,
-    blur: float,
-    blur_t: Optional[torch.Tensor],
-    has_blur: bool,
-    blur_radius: int,
-    gen_state: Optional[torch.Tensor],
-    return_noise: bool,
-    backend: str,
-    input_scale: float = 1.0,
-    input_shift: float = 0.0,
-    dequantize: bool = False,
-    out_dtype: Optional[torch.dtype] = None,
-    eps: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    dt = x.dtype if out_dtype is None else out_dtype
+def _mollify_impl(*args) -> Tuple[torch.Tensor, torch.Tensor]:
+    call = Call.from_op(args)
+    x = call.x
+    dt = call.output_dtype
     out = torch.empty_like(x, dtype=dt)
-    noise = torch.empty_like(x, dtype=dt) if return_noise else x.new_empty(0, dtype=dt)
-    _run(x, out, noise if return_noise else None, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t,
-         has_blur, blur_radius, gen_state, backend, input_scale, input_shift, dequantize, eps)
+    noise = torch.empty_like(x, dtype=dt) if call.return_noise else x.new_empty(0, dtype=dt)
+    _run(replace(call, out=out, noise=noise if call.return_noise else None))
     return out, noise
 
 
-@_mollify_op.register_fake
-def _mollify_fake(x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius, gen_state,
-                  return_noise, backend, input_scale=1.0, input_shift=0.0, dequantize=False, out_dtype=None, eps=None):
-    dt = x.dtype if out_dtype is None else out_dtype
-    return torch.empty_like(x, dtype=dt), (torch.empty_like(x, dtype=dt) if return_noise else x.new_empty(0, dtype=dt))
-
-
-@torch.library.custom_op("mollify_fast::mollify_out", mutates_args=("out", "noise", "gen_state"))
-def _mollify_out_op(
-    out: torch.Tensor,
-    x: Optional[torch.Tensor],
-    noise: Optional[torch.Tensor],
-    sigma: float,
-    sigma_t: Optional[torch.Tensor],
-    alpha: float,
-    alpha_t: Optional[torch.Tensor],
-    vp: bool,
-    blur: float,
-    blur_t: Optional[torch.Tensor],
-    has_blur: bool,
-    blur_radius: int,
-    gen_state: Optional[torch.Tensor],
-    backend: str,
-    input_scale: float = 1.0,
-    input_shift: float = 0.0,
-    dequantize: bool = False,
-    eps: Optional[torch.Tensor] = None,
-) -> None:
+def _mollify_out_impl(*args) -> None:
     # x=None means "x is out" (in place); the op never receives two aliased arguments (an eps
     # that is out's own view arrives as a copy). The output dtype is out's (checked by the
     # public function).
-    src = out if x is None else x
-    check_out_memory(src, out, noise, eps)
-    _run(src, out, noise, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
-         gen_state, backend, input_scale, input_shift, dequantize, eps)
+    call = Call.from_op(args, OUT_ARGS)
+    check_out_memory(call.x, cast(torch.Tensor, call.out), call.noise, call.given_noise)
+    _run(call)
+
+
+_mollify_op = torch.library.custom_op("mollify_fast::mollify", _mollify_impl, mutates_args=("stream",),
+                                      schema=FUNCTIONAL_SCHEMA)
+_mollify_out_op = torch.library.custom_op("mollify_fast::mollify_out", _mollify_out_impl,
+                                          mutates_args=("out", "noise", "stream"), schema=OUT_SCHEMA)
+
+
+@_mollify_op.register_fake
+def _mollify_fake(*args):
+    call = Call.from_op(args)
+    x, dt = call.x, call.output_dtype
+    return torch.empty_like(x, dtype=dt), (torch.empty_like(x, dtype=dt) if call.return_noise else x.new_empty(0, dtype=dt))
 
 
 @_mollify_out_op.register_fake
-def _mollify_out_fake(out, x, noise, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
-                      gen_state, backend, input_scale=1.0, input_shift=0.0, dequantize=False, eps=None):
+def _mollify_out_fake(*args):
     return None
 
 
@@ -409,9 +354,9 @@ def _vmap_refusal(info, what: str) -> None:
         raise RuntimeError(f"mollify: under torch.func.vmap, {what}")
 
 
-def _per_row(t: Optional[torch.Tensor], dim: Optional[int], b: int, n: int) -> Optional[torch.Tensor]:
+def _per_row(t: Optional[Param], dim: Optional[int], b: int, n: int) -> Optional[Param]:
     """A parameter of the vmapped call as one for the merged ``[B * N, ...]`` batch."""
-    if t is None or (dim is None and t.dim() == 0):
+    if not isinstance(t, torch.Tensor) or (dim is None and t.dim() == 0):
         return t
     if dim is None:  # [N], shared by every slice
         return t.repeat(b)
@@ -424,33 +369,33 @@ def _batched(t: torch.Tensor, dim: Optional[int], b: int) -> torch.Tensor:
     return t.movedim(dim, 0) if dim is not None else t.expand(b, *t.shape)
 
 
-def _mollify_vmap(info, in_dims, x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius,
-                  gen_state, return_noise, backend, input_scale=1.0, input_shift=0.0, dequantize=False,
-                  out_dtype=None, eps=None):
+def _mollify_vmap(info, in_dims, *args):
     """randomness='different': the B slices of ``[N, ...]`` run as one ``[B * N, ...]`` batch,
     so slice ``b`` draws the stream's elements ``b * slice_numel ...`` (noise of its own) and
-    the generator advances once, by the whole batch. With ``noise=`` (``eps``) nothing is
-    drawn, so any randomness flag is fine: slice ``b`` uses its slice of a batched eps (or the
-    same eps, when it is not batched)."""
-    if eps is None:
-        _vmap_refusal(info, "the generator must not be batched" if in_dims[10] is not None else "")
+    the generator advances once, by the whole batch. With ``noise=`` (``given_noise``) nothing
+    is drawn, so any randomness flag is fine: slice ``b`` uses its slice of a batched eps (or
+    the same eps, when it is not batched)."""
+    call, dims = Call.from_op(args), arg_dims(in_dims)
+    if call.given_noise is None:
+        _vmap_refusal(info, "the generator must not be batched" if dims["stream"] is not None else "")
     b = info.batch_size
-    xb = _batched(x, in_dims[0], b)
+    xb = _batched(call.x, dims["x"], b)
     n = xb.shape[1]
     merged = xb.reshape(b * n, *xb.shape[2:])
-    eps_m = None if eps is None else _batched(eps, in_dims[17], b).reshape(merged.shape)
-    out, noise = torch.ops.mollify_fast.mollify(
-        merged, sigma, _per_row(sigma_t, in_dims[2], b, n), alpha, _per_row(alpha_t, in_dims[4], b, n), vp,
-        blur, _per_row(blur_t, in_dims[7], b, n), has_blur, blur_radius, gen_state, return_noise, backend,
-        input_scale, input_shift, dequantize, out_dtype, eps_m)
-    if return_noise:
+    eps = call.given_noise
+    merged_call = replace(
+        call, x=merged, sigma=cast(Param, _per_row(call.sigma, dims["sigma"], b, n)),
+        alpha=_per_row(call.alpha, dims["alpha"], b, n), blur_sigma=_per_row(call.blur_sigma, dims["blur_sigma"], b, n),
+        given_noise=None if eps is None else _batched(eps, dims["given_noise"], b).reshape(merged.shape))
+    out, noise = torch.ops.mollify_fast.mollify(*merged_call.op_args())
+    if call.return_noise:
         return (out.reshape(xb.shape), noise.reshape(xb.shape)), (0, 0)
     return (out.reshape(xb.shape), noise), (0, None)
 
 
 def _mollify_out_vmap(info, in_dims, *args):
     what = "out= (and so in-place) is not supported; use the returned tensor"
-    if len(args) > 14 and args[14] is not None:  # noise= given: nothing is drawn, only out= is refused
+    if Call.from_op(args, OUT_ARGS).given_noise is not None:  # nothing is drawn: only out= is refused
         raise RuntimeError(f"mollify: under torch.func.vmap, {what}")
     _vmap_refusal(info, what)
 
@@ -471,7 +416,7 @@ _FLOAT64_MAX = 1.7976931348623157e308
 
 
 def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
-    """Build and cache the plan for ``key``: ``(name, run, run_gen, numel, limit)``, or None when this
+    """Build and cache the plan for ``key``: ``(name, run, run_gen, numel, limit, torch_rng)``, or None when this
     layout always takes the general path (not a float dtype, empty, more dims than the kernels
     take, a backend unavailable or not planned for x). Writes nothing but the cache."""
     plan = None
@@ -485,7 +430,7 @@ def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
         if launchers is not None:
             # Largest finite parameter: float32 compute unless x is float64 (README, "Errors and limits, in one place").
             plan = (name, launchers.run, launchers.run_gen, x.numel(),
-                    _FLOAT64_MAX if x.dtype == torch.float64 else FLOAT32_MAX)
+                    _FLOAT64_MAX if x.dtype == torch.float64 else FLOAT32_MAX, backends.LIMITS[name].torch_rng)
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
     _plans[key] = plan
@@ -522,7 +467,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
         plan = _new_plan(key, x, return_noise, backend)
     if plan is None:
         return None
-    name, run, run_gen, numel, limit = plan
+    name, run, run_gen, numel, limit, torch_rng = plan
     s = _scalar(sigma, x)
     if s is None:
         return None
@@ -546,7 +491,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
         if generator._words is not None:
             return None  # device-resident: the general path reads it on the device
         stream = take_replayable(generator._state, numel)
-    elif name == "torch":
+    elif torch_rng:
         stream = None
     else:
         stream = (draw_default_seed(x.device), 0)
@@ -716,47 +661,30 @@ def mollify(
         return cast(torch.Tensor, res).as_subclass(cls) if out is None else out
     check_x(x)
     in_scale, in_shift, dequantize, out_dtype = check_input_map(x, input_scale, input_shift, dequantize, out_dtype)
-    s, a, b = check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend,
-                           backends.NAMES, out_dtype, noise)
-    if noise is not None and dequantize:
-        raise ValueError(
-            "mollify: noise= cannot be combined with dequantize=True: the dequantisation uniforms come from the "
-            "generator's stream, and a call with noise= draws nothing; add your own uniforms to x (x.float() + u) "
-            "and pass dequantize=False, or drop noise="
-        )
-    imap = (in_scale, in_shift, dequantize)
-    vp = a is None
-    a_num, a_t = (0.0, None) if vp else a
-    has_blur = b is not None
-    b_num, b_t = b if has_blur else (0.0, None)
-    radius = -1 if blur_radius is None else blur_radius
-    # A device-resident stream travels as its words (an int64 [2] tensor on its device, mutated by
-    # the op): inside a compiled graph the op then mutates no CPU tensor, which would keep it out
-    # of a CUDA graph (README, "CUDA graphs").
-    state = None if generator is None else generator._words if generator._words is not None else generator._state
-    args = (s[0], s[1], a_num, a_t, vp, b_num, b_t, has_blur, radius, state)
+    call = check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend,
+                        backends.NAMES, out_dtype, noise, (in_scale, in_shift, dequantize))
     if _plain_eager(x):
         # Same implementation as the custom ops, minus ~60 us of Python dispatch per call
         # (measured on the 2-core dev CPU); tracing, fake tensors and modes take the ops below.
         eps = torch.empty_like(x, dtype=out_dtype) if return_noise else None
         if out is None:
             res = torch.empty_like(x, dtype=out_dtype)
-            _run(x, res, eps, *args, backend, *imap, noise)
+            _run(replace(call, out=res, noise=eps))
             return (res, eps) if return_noise else res
         check_out_memory(x, out, eps, noise)
-        _run(x, out, eps, *args, backend, *imap, noise)
+        _run(replace(call, noise=eps))
         # The kernels write through raw pointers: tell autograd that out (maybe x) changed, so a
         # backward that saved it raises "modified by an inplace operation" instead of using the
         # mollified values. (The custom op below does this itself for its mutated arguments.)
         _increment_version(out)
         return (out, eps) if return_noise else out
     if out is None:
-        res, eps = torch.ops.mollify_fast.mollify(x, *args, return_noise, backend, *imap, out_dtype, noise)
+        res, eps = torch.ops.mollify_fast.mollify(*call.op_args())
         return (res, eps) if return_noise else res
     eps = torch.empty_like(x, dtype=out_dtype) if return_noise else None
     compiling = torch.compiler.is_compiling()
     inplace = out is x or (not compiling and same_view(out, x))
     if noise is not None and (noise is out or (not compiling and same_view(noise, out))):
         noise = noise.clone()  # out=noise: the op takes no two aliased arguments; same numbers
-    torch.ops.mollify_fast.mollify_out(out, None if inplace else x, eps, *args, backend, *imap, noise)
+    torch.ops.mollify_fast.mollify_out(*replace(call, noise=eps, given_noise=noise).out_op_args(inplace))
     return (out, eps) if return_noise else out

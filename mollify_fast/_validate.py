@@ -21,13 +21,11 @@ from typing import Optional, Tuple, Union
 import torch
 
 from ._blur import MAX_BLUR_RADIUS
+from ._call import Call, Param
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FLOAT32_MAX = 3.4028234663852886e38
 _SYM = (torch.SymFloat, torch.SymInt)
-
-Param = Union[float, torch.Tensor]
-
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The arithmetic dtype: float64 for float64 input, float32 otherwise."""
@@ -69,8 +67,8 @@ def _number(name: str, v) -> float:
         ) from None
 
 
-def split_param(name: str, v, x: torch.Tensor, compiling: bool = False) -> Tuple[float, Optional[torch.Tensor]]:
-    """A parameter as ``(number, None)`` or ``(0.0, 0-d or [N] tensor)``; checks type, shape, device.
+def as_param(name: str, v, x: torch.Tensor, compiling: bool = False) -> Param:
+    """A parameter as a float or a 0-d or ``[N]`` tensor; checks type, shape, device.
 
     Accepted: Python/numpy numbers (any float dtype), 0-d ndarrays and tensors, and per-sample
     tensors or ndarrays of shape ``[N]`` or ``[N, 1, ..., 1]`` (rank <= x.dim(), N = x.shape[0]).
@@ -88,8 +86,8 @@ def split_param(name: str, v, x: torch.Tensor, compiling: bool = False) -> Tuple
             # tensor input of the graph only where every use of it is tensor arithmetic; a
             # factory call such as ``full`` specialises it (one compile per value, inductor
             # and aot_eager alike, until the recompile limit fails a fullgraph step).
-            return 0.0, torch.zeros((), dtype=torch.float64) + v
-        return _number(name, v), None
+            return torch.zeros((), dtype=torch.float64) + v
+        return _number(name, v)
     if tv.__module__ == "numpy" and hasattr(v, "ndim") and tv.__name__ == "ndarray" and v.ndim > 0:
         if v.dtype.kind not in "fiu":
             raise TypeError(f"mollify: {name} must hold real numbers, got a numpy array of {v.dtype}")
@@ -104,7 +102,7 @@ def split_param(name: str, v, x: torch.Tensor, compiling: bool = False) -> Tuple
                 f"mollify: {name} must be a number, a 0-d tensor or a per-sample tensor of shape [N] or "
                 f"[N, 1, ..., 1] (N = x.shape[0]), got {type(v).__name__}"
             )
-        return _number(name, v), None
+        return _number(name, v)
     if v.is_complex() or v.dtype == torch.bool:
         raise TypeError(f"mollify: {name} must hold real numbers, got {v.dtype}")
     if v.dim() > 0:
@@ -131,7 +129,7 @@ def split_param(name: str, v, x: torch.Tensor, compiling: bool = False) -> Tuple
             f"mollify: {name} is on {v.device} but x is on {x.device}; move it with "
             f"{name}.to(x.device) (or keep it on the CPU)"
         )
-    return 0.0, v.detach()
+    return v.detach()
 
 
 def _is_0d_ndarray(v) -> bool:
@@ -167,10 +165,12 @@ def check_noise(x: torch.Tensor, noise) -> None:
 
 
 def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend, names,
-                 out_dtype: Optional[torch.dtype] = None, noise=None):
-    """Type/shape/device checks; returns the split parameters. Raises before any write.
+                 out_dtype: Optional[torch.dtype] = None, noise=None,
+                 input_map: Tuple[float, float, bool] = (1.0, 0.0, False)) -> Call:
+    """Type/shape/device checks; returns the call's record. Raises before any write.
     ``out_dtype``: the output dtype (:func:`check_input_map`); None means x.dtype. ``noise``:
-    the caller's eps (:func:`check_noise`)."""
+    the caller's eps (:func:`check_noise`). ``input_map``: ``(input_scale, input_shift,
+    dequantize)`` as :func:`check_input_map` returns them."""
     from .generator import Generator
 
     check_x(x)
@@ -184,8 +184,8 @@ def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, retur
             f"backend) or None, got {type(generator).__name__}"
         )
     compiling = torch.compiler.is_compiling()
-    s = split_param("sigma", sigma, x, compiling)
-    a = split_param("alpha", alpha, x, compiling) if alpha is not None else None
+    s = as_param("sigma", sigma, x, compiling)
+    a = as_param("alpha", alpha, x, compiling) if alpha is not None else None
     b = None
     if blur_sigma is not None:
         if x.dim() < 3:
@@ -194,7 +194,7 @@ def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, retur
                 f"{tuple(x.shape)}; for a single image pass x[None], and do not blur an [N, D] batch "
                 "(it would mix samples)"
             )
-        b = split_param("blur_sigma", blur_sigma, x, compiling)
+        b = as_param("blur_sigma", blur_sigma, x, compiling)
     if blur_radius is not None:
         if isinstance(blur_radius, bool) or not isinstance(blur_radius, (int, torch.SymInt)):
             raise TypeError(f"mollify: blur_radius must be an int or None, got {type(blur_radius).__name__}")
@@ -207,6 +207,12 @@ def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, retur
             raise ValueError("mollify: blur_radius was given without blur_sigma; pass blur_sigma too")
     if noise is not None:
         check_noise(x, noise)
+        if input_map[2]:
+            raise ValueError(
+                "mollify: noise= cannot be combined with dequantize=True: the dequantisation uniforms come from the "
+                "generator's stream, and a call with noise= draws nothing; add your own uniforms to x (x.float() + u) "
+                "and pass dequantize=False, or drop noise="
+            )
     if out is not None:
         if not torch.is_tensor(out):
             raise TypeError(f"mollify: out must be a torch.Tensor, got {type(out).__name__}")
@@ -226,7 +232,13 @@ def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, retur
                 "InferenceMode is not allowed; call mollify inside torch.inference_mode(), or pass a "
                 "normal tensor as out (e.g. out=x.clone())"
             )
-    return s, a, b
+    # A device-resident stream travels as its words (an int64 [2] tensor on its device, mutated by
+    # the op): inside a compiled graph the op then mutates no CPU tensor, which would keep it out
+    # of a CUDA graph (README, "CUDA graphs").
+    stream = None if generator is None else generator._words if generator._words is not None else generator._state
+    return Call(x=x, sigma=s, alpha=a, blur_sigma=b, blur_radius=blur_radius, stream=stream, backend=backend,
+                input_scale=input_map[0], input_shift=input_map[1], dequantize=input_map[2], out=out,
+                out_dtype=out_dtype, return_noise=return_noise, given_noise=noise)
 
 
 def default_out_dtype(x_dtype: torch.dtype) -> torch.dtype:
@@ -461,72 +473,69 @@ def _radius_too_large(what: str) -> ValueError:
 
 def resolve_params(
     x: torch.Tensor,
-    sigma: float,
-    sigma_t: Optional[torch.Tensor],
-    alpha: float,
-    alpha_t: Optional[torch.Tensor],
-    vp: bool,
-    blur: float,
-    blur_t: Optional[torch.Tensor],
-    has_blur: bool,
-    blur_radius: int,
+    sigma: Param,
+    alpha: Optional[Param],
+    blur_sigma: Optional[Param],
+    blur_radius: Optional[int],
 ) -> Params:
     """Value checks of every parameter (README, "Errors and limits, in one place"), then conversion to :class:`Params`.
 
     Runs with real values (eager, or inside the custom op when compiled) and before any stream
     is taken, so a refusal changes nothing.
     """
-    if x.is_cuda and (sigma_t is not None or alpha_t is not None or blur_t is not None) \
+    if x.is_cuda and any(isinstance(v, torch.Tensor) for v in (sigma, alpha, blur_sigma)) \
             and torch.cuda.is_current_stream_capturing():
-        return _captured_params(x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius)
+        return _captured_params(x, sigma, alpha, blur_sigma, blur_radius)
     acc = compute_dtype(x.dtype)
     xd = x.dtype
+    vp = alpha is None
 
     def as_param(v64: torch.Tensor, src: torch.Tensor) -> Param:
         if v64.dim() == 0:
             return float(v64)
         return src.to(x.device, acc).contiguous()
 
-    s_val: Param = sigma
-    if sigma_t is not None:
-        v = _tensor_values("sigma", sigma_t, acc, xd)
+    s_val: Param
+    a_val: Param
+    if isinstance(sigma, torch.Tensor):
+        v = _tensor_values("sigma", sigma, acc, xd)
         if v.numel():
             _check_sigma_range(float(v.min()), float(v.max()), vp)
-        s_val = as_param(v, sigma_t)
+        s_val = as_param(v, sigma)
         if vp:
             a64 = torch.sqrt(1.0 - v * v)
             a_val = as_param(a64, a64)
     else:
         _check_number("sigma", sigma, acc, xd)
         _check_sigma_range(sigma, sigma, vp)
+        s_val = sigma
         if vp:
             a_val = math.sqrt(1.0 - sigma * sigma)
-    if not vp:
-        if alpha_t is not None:
-            a_val = as_param(_tensor_values("alpha", alpha_t, acc, xd), alpha_t)
-        else:
-            _check_number("alpha", alpha, acc, xd)
-            a_val = alpha
+    if isinstance(alpha, torch.Tensor):
+        a_val = as_param(_tensor_values("alpha", alpha, acc, xd), alpha)
+    elif alpha is not None:
+        _check_number("alpha", alpha, acc, xd)
+        a_val = alpha
 
     b_val: Optional[Param] = None
     radius: Union[int, torch.Tensor] = 0
     max_radius = 0
     blur_host = radius_host = None
-    if has_blur:
-        if blur_radius > MAX_BLUR_RADIUS:
+    if blur_sigma is not None:
+        if blur_radius is not None and blur_radius > MAX_BLUR_RADIUS:
             raise _radius_too_large(f"blur_radius={blur_radius}")
-        if blur_radius < -1:
+        if blur_radius is not None and blur_radius < 0:
             raise ValueError(f"mollify: blur_radius must be >= 0, got {blur_radius}")
-        if blur_t is not None:
-            v = _tensor_values("blur_sigma", blur_t, acc, xd)
+        if isinstance(blur_sigma, torch.Tensor):
+            v = _tensor_values("blur_sigma", blur_sigma, acc, xd)
             if v.numel() and bool((v < 0).any()):
                 raise ValueError(f"mollify: blur_sigma must be >= 0, got {v.min().item()}")
-            b_val = as_param(v, blur_t)
+            b_val = as_param(v, blur_sigma)
         else:
-            _check_number("blur_sigma", blur, acc, xd)
-            if blur < 0:
-                raise ValueError(f"mollify: blur_sigma must be >= 0, got {blur}")
-            b_val = blur
+            _check_number("blur_sigma", blur_sigma, acc, xd)
+            if blur_sigma < 0:
+                raise ValueError(f"mollify: blur_sigma must be >= 0, got {blur_sigma}")
+            b_val = blur_sigma
         if not torch.is_tensor(b_val) and acc != torch.float64:
             # The value the kernels get (the compute dtype), so that the radius ceil(3 s) and the
             # weights are those of a per-sample tensor: 1/3 as a float, a 0-d or a [1] tensor
@@ -537,7 +546,7 @@ def resolve_params(
             # every backend derives the same integer radius.
             blur_host = v.to(acc).to(torch.float64)  # the values the kernels get
             r: Union[torch.Tensor, int]
-            if blur_radius >= 0:
+            if blur_radius is not None:
                 r = torch.full(blur_host.shape, blur_radius, dtype=torch.float64)
             else:
                 r = torch.ceil(3.0 * blur_host)
@@ -546,7 +555,7 @@ def resolve_params(
                 raise _radius_too_large(f"blur_sigma={float(blur_host.max()):.4g} (radius ceil(3 * blur_sigma))")
             radius_host = r.to(torch.int64)
             radius = r.to(torch.int32).to(x.device)
-        elif blur_radius >= 0:
+        elif blur_radius is not None:
             radius = max_radius = blur_radius
         else:
             r = math.ceil(3.0 * b_val)
@@ -558,9 +567,8 @@ def resolve_params(
     return Params(s_val, a_val, b_val, radius, max_radius, blur_host, radius_host)
 
 
-def _captured_params(x: torch.Tensor, sigma: float, sigma_t: Optional[torch.Tensor], alpha: float,
-                     alpha_t: Optional[torch.Tensor], vp: bool, blur: float, blur_t: Optional[torch.Tensor],
-                     has_blur: bool, blur_radius: int) -> Params:
+def _captured_params(x: torch.Tensor, sigma: Param, alpha: Optional[Param], blur_sigma: Optional[Param],
+                     blur_radius: Optional[int]) -> Params:
     """:func:`resolve_params` during CUDA graph capture (README, "CUDA graphs"), where nothing may
     sync with the host: a sigma or alpha tensor on x's device is used as it is, unchecked (a
     negative, too large or non-finite value then gives non-finite output instead of an error),
@@ -581,17 +589,17 @@ def _captured_params(x: torch.Tensor, sigma: float, sigma_t: Optional[torch.Tens
             f"tensor, got a {tuple(t.shape)} tensor on {t.device}: copying it would be captured from host memory. "
             f"Move it to {x.device} before capturing")
 
-    if blur_t is not None:
+    if isinstance(blur_sigma, torch.Tensor):
         raise RuntimeError(
             "mollify: during CUDA graph capture blur_sigma must be a number: the blur radius it gives decides the "
             "kernel launch and would be read on the host (a sync); use one blur_sigma for the graph")
-    s_dev = None if sigma_t is None else on_device("sigma", sigma_t)
-    a_dev = None if alpha_t is None or vp else on_device("alpha", alpha_t)
-    s_num = float(sigma_t) if sigma_t is not None and s_dev is None else sigma
-    a_num = float(alpha_t) if alpha_t is not None and a_dev is None and not vp else alpha
+    vp = alpha is None
+    s_dev = on_device("sigma", sigma) if isinstance(sigma, torch.Tensor) else None
+    a_dev = on_device("alpha", alpha) if isinstance(alpha, torch.Tensor) else None
+    s_num = float(sigma) if s_dev is None else 0.0
+    a_num = None if alpha is None else float(alpha) if a_dev is None else 1.0
     # Numbers (and the blur) through the usual checks; the device tensors replace them after.
-    p = resolve_params(x, 0.0 if s_dev is not None else s_num, None, 1.0 if a_dev is not None else a_num, None,
-                       vp and s_dev is None, blur, None, has_blur, blur_radius)
+    p = resolve_params(x, s_num, 1.0 if vp and s_dev is not None else a_num, blur_sigma, blur_radius)
     if s_dev is not None:
         sig = s_dev.to(acc).contiguous()
         if vp:

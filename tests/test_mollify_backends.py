@@ -214,3 +214,13 @@ def test_high_rank_non_mergeable_layout(backend):
     assert not x.is_contiguous()
     compare(backend, x, 0.6)
     compare(backend, x, 0.6, blur_sigma=0.8)
+
+
+def test_every_backend_declares_its_limits():
+    # the front reads what a backend takes from this table (README, "Backends"), never its name
+    from mollify_fast import backends
+    from mollify_fast.backends import _native
+
+    assert set(backends.LIMITS) == set(backends.BACKENDS)
+    assert backends.STREAM_WORDS == {n for n, lim in backends.LIMITS.items() if lim.stream_words}
+    assert _native.MAX_DIMS == backends.LIMITS["cpu"].max_dims == backends.LIMITS["cuda"].max_dims

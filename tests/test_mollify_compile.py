@@ -9,6 +9,7 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import mollify_fast as mf
+from mollify_fast._call import Call
 
 # More distinct values than Dynamo's recompile limit (8): a per-value recompile fails the
 # fullgraph step at the 9th.
@@ -100,6 +101,6 @@ def test_value_checks_still_refuse_in_compiled_mode(s, a, b, words):
 def test_opcheck_with_python_numbers_still_passes():
     x = torch.randn(3, 2, 6, 5)
     g = mf.Generator(1)
-    # (x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius, gen_state, return_noise, backend)
-    args = (x, 0.3, None, 0.9, None, False, 40.0, None, True, -1, g._state.clone(), True, "torch")
+    args = Call(x, 0.3, alpha=0.9, blur_sigma=40.0, stream=g._state.clone(), backend="torch",
+                return_noise=True).op_args()
     torch.library.opcheck(torch.ops.mollify_fast.mollify.default, args)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import mollify_fast as mf
+from mollify_fast._call import Call
 
 mm = sys.modules["mollify_fast._op"]
 
@@ -25,8 +26,7 @@ CALLS = {
     "plan path": lambda x, g: mf.mollify(x, 0.3, generator=g),
     "general path": lambda x, g: mf.mollify(x, torch.full((x.shape[0],), 0.3), blur_sigma=1.0, generator=g),
     "out=x": lambda x, g: mf.mollify(x, 0.3, generator=g, out=x),
-    "custom op": lambda x, g: torch.ops.mollify_fast.mollify(x, 0.3, None, 0.0, None, True, 0.0, None, False, -1,
-                                                             g._state, False, "auto"),
+    "custom op": lambda x, g: torch.ops.mollify_fast.mollify(*Call(x, 0.3, stream=g._state).op_args()),
     "Mollifier": lambda x, g: mf.Mollifier(100, generator=g)(x, 3),
 }
 

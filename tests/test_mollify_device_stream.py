@@ -76,7 +76,7 @@ def test_one_prepared_launch_replayed_draws_consecutive_positions(backend, blur)
     g_dev, g_host = _resident(5), mf.Generator(5)
     words = resident_words(g_dev._state)
     out = torch.empty_like(x)
-    p = resolve_params(x, 0.3, None, 0.9, None, False, 0.0 if blur is None else blur, None, blur is not None, -1)
+    p = resolve_params(x, 0.3, 0.9, blur, None)
     replay = _prepared(backend, x, out, p, DeviceStream(words))  # prepared once: (seed, offset) not in it
     kw = {} if blur is None else {"blur_sigma": blur}
     for k in range(3):
@@ -174,19 +174,19 @@ def test_capture_params_use_device_tensors_as_they_are():
 
     x = torch.randn(4, 3, 8, 8)
     sig = torch.tensor([0.1, 0.2, 0.3, 0.4])
-    p = _captured_params(x, 0.0, sig, 0.0, None, True, 0.0, None, False, -1)
-    want = resolve_params(x, 0.0, sig, 0.0, None, True, 0.0, None, False, -1)
+    p = _captured_params(x, sig, None, None, None)
+    want = resolve_params(x, sig, None, None, None)
     assert torch.equal(p.sigma, want.sigma) and torch.allclose(p.alpha, want.alpha, rtol=0, atol=6e-8)
-    p0 = _captured_params(x, 0.0, torch.tensor(0.25), 1.5, None, False, 1.2, None, True, -1)
+    p0 = _captured_params(x, torch.tensor(0.25), 1.5, 1.2, None)
     assert torch.equal(p0.sigma, torch.full((4,), 0.25)) and p0.alpha == 1.5 and p0.max_radius == 4
-    p1 = _captured_params(x, 0.3, None, 0.0, torch.tensor([1.0, 2.0, 3.0, 4.0]), False, 0.0, None, False, -1)
+    p1 = _captured_params(x, 0.3, torch.tensor([1.0, 2.0, 3.0, 4.0]), None, None)
     assert p1.sigma == 0.3 and torch.equal(p1.alpha, torch.tensor([1.0, 2.0, 3.0, 4.0]))
     with pytest.raises(RuntimeError, match="blur_sigma must be a number"):
-        _captured_params(x, 0.3, None, 0.0, None, True, 0.0, torch.tensor(1.0), True, -1)
+        _captured_params(x, 0.3, None, torch.tensor(1.0), None)
     with pytest.raises(RuntimeError, match="must be on x's device"):
-        _captured_params(x, 0.0, torch.tensor([0.1] * 4, device="meta"), 0.0, None, True, 0.0, None, False, -1)
+        _captured_params(x, torch.tensor([0.1] * 4, device="meta"), None, None, None)
     with pytest.raises(ValueError, match="sigma must be >= 0"):
-        _captured_params(x, -0.5, None, 0.0, torch.tensor([1.0] * 4), False, 0.0, None, False, -1)
+        _captured_params(x, -0.5, torch.tensor([1.0] * 4), None, None)
 
 
 def test_mollifier_moves_with_the_module_and_dtype_moves_change_nothing():
@@ -210,7 +210,7 @@ out = []
 words = torch.zeros(2, dtype=torch.int64)
 for shape, blur in (((8, 3, 32, 32), None), ((4, 3, 32, 32), 1.0), ((2, 3, 64, 64), 3.5)):
     x = torch.empty(shape)
-    p = resolve_params(x, 0.3, None, 0.9, None, False, 0.0 if blur is None else blur, None, blur is not None, -1)
+    p = resolve_params(x, 0.3, 0.9, blur, None)
     launches, _ = T._plan_full(x, torch.empty_like(x), None, p, DeviceStream(words))
     for L in launches:
         comp = C.triton_compile(L.kernel, L.args, {**L.constexprs, **L.options})
@@ -249,7 +249,7 @@ def test_restarting_a_resident_stream_keeps_its_words(backend):
     g = _resident(1)
     words = resident_words(g._state)
     out = torch.empty_like(x)
-    p = resolve_params(x, 0.3, None, 0.9, None, False, 0.0, None, False, -1)
+    p = resolve_params(x, 0.3, 0.9, None, None)
     replay = _prepared(backend, x, out, p, DeviceStream(words))
     replay()
     advance_resident(words, x.numel())

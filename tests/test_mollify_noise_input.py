@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import mollify_fast as mf
+from mollify_fast._call import Call
 from mollify_fast import backends
 
 from conftest import assert_out_given_eps, backend_or_skip
@@ -239,13 +240,12 @@ def test_opcheck_with_noise(backend_name):
     backend_or_skip(backend_name)
     x, e = _data((4, 3, 8, 8), seed=11)
     g = mf.Generator(1)
-    # the input-map arguments (scale, shift, dequantize, out_dtype) at their defaults, then eps
-    args = (x, 0.3, None, 0.0, None, True, 1.0, None, True, -1, g._state.clone(), True, backend_name,
-            1.0, 0.0, False, None, e)
+    args = Call(x, 0.3, blur_sigma=1.0, stream=g._state.clone(), backend=backend_name, return_noise=True,
+                given_noise=e).op_args()
     torch.library.opcheck(torch.ops.mollify_fast.mollify.default, args)
     out, noise = torch.empty_like(x), torch.empty_like(x)
-    args = (out, x, noise, 0.3, torch.rand(4), 0.0, None, True, 0.0, None, False, -1, g._state.clone(),
-            backend_name, 1.0, 0.0, False, e.double())
+    args = Call(x, torch.rand(4), stream=g._state.clone(), backend=backend_name, out=out, noise=noise,
+                given_noise=e.double()).out_op_args(False)
     torch.library.opcheck(torch.ops.mollify_fast.mollify_out.default, args)
 
 

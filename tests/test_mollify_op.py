@@ -7,12 +7,13 @@ import pytest
 import torch
 
 import mollify_fast as mf
+from mollify_fast._call import Call
 from conftest import SUBPROCESS_LIMIT_S  # noqa: E402
 
 
-def _args(x, g, *, sigma_t=None, blur=0.0, has_blur=False, return_noise=True, backend="torch"):
-    # (x, sigma, sigma_t, alpha, alpha_t, vp, blur, blur_t, has_blur, blur_radius, gen_state, return_noise, backend)
-    return (x, 0.3, sigma_t, 0.0, None, True, blur, None, has_blur, -1, g._state.clone(), return_noise, backend)
+def _args(x, g, *, sigma=0.3, blur_sigma=None, return_noise=True, backend="torch"):
+    return Call(x, sigma, blur_sigma=blur_sigma, stream=g._state.clone(), backend=backend,
+                return_noise=return_noise).op_args()
 
 
 @pytest.mark.parametrize("backend", ["torch", "reference"])
@@ -20,7 +21,7 @@ def _args(x, g, *, sigma_t=None, blur=0.0, has_blur=False, return_noise=True, ba
 def test_opcheck_functional(backend, variant):
     x = torch.randn(4, 3, 8, 8)
     g = mf.Generator(1)
-    kw = {"noise": {}, "blur": dict(blur=1.0, has_blur=True), "per_sample": dict(sigma_t=torch.rand(4))}[variant]
+    kw = {"noise": {}, "blur": dict(blur_sigma=1.0), "per_sample": dict(sigma=torch.rand(4))}[variant]
     torch.library.opcheck(torch.ops.mollify_fast.mollify.default, _args(x, g, backend=backend, **kw))
 
 
@@ -30,10 +31,11 @@ def test_opcheck_out_variant(backend):
     g = mf.Generator(2)
     out = torch.empty_like(x)
     noise = torch.empty_like(x)
-    args = (out, x, noise, 0.3, None, 0.0, None, True, 1.0, None, True, -1, g._state.clone(), backend)
+    args = Call(x, 0.3, blur_sigma=1.0, stream=g._state.clone(), backend=backend, out=out, noise=noise).out_op_args(False)
     torch.library.opcheck(torch.ops.mollify_fast.mollify_out.default, args)
     # in-place form: x=None
-    args = (x.clone(), None, None, 0.3, None, 0.0, None, True, 0.0, None, False, -1, g._state.clone(), backend)
+    y = x.clone()
+    args = Call(y, 0.3, stream=g._state.clone(), backend=backend, out=y).out_op_args(True)
     torch.library.opcheck(torch.ops.mollify_fast.mollify_out.default, args)
 
 

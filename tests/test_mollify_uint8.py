@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import mollify_fast as mf
+from mollify_fast._call import Call
 from mollify_fast import backends, reference
 from mollify_fast.backends._native import extension
 
@@ -423,8 +424,8 @@ def test_fake_implementations_give_the_output_dtype():
 def test_opcheck_with_the_input_map():
     x = _images((3, 2, 6, 5))
     g = mf.Generator(1)
-    args = (x, 0.3, None, 0.9, None, False, 1.0, None, True, -1, g._state.clone(), True, "reference",
-            2 / 255, -1.0, True, torch.float32)
+    args = Call(x, 0.3, alpha=0.9, blur_sigma=1.0, stream=g._state.clone(), backend="reference", input_scale=2 / 255,
+                input_shift=-1.0, dequantize=True, out_dtype=torch.float32, return_noise=True).op_args()
     torch.library.opcheck(torch.ops.mollify_fast.mollify.default, args)
 
 

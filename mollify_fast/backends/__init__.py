@@ -27,10 +27,52 @@ import torch
 
 BACKENDS = ("torch", "cpu", "triton", "cuda", "reference")
 NAMES = ("auto",) + BACKENDS
-# Backends whose kernels can read the stream from memory (a generator.DeviceStream: the words
-# [key, offset] on x's device) instead of by value: the ones that run inside a CUDA graph with
-# fresh noise at every replay (README, "CUDA graphs"); cpu reads host words.
-STREAM_WORDS = frozenset({"cpu", "cuda", "triton"})
+
+
+class Limits(NamedTuple):
+    """What a backend's kernels take, as data (README, "Backends and the build"): mollify asks
+    these, it never names a backend.
+
+    * ``any_radius``: the blur takes a radius ``>= min(H, W)`` itself. Otherwise (the compiled
+      kernels mirror once) mollify folds the weights onto the image and runs the call unfused:
+      a blur pass into a contiguous temporary, then the backend's noise kernel on it.
+    * ``max_dims`` / ``max_plane_dims``: the dims the kernels index after merging (the noise
+      kernel; the blur's plane dims in front of H, W). A call with more runs unfused on
+      contiguous temporaries; None: any.
+    * ``stream_words``: the kernels read a device-resident stream (a ``generator.DeviceStream``,
+      the words ``[key, offset]`` on x's device) instead of taking it by value, so they run
+      inside a CUDA graph with fresh noise at every replay (README, "CUDA graphs"); cpu reads
+      host words.
+    * ``torch_rng``: with no Generator, the backend draws from PyTorch's default generator
+      itself (graph-safe), instead of a seed drawn from it.
+    * ``plan_devices``: device types where repeated noise-only calls get a cached launch plan
+      (``_op._fast``); the reference is a test oracle, and CPU runs of GPU code read the
+      environment per call.
+    * ``prepares_eps``: the kernels read a caller's eps only in x's dtype or the compute dtype
+      (``_native.eps_input`` converts it once, before the layout is planned).
+    """
+
+    any_radius: bool = False
+    max_dims: Optional[int] = None
+    max_plane_dims: Optional[int] = None
+    stream_words: bool = False
+    torch_rng: bool = False
+    plan_devices: Tuple[str, ...] = ()
+    prepares_eps: bool = False
+
+
+NATIVE_DIMS = 8  # dims the C++ kernels index after merging (csrc/mollify_args.h kMaxDims)
+LIMITS: Dict[str, Limits] = {
+    "torch": Limits(any_radius=True, torch_rng=True, plan_devices=("cpu", "cuda")),
+    "reference": Limits(any_radius=True),
+    "cpu": Limits(max_dims=NATIVE_DIMS, max_plane_dims=NATIVE_DIMS - 2, stream_words=True, plan_devices=("cpu",),
+                  prepares_eps=True),
+    "cuda": Limits(max_dims=NATIVE_DIMS, max_plane_dims=NATIVE_DIMS - 2, stream_words=True, plan_devices=("cuda",),
+                   prepares_eps=True),
+    "triton": Limits(stream_words=True, plan_devices=("cuda",)),
+}
+# Backends whose kernels read a device-resident stream (Limits.stream_words).
+STREAM_WORDS = frozenset(n for n, lim in LIMITS.items() if lim.stream_words)
 
 
 class NoisePlan(NamedTuple):
@@ -122,12 +164,12 @@ def noise_plan(name: str, x: torch.Tensor, out: torch.Tensor, noise) -> Optional
 
     The backend's own ``plan`` when it has one; else its launcher with a :class:`Params` built
     per call (pure-PyTorch and Triton launchers take any layout as it comes)."""
+    if x.device.type not in LIMITS[name].plan_devices:
+        return None
     mod = _module(name)
     if hasattr(mod, "noise_plan"):
         plan = mod.noise_plan(x, out, noise)
         return plan if plan is None or isinstance(plan, NoisePlan) else NoisePlan(plan)
-    if name == "reference" or (name in ("cuda", "triton") and x.device.type == "cpu"):
-        return None  # the reference is a test oracle; CPU runs of GPU code read the environment per call
     from .._validate import Params
 
     launch = launcher(name)

@@ -14,10 +14,11 @@ import torch
 
 from .._validate import Params, compute_dtype
 from ..generator import DeviceStream
+from . import NATIVE_DIMS
 
 DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 X_DTYPE_CODES = {**DTYPE_CODES, torch.uint8: 4}  # x of a call with an input map (csrc/mollify_args.h)
-MAX_DIMS = 8
+MAX_DIMS = NATIVE_DIMS  # the kernels' index arrays (csrc/mollify_args.h kMaxDims)
 
 
 ISA_ENV = "MOLLIFY_FAST_CPU_ISA"

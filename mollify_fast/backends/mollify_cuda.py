@@ -186,13 +186,11 @@ def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tenso
 
 
 def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
-    """A launcher for repeated noise-only calls on a CUDA x's layout (see ``_op._fast``), or
-    None (CPU tensors: the host emulation reads its environment variable at each call).
+    """A launcher for repeated noise-only calls on a CUDA x's layout (see ``_op._fast``; the
+    registry asks only for CUDA tensors: ``Limits.plan_devices``).
     ``run(x, out, noise, sigma, alpha, (seed, offset))`` launches on PyTorch's current stream
     for x's device, read at each call through ``torch._C._cuda_getCurrentRawStream`` (what
     Inductor's launchers use; ``torch.cuda.current_stream()`` builds a Stream object, ~2 us)."""
-    if x.device.type != "cuda":
-        return None
     ext, _ = extension()
     cplan, launch, launch_gen = make_plan(x, out, noise), ext.mollify_cuda_plan, ext.mollify_cuda_plan_gen
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
