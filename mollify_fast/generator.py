@@ -6,12 +6,12 @@ promise that one generator never hands the same counter groups to two calls:
 * threads: the read-advance of the counter holds one module lock (~0.2 us);
 * processes: a generator records the process it belongs to. The first draw in any other
   process (a forked or spawned DataLoader worker, a distributed rank, a ``multiprocessing``
-  child) folds a tag of that process into the key: the DataLoader worker's ``seed``
+  child) derives its key from the parent's and a tag of that process: the DataLoader worker's ``seed``
   (different per worker and per epoch, and reproducible under ``torch.manual_seed``), the
   torch.distributed rank of a rank started by a launcher that had none, or else the process
   id. The parent's generator is never written by a child: a spawned child gets a copy of the
   numbers, not the parent's tensor;
-* ranks: a Mollifier's stream folds the torch.distributed rank in (the process group's, else
+* ranks: a Mollifier's stream derives its key from the torch.distributed rank (the process group's, else
   the ``RANK`` environment variable). While neither is known the stream draws as rank 0 and
   rechecks at each draw, so a process group created after the first draw still separates
   the ranks from then on (see README, "torch.distributed");
@@ -48,7 +48,7 @@ MASK64 = (1 << 64) - 1
 KEY, OFFSET, OWNER, HOME, BASE, FLAGS, RANK = range(7)
 _SLOTS = 7
 _PENDING = 1  # BASE not drawn yet: draw it from PyTorch's default CPU generator at first use
-_FOLD_RANK = 2  # fold the torch.distributed rank into the key (the Mollifier's streams)
+_RANK_KEY = 2  # derive the key from the torch.distributed rank (the Mollifier's streams)
 _UNRANKED = 4  # drew as rank 0 before the rank was known (warned about if it turns out not 0)
 _RANK_DOMAIN = 0x52414E4B << 32  # tags ranks apart from worker seeds and pids
 
@@ -89,7 +89,7 @@ def _mix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def fold(key: int, tag: int) -> int:
+def derive_key(key: int, tag: int) -> int:
     """A new 64-bit key for ``tag`` (a rank, a worker seed, a pid) under ``key``."""
     return _mix64(key ^ _mix64(tag & MASK64))
 
@@ -156,20 +156,20 @@ def _derive(v, settle: bool = False) -> None:
     _fix_seed(v)
     flags = int(v[FLAGS])
     key = to_unsigned64(v[BASE])
-    fold_rank = flags & _FOLD_RANK
+    rank_key = flags & _RANK_KEY
     provisional = False
     if int(v[HOME]) != _PID:  # inherited from the process that made, loaded or sent it
         parent_rank = int(v[RANK]) if int(v[RANK]) >= 0 else _rank_at_fork
         info = torch.utils.data.get_worker_info()
         rank = _known_rank() if info is None and parent_rank < 0 else -1
-        if rank >= 0 and fold_rank:
+        if rank >= 0 and rank_key:
             # A rank started by a launcher that had none (fork or spawn): the stream is this
             # rank's, as if the Mollifier had been made here; its checkpoint keeps the
-            # unfolded seed, so every rank resumes its own stream.
+            # base seed, so every rank resumes its own stream.
             v[HOME] = _PID
         else:
-            if fold_rank and parent_rank > 0:
-                key = fold(key, parent_rank)  # a worker of rank r: the rank's stream, then its own
+            if rank_key and parent_rank > 0:
+                key = derive_key(key, parent_rank)  # a worker of rank r: the rank's stream, then its own
             if info is not None:
                 tag = int(info.seed)
             elif rank >= 0:
@@ -177,18 +177,18 @@ def _derive(v, settle: bool = False) -> None:
             else:  # a child of a rank, or of a process whose rank is not known (yet): its pid
                 tag = _PID
                 provisional = parent_rank < 0 and not settle
-            key = fold(key, tag)
+            key = derive_key(key, tag)
             if not provisional:
                 # From now on this is this process's own stream: a copy sent on from here, or a
                 # checkpoint taken here, continues it.
                 v[BASE] = to_signed64(key)
                 v[HOME] = _PID
-                flags &= ~_FOLD_RANK
-                fold_rank = 0
+                flags &= ~_RANK_KEY
+                rank_key = 0
             rank = -1
     else:
-        rank = _known_rank() if fold_rank else -1
-    if fold_rank and int(v[HOME]) == _PID:
+        rank = _known_rank() if rank_key else -1
+    if rank_key and int(v[HOME]) == _PID:
         if rank < 0:
             provisional = not settle
             flags |= _UNRANKED
@@ -200,7 +200,7 @@ def _derive(v, settle: bool = False) -> None:
                     f"0's stream on every rank. From now on rank {rank} draws its own. Create the "
                     f"process group (or set RANK) before the first draw", RuntimeWarning, stacklevel=4)
             flags &= ~_UNRANKED
-            key = fold(key, rank) if rank else key
+            key = derive_key(key, rank) if rank else key
     v[RANK] = rank
     v[KEY] = to_signed64(key)
     v[FLAGS] = flags
@@ -316,7 +316,7 @@ class Generator:
 
     Threads and processes: two threads never get the same counter groups. A generator that
     reaches another process (a DataLoader worker, forked or spawned; a ``multiprocessing``
-    child) draws a stream of its own there: its key is folded with the worker's seed
+    child) draws a stream of its own there: its key is derived from the worker's seed
     (``torch.utils.data.get_worker_info().seed``: different per worker and per epoch,
     reproducible under ``torch.manual_seed``) or, outside DataLoader workers, the process id.
     The parent's generator is not changed by its children.
@@ -361,7 +361,7 @@ class Generator:
         """Restart at ``(seed, offset)``; ``seed=None``: drawn from PyTorch's at the next draw.
 
         The stream becomes this process's; its key is derived at the next draw. A
-        Mollifier's stream stays rank-folded.
+        Mollifier's stream stays per-rank.
         """
         offset = self._check("offset", offset)
         words = self._words  # an attribute, not the tensor's __dict__: traceable by torch.compile
@@ -375,7 +375,7 @@ class Generator:
         new = torch.tensor([0, to_signed64(offset), 0, _PID, to_signed64(base), _PENDING if pending else 0, -1],
                            dtype=torch.int64)
         # Tensor ops, not int(): a Generator made inside a compiled function stays traceable.
-        new[FLAGS] |= self._state[FLAGS] & _FOLD_RANK
+        new[FLAGS] |= self._state[FLAGS] & _RANK_KEY
         if torch.compiler.is_compiling():  # the compiler cannot enter a lock; it runs one thread
             self._state.copy_(new)
         else:
@@ -405,7 +405,7 @@ class Generator:
         return new
 
     def initial_seed(self) -> int:
-        """The seed (the unfolded 64-bit key), as ``torch.Generator.initial_seed()``. For
+        """The seed (the base 64-bit key), as ``torch.Generator.initial_seed()``. For
         ``Generator(None)`` before its first draw, the seed is drawn now from PyTorch's default
         CPU generator (as that draw would have), so the value returned is the one it uses."""
         with _lock:
@@ -436,7 +436,7 @@ class Generator:
         ``state_dict()``, a copy) or drawing on the host (a CPU call, another device) first waits
         for the device and reads it back (one sync). ``to_device("cpu")`` brings the stream back
         to the host. Call it outside any capture (before the warm-up), once the
-        ``torch.distributed`` process group exists if the key is rank-folded (a Mollifier's): the
+        ``torch.distributed`` process group exists if the key is per-rank (a Mollifier's): the
         key is fixed here. A ``Mollifier`` moved with ``.to(device)`` / ``.cuda()`` does this for
         its generator. Returns ``self``."""
         dev = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
@@ -525,13 +525,13 @@ class Generator:
             )
         self.manual_seed(state["seed"], cast(int, state["offset"]))
 
-    def _fold_rank(self) -> None:
-        """Make this a rank-folded stream (a Mollifier's): on torch.distributed rank r != 0 it
-        draws with key ``fold(seed, r)``, the rank read at the next draw. ``seed`` and
-        ``state_dict()`` keep the unfolded seed, so every rank can load one checkpoint."""
+    def _key_per_rank(self) -> None:
+        """Make this a per-rank stream (a Mollifier's): on torch.distributed rank r != 0 it
+        draws with key ``derive_key(seed, r)``, the rank read at the next draw. ``seed`` and
+        ``state_dict()`` keep the base seed, so every rank can load one checkpoint."""
         with _lock:
             v = _view(self._state)
-            v[FLAGS] = int(v[FLAGS]) | _FOLD_RANK
+            v[FLAGS] = int(v[FLAGS]) | _RANK_KEY
             v[OWNER] = 0
             v[RANK] = -1
 
@@ -550,12 +550,12 @@ class Generator:
                 _derive(v, settle=True)  # inherited: become this process's stream first
             if checkpoint:
                 _fix_seed(v)  # the copy must continue this stream: the same seed for both
-            return {"base": int(v[BASE]), "offset": int(v[OFFSET]), "flags": int(v[FLAGS]) & (_PENDING | _FOLD_RANK),
+            return {"base": int(v[BASE]), "offset": int(v[OFFSET]), "flags": int(v[FLAGS]) & (_PENDING | _RANK_KEY),
                     "rank": int(v[RANK])}
 
     def __getstate__(self) -> Dict[str, int]:
         s = self._snapshot(checkpoint=True)
-        del s["rank"]  # a checkpoint folds the rank of whichever process loads it
+        del s["rank"]  # a checkpoint takes the rank of whichever process loads it
         return s
 
     def __setstate__(self, s: Dict[str, int]) -> None:

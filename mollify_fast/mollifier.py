@@ -161,7 +161,7 @@ class Mollifier(torch.nn.Module):
         generator: a :class:`Generator`. Default: ``Generator(None)``, whose seed is drawn
             from PyTorch's default CPU generator at the first draw (``torch.manual_seed``
             makes it reproducible). The Mollifier takes the generator over: under
-            ``torch.distributed``, rank ``r != 0`` draws with the rank folded into the key
+            ``torch.distributed``, rank ``r != 0`` draws with a key derived from the rank
             (read at the first draw), so ranks draw different noise while following the same
             schedule; rank 0 draws the generator's own stream.
         backend: passed to :func:`mollify` (checked here, against ``backends.NAMES``).
@@ -174,7 +174,7 @@ class Mollifier(torch.nn.Module):
     tensor. A custom schedule must return the variance in [0, 1]: values within 1e-12 outside
     (rounding) are clipped, others (and NaN) are refused naming the schedule, ``u`` and the value.
 
-    Checkpoints: ``state_dict()`` holds the settings and the stream's *unfolded* seed and
+    Checkpoints: ``state_dict()`` holds the settings and the stream's *base* seed and
     offset (plain Python types: ``torch.load(weights_only=True)`` needs no allowlist);
     ``load_state_dict()`` refuses a checkpoint made with other settings (schedule,
     its parameters, ``mollify_steps``, ``mode``, ``blur_sigma_max``) or with keys it does not
@@ -184,7 +184,7 @@ class Mollifier(torch.nn.Module):
     extra state ``<name>._extra_state`` (not a buffer, so DDP never copies rank 0's stream onto
     the other ranks), and ``model.load_state_dict()`` resumes it: frameworks that checkpoint
     the model (Lightning, HF Trainer) need no hooks. Every rank may load
-    rank 0's checkpoint: each folds its own rank in again, so ranks still differ (and if
+    rank 0's checkpoint: each derives its own rank's key again, so ranks still differ (and if
     every rank started from the same ``torch.manual_seed``, each resumes its own stream
     exactly). ``state_dict()`` of a Mollifier that has not drawn yet saves the seed as None
     and draws nothing from PyTorch's RNG. ``copy.deepcopy`` is a checkpoint too.
@@ -243,7 +243,7 @@ class Mollifier(torch.nn.Module):
         self.blur_sigma_max = blur_sigma_max
         self.backend = backend
         self.generator = generator if generator is not None else Generator(None)
-        self.generator._fold_rank()
+        self.generator._key_per_rank()
         self._map = _input_map_kwargs(input_scale, input_shift, dequantize, out_dtype)
         self._plain_noise = mode == "noise" and not self._map  # forward's short path applies
         # The schedule with its keywords bound once (a keyword unpack per call is a cold-cache cost).
@@ -371,7 +371,7 @@ class Mollifier(torch.nn.Module):
             "schedule_kwargs": dict(self.schedule_kwargs),
             "mode": self.mode,
             "blur_sigma_max": _plain(self.blur_sigma_max),
-            "generator": self.generator.state_dict(),  # unfolded seed: any rank can load it
+            "generator": self.generator.state_dict(),  # base seed: any rank can load it
         }
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
@@ -442,7 +442,7 @@ class Mollifier(torch.nn.Module):
         gen = state["generator"]
         if not isinstance(gen, dict) or set(gen) != {"seed", "offset"}:
             raise ValueError(f"Mollifier.load_state_dict: bad generator state {gen!r}")
-        self.generator.load_state_dict(gen)  # keeps the rank folding: each rank folds its own
+        self.generator.load_state_dict(gen)  # keeps the per-rank key: each rank derives its own
         return unexpected
 
     def __repr__(self) -> str:

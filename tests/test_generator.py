@@ -321,12 +321,12 @@ def test_forked_child_after_a_multithreaded_cpu_call_does_not_hang():
 
 @pytest.mark.skipif(mgen._atomic_take is None, reason="needs the compiled extension (its atomic take)")
 def test_a_provisional_key_takes_the_launch_call_route_with_the_same_stream():
-    # A Mollifier's generator is rank-folded: without a process group its key is provisional
+    # A Mollifier's generator is per-rank: without a process group its key is provisional
     # (OWNER == -pid) and is rechecked at each draw. The cpu launch call takes such a stream
     # itself (no process group: the key holds), with the numbers and offsets of the Python route.
     g, h = mf.Generator(31), mf.Generator(31)
-    g._fold_rank()
-    h._fold_rank()
+    g._key_per_rank()
+    h._key_per_rank()
     x = torch.zeros(3, 7)
     for _ in range(3):
         fast = mf.mollify(x, 1.0, generator=g, backend="cpu")

@@ -98,7 +98,7 @@ def test_fork_started_ranks_are_reproducible_and_distinct(tmp_path):
     assert torch.equal(a, b), "two runs with the same torch.manual_seed drew other noise (pid-keyed ranks)"
     assert not torch.equal(a[0], a[1]), "both ranks drew the same noise"
     # Each forked rank draws the stream a rank that built the Mollifier itself would draw, so
-    # the usual DDP checkpoint (rank 0 saves the unfolded seed, every rank loads) resumes exactly.
+    # the usual DDP checkpoint (rank 0 saves the base seed, every rank loads) resumes exactly.
     for rank in range(WORLD):
         os.environ["RANK"] = str(rank)
         try:

@@ -82,14 +82,14 @@ def test_generator_sent_to_a_spawned_process(tmp_path):
 
 def test_workers_of_different_ranks_draw_different_streams(monkeypatch):
     # DDP with DataLoader workers: every rank runs the same script with the same torch seed,
-    # so the workers' seeds agree across ranks. A Mollifier's stream folds the rank in, and a
-    # worker must fold the rank of the process that forked it (it has no process group of its
+    # so the workers' seeds agree across ranks. A Mollifier's stream derives its key from the rank, and a
+    # worker must derive it from the rank of the process that forked it (it has no process group of its
     # own). The rank comes from the RANK environment variable, as torchrun sets it.
     outs = []
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         g = mf.Generator(5)
-        mf.Mollifier(10, generator=g)  # the Mollifier takes the stream over: rank-folded
+        mf.Mollifier(10, generator=g)  # the Mollifier takes the stream over: per-rank
         loader = DataLoader(NoiseDataset(g, ITEMS), batch_size=2, num_workers=2, multiprocessing_context="fork")
         torch.manual_seed(0)
         outs.append(torch.cat(list(loader)))
