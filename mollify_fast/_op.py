@@ -506,6 +506,22 @@ _DEFAULT_TORCH_FUNCTION = torch.Tensor.__torch_function__.__func__  # type: igno
 _DEFAULT_TORCH_DISPATCH = torch.Tensor.__torch_dispatch__
 
 
+def _no_machinery() -> bool:
+    """True outside the compiler, modes, torch.func transforms and jit.trace: where the plan
+    path may run (the tensor's own checks are :func:`_fast`'s)."""
+    return (not _is_compiling() and _dispatch_depth() == 0 and not _function_mode() and not _functorch_active()
+            and _tracing_state() is None)
+
+
+def fast_noise(x: torch.Tensor, sigma: float, generator: Generator, backend: str) -> Optional[torch.Tensor]:
+    """``mollify(x, sigma, generator=generator, backend=backend)`` through the plan path, or
+    None (nothing done) where that call would take the general path: the Mollifier's
+    training-loop call, which has already checked its own arguments."""
+    if type(x) is torch.Tensor and _no_machinery():
+        return cast(Optional[torch.Tensor], _fast(x, sigma, None, generator, False, backend))
+    return None
+
+
 def _wrapper_subclass(x) -> bool:
     """True for a tensor subclass that only types a tensor: no ``__torch_dispatch__`` of its own
     and the default ``__torch_function__`` or torchvision's tv_tensors one. Others (a subclass
@@ -523,15 +539,7 @@ def _plain_eager(x: torch.Tensor) -> bool:
     no torch.func transform (its tensors have no storage for the kernels' raw pointers), no
     jit.trace (which sees only dispatched ops), not on the meta device (the op's fake
     implementation gives the shape-only result there, and no stream is taken)."""
-    return (
-        type(x) is torch.Tensor
-        and not _is_compiling()
-        and _dispatch_depth() == 0
-        and not _function_mode()
-        and not _functorch_active()
-        and _tracing_state() is None
-        and not x.is_meta
-    )
+    return type(x) is torch.Tensor and _no_machinery() and not x.is_meta
 
 
 @overload
@@ -638,8 +646,7 @@ def mollify(
             and input_scale is None and dequantize is False and out_dtype is None
             and type(input_shift) is float and input_shift == 0.0
             and (generator is None or type(generator) is Generator) and (return_noise is False or return_noise is True)
-            and not _is_compiling() and _dispatch_depth() == 0 and not _function_mode()
-            and not _functorch_active() and _tracing_state() is None):
+            and _no_machinery()):
         res = _fast(x, sigma, alpha, generator, return_noise, backend)
         if res is not None:
             return res
