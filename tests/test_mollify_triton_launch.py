@@ -19,6 +19,7 @@ triton = pytest.importorskip("triton")
 
 from mollify_fast._validate import Params  # noqa: E402
 from mollify_fast.backends import mollify_triton as M  # noqa: E402
+from mollify_fast.backends import _triton_launch as TL  # noqa: E402  # owns the launch path's state and hooks
 from conftest import SUBPROCESS_LIMIT_S  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -68,13 +69,13 @@ def fake(monkeypatch):
                 else KERNEL_LAYOUT(k)
         return layouts[k]
 
-    monkeypatch.setattr(M, "_kernel_layout", kernel_layout)
-    monkeypatch.setattr(M, "_interpret", lambda: False)
-    monkeypatch.setattr(M, "_current_stream", lambda: STREAM)
+    monkeypatch.setattr(TL, "_kernel_layout", kernel_layout)
+    monkeypatch.setattr(TL, "_interpret", lambda: False)
+    monkeypatch.setattr(TL, "_current_stream", lambda: STREAM)
     dispatcher = Dispatcher()
-    monkeypatch.setattr(M, "_jit_launch", dispatcher)
-    monkeypatch.setattr(M, "_COMPILED", {})
-    monkeypatch.setattr(M, "_FAST", {"on": True, "error": None})
+    monkeypatch.setattr(TL, "_jit_launch", dispatcher)
+    monkeypatch.setattr(TL, "_COMPILED", {})
+    monkeypatch.setattr(TL, "_FAST", {"on": True, "error": None})
     return dispatcher
 
 
@@ -137,21 +138,21 @@ def test_fast_path_error_falls_back_for_the_rest_of_the_process(fake):
     fake.fail = True
     M._launch(_launches(x), 0)  # compiles; the kept kernel's launcher will raise
     M._launch(_launches(x), 0)  # fast path raises -> this launch through the dispatcher
-    assert len(fake) == 2 and M._FAST["on"] is False and "TypeError" in M._FAST["error"]
+    assert len(fake) == 2 and TL._FAST["on"] is False and "TypeError" in TL._FAST["error"]
     fake.fail = False
     for _ in range(2):
         M._launch(_launches(x), 0)
     assert len(fake) == 4, "after a failure every launch must go through Triton's dispatcher"
     assert all(not ck.calls for _, ck in fake)
-    assert not M._COMPILED
+    assert not TL._COMPILED
 
 
 def test_interpreter_never_uses_the_compiled_path(fake, monkeypatch):
-    monkeypatch.setattr(M, "_interpret", lambda: True)
+    monkeypatch.setattr(TL, "_interpret", lambda: True)
     x = torch.randn(4, 3, 8, 12)
     for _ in range(2):
         M._launch(_launches(x), None)
-    assert len(fake) == 2 and not M._COMPILED
+    assert len(fake) == 2 and not TL._COMPILED
 
 
 KERNEL_LAYOUT_SCRIPT = """

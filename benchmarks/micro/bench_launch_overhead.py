@@ -5,7 +5,7 @@
 For each backend (triton, cuda) and a CIFAR-sized batch (256x3x32x32, float32), the median
 wall time of back-to-back calls (no synchronisation inside the loop: what a training loop
 sees), next to ``x.clone()`` and the eager composition. For triton also with its kept-kernel
-launch switched off (``mollify_triton._FAST["on"] = False``), and the state of that fast path
+launch switched off (``_triton_launch._FAST["on"] = False``), and the state of that fast path
 after the run (an error there means it fell back to Triton's dispatcher). Writes a CSV.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "build", "results"))
     args = ap.parse_args(argv)
-    from mollify_fast.backends import mollify_triton as MT
+    from mollify_fast.backends import _triton_launch as MT  # the triton backend's launch path and its state
 
     rows = []
     x = torch.randn(256, 3, 32, 32, device="cuda")

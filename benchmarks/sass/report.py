@@ -117,8 +117,8 @@ def _triton_cases(pkg_root: str, quick: bool = False):
             n = shape[0]
             sig_t = torch.full((n,), 0.5) if per_sample else None
             blur_t = torch.full((n,), bs) if (per_sample and bs) else None
-            p = resolve_params(x, 0.5, sig_t, 0.0, None, True, bs or 0.0, blur_t, bs is not None,
-                               RADII.get(bs, -1) if bs else -1)
+            blur = None if bs is None else blur_t if blur_t is not None else bs
+            p = resolve_params(x, 0.5 if sig_t is None else sig_t, None, blur, RADII.get(bs) if bs else None)
             r = RADII.get(bs, 0) if bs else 0
             given = "eps given" in variant
             launches = mt._plan_full(x, o, torch.randn_like(x), p, (1234, 0), True)[0] if given else \
