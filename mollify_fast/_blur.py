@@ -155,12 +155,12 @@ def blur(x: torch.Tensor, p, acc: torch.dtype) -> torch.Tensor:
     H, W = x.shape[-2:]
     planes = x.reshape(N, -1, H, W).to(acc)
     C = planes.shape[1]
-    per_sample = torch.is_tensor(p.blur)
+    per_sample = torch.is_tensor(p.blur_sigma)
     if per_sample:
-        s = p.blur_host.tolist()
+        s = p.blur_sigma_host.tolist()
         r = [0 if sv == 0 else int(rv) for sv, rv in zip(s, p.radius_host.tolist())]
     else:
-        s, r = [float(p.blur)], [int(p.radius)]
+        s, r = [float(p.blur_sigma)], [int(p.radius)]
     groups: Dict[Tuple[int, int], List[int]] = {}
     for i, rv in enumerate(r):
         groups.setdefault((min(rv, W - 1), min(rv, H - 1)), []).append(i)

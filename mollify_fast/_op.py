@@ -167,7 +167,7 @@ def _run(call: Call) -> None:
     elif unfused:
         _run_unfused(launch, x, out, noise, p, stream, eps)
     else:
-        if p.blur is not None and same_view(out, x):
+        if p.blur_sigma is not None and same_view(out, x):
             # The blur reads neighbours that an in-place write would already have replaced:
             # blur a copy so that out=x gives exactly the out-of-place result.
             x = x.clone()
@@ -219,7 +219,7 @@ def _run_mapped(name: str, launch, x: torch.Tensor, out: torch.Tensor, noise: Op
     op on it, written straight into out where out has the compute dtype, else into a temporary
     rounded once into out. Same numbers as the fused map, one more pass."""
     acc = map_compute_dtype(x.dtype, out.dtype)
-    map_only = replace(p, sigma=0.0, alpha=1.0, blur=None, radius=0, max_radius=0, blur_host=None, radius_host=None)
+    map_only = replace(p.without_blur(), sigma=0.0, alpha=1.0)
     xf = torch.empty(x.shape, dtype=acc, device=x.device)
     if p.dequant and backends.maps_input(name, x, xf, map_only):
         # The backend's own mapped noise kernel at sigma 0, alpha 1 writes x_f exactly (its
@@ -258,15 +258,15 @@ def _needs_unfused(limits: backends.Limits, x: torch.Tensor, out: torch.Tensor, 
       image size), and their cost grows with r per pixel; beyond the image the weights fold onto it.
     * More dims left after merging than the kernels index.
     """
-    if p.blur is not None and not limits.any_radius and p.max_radius >= min(x.shape[-2], x.shape[-1]):
+    if p.blur_sigma is not None and not limits.any_radius and p.max_radius >= min(x.shape[-2], x.shape[-1]):
         return True
-    most = limits.max_dims if p.blur is None else limits.max_plane_dims
+    most = limits.max_dims if p.blur_sigma is None else limits.max_plane_dims
     if most is None or x.dim() <= most:
         return False
     from .backends._native import coalesce
 
     ts = (x, out) if noise is None else (x, out, noise)
-    if p.blur is None:
+    if p.blur_sigma is None:
         return len(coalesce(list(x.shape), [list(t.stride()) for t in ts])[0]) > most
     # H and W stay; the plane dims in front of them merge
     return len(coalesce(list(x.shape[:-2]), [list(t.stride())[:-2] for t in ts])[0]) > most
@@ -284,9 +284,9 @@ def _run_unfused(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[tor
     the caller).
     """
     acc = compute_dtype(x.dtype)
-    src = blur_planes(x, p, acc) if p.blur is not None else x.contiguous()
+    src = blur_planes(x, p, acc) if p.blur_sigma is not None else x.contiguous()
     res = torch.empty_like(src)
-    q = replace(p, blur=None, radius=0, max_radius=0, blur_host=None, radius_host=None)
+    q = p.without_blur()
     if given is not None:
         launch(src, res, given, q, stream, noise_in=True)
         out.copy_(res)
@@ -437,7 +437,7 @@ def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
     return plan
 
 
-_PLAN_PARAMS = Params(sigma=0.5, alpha=0.5, blur=None, radius=0, max_radius=0)
+_PLAN_PARAMS = Params(sigma=0.5, alpha=0.5, blur_sigma=None, radius=0, max_radius=0)
 
 
 def _scalar(v, x: torch.Tensor):

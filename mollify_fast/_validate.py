@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple, Union
 
 import torch
@@ -397,24 +397,28 @@ class Params:
     """Parameters in kernel form.
 
     ``sigma``/``alpha``: a Python float, or a contiguous ``[N]`` tensor in the compute dtype on
-    x's device. ``blur``: None (no blur), a float, or such a tensor. ``radius``: an int, or an
+    x's device. ``blur_sigma``: the blur's standard deviation, None (no blur), a float, or such a tensor. ``radius``: an int, or an
     int32 ``[N]`` tensor on x's device; ``max_radius`` is its maximum (an int), at most
-    :data:`MAX_BLUR_RADIUS`. ``blur_host``/``radius_host``: for per-sample blur, the same values
+    :data:`MAX_BLUR_RADIUS`. ``blur_sigma_host``/``radius_host``: for per-sample blur, the same values
     as float64 / int64 CPU tensors (the pure-PyTorch blur builds its weights on the host), else None.
     """
 
     sigma: Param
     alpha: Param
-    blur: Optional[Param]
+    blur_sigma: Optional[Param]
     radius: Union[int, torch.Tensor]
     max_radius: int
-    blur_host: Optional[torch.Tensor] = None
+    blur_sigma_host: Optional[torch.Tensor] = None
     radius_host: Optional[torch.Tensor] = None
     # The input map (README, "The contract, in short"): x_f = ((x + u) * in_scale) + in_shift,
     # u the dequantisation uniform when ``dequant``. The output dtype is out's.
     in_scale: float = 1.0
     in_shift: float = 0.0
     dequant: bool = False
+
+    def without_blur(self) -> "Params":
+        """The same call with no blur (the noise kernel's part of an unfused call)."""
+        return replace(self, blur_sigma=None, radius=0, max_radius=0, blur_sigma_host=None, radius_host=None)
 
     def maps(self, x: torch.Tensor, out: torch.Tensor) -> bool:
         """True when the call is not the plain float op: an input map, or out's dtype not x's."""
@@ -520,7 +524,7 @@ def resolve_params(
     b_val: Optional[Param] = None
     radius: Union[int, torch.Tensor] = 0
     max_radius = 0
-    blur_host = radius_host = None
+    blur_sigma_host = radius_host = None
     if blur_sigma is not None:
         if blur_radius is not None and blur_radius > MAX_BLUR_RADIUS:
             raise _radius_too_large(f"blur_radius={blur_radius}")
@@ -544,15 +548,15 @@ def resolve_params(
         if torch.is_tensor(b_val):
             # Radii from the float64 view of the values the kernels get (compute dtype), so that
             # every backend derives the same integer radius.
-            blur_host = v.to(acc).to(torch.float64)  # the values the kernels get
+            blur_sigma_host = v.to(acc).to(torch.float64)  # the values the kernels get
             r: Union[torch.Tensor, int]
             if blur_radius is not None:
-                r = torch.full(blur_host.shape, blur_radius, dtype=torch.float64)
+                r = torch.full(blur_sigma_host.shape, blur_radius, dtype=torch.float64)
             else:
-                r = torch.ceil(3.0 * blur_host)
+                r = torch.ceil(3.0 * blur_sigma_host)
             max_radius = int(r.max()) if r.numel() else 0
             if max_radius > MAX_BLUR_RADIUS:
-                raise _radius_too_large(f"blur_sigma={float(blur_host.max()):.4g} (radius ceil(3 * blur_sigma))")
+                raise _radius_too_large(f"blur_sigma={float(blur_sigma_host.max()):.4g} (radius ceil(3 * blur_sigma))")
             radius_host = r.to(torch.int64)
             radius = r.to(torch.int32).to(x.device)
         elif blur_radius is not None:
@@ -564,7 +568,7 @@ def resolve_params(
             radius = max_radius = r
         if not torch.is_tensor(b_val) and b_val == 0.0:
             b_val = None  # identity
-    return Params(s_val, a_val, b_val, radius, max_radius, blur_host, radius_host)
+    return Params(s_val, a_val, b_val, radius, max_radius, blur_sigma_host, radius_host)
 
 
 def _captured_params(x: torch.Tensor, sigma: Param, alpha: Optional[Param], blur_sigma: Optional[Param],
@@ -606,8 +610,8 @@ def _captured_params(x: torch.Tensor, sigma: Param, alpha: Optional[Param], blur
             alp: Param = torch.sqrt(1.0 - s_dev * s_dev).to(acc).contiguous()
         else:
             alp = a_dev.to(acc).contiguous() if a_dev is not None else p.alpha
-        return Params(sig, alp, p.blur, p.radius, p.max_radius, p.blur_host, p.radius_host)
+        return Params(sig, alp, p.blur_sigma, p.radius, p.max_radius, p.blur_sigma_host, p.radius_host)
     if a_dev is not None:
-        return Params(p.sigma, a_dev.to(acc).contiguous(), p.blur, p.radius, p.max_radius, p.blur_host,
+        return Params(p.sigma, a_dev.to(acc).contiguous(), p.blur_sigma, p.radius, p.max_radius, p.blur_sigma_host,
                       p.radius_host)
     return p

@@ -169,7 +169,7 @@ def test_launcher_refuses_radius_not_below_min_hw():
     x = torch.rand(2, 1, 6, 9)
     out = torch.full_like(x, 7.0)
     with pytest.raises(ValueError, match=r"blur radius 6 must be < min\(H, W\) = 6"):
-        mollify_cuda(x, out, None, Params(sigma=0.1, alpha=0.9, blur=1.0, radius=6, max_radius=6), (1, 0))
+        mollify_cuda(x, out, None, Params(sigma=0.1, alpha=0.9, blur_sigma=1.0, radius=6, max_radius=6), (1, 0))
     assert bool((out == 7.0).all()), "nothing is written when the launch is refused"
 
 

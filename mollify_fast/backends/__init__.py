@@ -143,7 +143,7 @@ def resolve(name: str, x: torch.Tensor, params) -> Tuple[str, Callable]:
         if not ok:
             raise BackendUnavailableError(f"mollify: backend {name!r} cannot run this input: {why}")
         return name, launcher(name)
-    op = "blur" if params.blur is not None else "noise"
+    op = "blur" if params.blur_sigma is not None else "noise"
     order = auto_table().get("devices", {}).get(x.device.type, {}).get(op, ["torch"])
     for cand in order:
         if cand in BACKENDS and availability(cand)[0] and _module(cand).supports(x, params)[0]:

@@ -161,13 +161,13 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
         seed, offset = stream
         words = 0
     tensors = (x, out) if noise is None else (x, out, noise)
-    has_blur = p.blur is not None
+    has_blur = p.blur_sigma is not None
     sizes, strides = _layout(tuple(x.shape), tuple(t.stride() for t in tensors), has_blur)
     numel = x.numel()
     batch = x.shape[0]
     sig_p, sig = _ptr_num(p.sigma)
     al_p, al = _ptr_num(p.alpha)
-    bl_p, bl = _ptr_num(p.blur)
+    bl_p, bl = _ptr_num(p.blur_sigma)
     rad_p, rad = _ptr_num(p.radius)
     return (
         DTYPE_CODES[out.dtype],  # x's, except with an input map (then X_DTYPE_CODES[x.dtype] follows)
@@ -209,7 +209,7 @@ def call_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor],
     return ext.Args(*args)
 
 
-_PLAN_PARAMS = Params(sigma=0.0, alpha=0.0, blur=None, radius=0, max_radius=0)
+_PLAN_PARAMS = Params(sigma=0.0, alpha=0.0, blur_sigma=None, radius=0, max_radius=0)
 
 
 def make_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):

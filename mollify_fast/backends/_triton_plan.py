@@ -179,7 +179,7 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
     numel = x.numel()
     tensors = (x, out) if noise is None else (x, out, noise)
     strides = tuple(t.stride() for t in tensors)
-    blur = p.blur is not None
+    blur = p.blur_sigma is not None
     two_pass = blur and p.max_radius > FUSED_MAX_RADIUS
     if two_pass:
         # The two passes also index a float32 scratch in x's logical order (contiguous): its
@@ -226,11 +226,11 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
             f"mollify: the triton blur kernels mirror once, so they need blur radius < min(H, W) = {min(H, W)}, "
             f"got radius {p.max_radius}; larger radii must be routed to another backend")
     planes, (P1, P2), (xs, os_, ns) = layout[0], layout[1], layout[2][:3]
-    bl_t, rad_t = torch.is_tensor(p.blur), torch.is_tensor(p.radius)
-    bl_p = p.blur if bl_t else dummy
+    bl_t, rad_t = torch.is_tensor(p.blur_sigma), torch.is_tensor(p.radius)
+    bl_p = p.blur_sigma if bl_t else dummy
     rad_p = p.radius if rad_t else dummy
-    assert p.blur is not None  # a blur call
-    bl = 0.0 if bl_t else float(p.blur)
+    assert p.blur_sigma is not None  # a blur call
+    bl = 0.0 if bl_t else float(p.blur_sigma)
     R = int(p.max_radius)
     pps = planes // x.shape[0]
     common = dict(ALIGNED=W % 4 == 0, HAS_NOISE=writes_noise, SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t,

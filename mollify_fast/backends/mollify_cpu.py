@@ -53,7 +53,7 @@ def supports(x: torch.Tensor, params: Params) -> Tuple[bool, str]:
 def maps_input(x: torch.Tensor, out: torch.Tensor, p: Params) -> bool:
     """The noise kernel applies the input map itself (``_C.mollify_cpu_mapped``); a blur with a
     map runs on the mapped temporary (``_op._run_mapped``)."""
-    return p.blur is None
+    return p.blur_sigma is None
 
 
 def mollify_cpu(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,

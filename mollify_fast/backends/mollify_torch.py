@@ -91,7 +91,7 @@ def mollify_torch(
     acc = compute_dtype(x.dtype)
     a = _bcast(p.alpha, x)
     s = _bcast(p.sigma, x)
-    src = blur(x, p, acc) if p.blur is not None else x
+    src = blur(x, p, acc) if p.blur_sigma is not None else x
     if noise_in and noise is not None:
         t = torch.mul(noise.to(acc), s)  # a new tensor: noise may be out itself
         out.copy_(_axpy(t, a, src, out=t))
