@@ -468,7 +468,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
     if plan is None:
         return None
     name, run, run_gen, numel, limit, torch_rng = plan
-    s = _scalar(sigma, x)
+    s = sigma if type(sigma) is float else _scalar(sigma, x)
     if s is None:
         return None
     if vp:

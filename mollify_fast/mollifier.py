@@ -14,7 +14,7 @@ import torch
 from . import schedules
 from .backends import NAMES as BACKEND_NAMES
 from .generator import Generator
-from ._op import fast_noise, mollify
+from ._op import _fast, _no_machinery, fast_noise, mollify
 
 MODES = ("noise", "blur", "noise+blur")
 _STATE_KEYS = ("mollify_steps", "schedule", "schedule_kwargs", "mode", "blur_sigma_max", "generator")
@@ -361,6 +361,18 @@ class Mollifier(torch.nn.Module):
                              or self._forward_pre_hooks or _nn_module._global_backward_pre_hooks
                              or _nn_module._global_backward_hooks or _nn_module._global_forward_hooks
                              or _nn_module._global_forward_pre_hooks)):
+                if len(args) == 2 and not kwargs:
+                    # The training loop's mol(x, step): forward's first branch, inlined down to the
+                    # plan path (each Python frame costs microseconds with the caches cold
+                    # after a training step); anything else it does not take goes to forward.
+                    x, step = args
+                    if (type(step) is int and self._plain_noise and 0 <= step < self.mollify_steps
+                            and type(x) is torch.Tensor and _no_machinery()):
+                        g = self._gamma_at(step / self.mollify_steps)
+                        if 0.0 <= g <= 1.0:
+                            res = _fast(x, math.sqrt(g), None, self.generator, False, self.backend)
+                            if res is not None:
+                                return res
                 return self.forward(*args, **kwargs)
             return torch.nn.Module.__call__(self, *args, **kwargs)
 

@@ -371,3 +371,18 @@ def test_module_hooks_and_compiled_modules_still_take_nn_modules_call_path():
     seen.clear()
     mol(x, 3)
     assert seen == []
+
+
+@pytest.mark.parametrize("schedule", ["linear", "sigmoid", "cosine", "numpy", "rounding"])
+def test_training_loop_call_equals_forward(schedule):
+    # mol(x, step) takes the plan path straight from __call__; forward, the general path, must
+    # give the same numbers and leave the generator at the same place, for any schedule output
+    # (a numpy float, a value rounded just past 1 that forward clamps).
+    sched = {"numpy": lambda u: np.float64(1.0 - u) ** 2, "rounding": lambda u: 1.0 + 1e-12 * (1 - u)}.get(schedule, schedule)
+    x = torch.randn(4, 3, 5)
+    fast = mf.Mollifier(50, schedule=sched, generator=mf.Generator(11))
+    slow = mf.Mollifier(50, schedule=sched, generator=mf.Generator(11))
+    for step in (0, 7, 49, 50, 60):
+        got, want = fast(x, step), slow.forward(x, step)
+        assert torch.equal(got, want), (schedule, step)
+        assert fast.generator.offset == slow.generator.offset
