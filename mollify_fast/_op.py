@@ -96,7 +96,7 @@ def _run(call: Call) -> None:
     read by the kernels instead of drawing: no stream is taken, and ``noise`` gets a copy of it
     (rounded to the output dtype)."""
     global _last_backend
-    x, out, noise, eps, gen_state = call.x, cast(torch.Tensor, call.out), call.noise, call.given_noise, call.stream
+    x, out, noise, eps, state = call.x, cast(torch.Tensor, call.out), call.noise, call.given_noise, call.stream
     dequant = call.dequantize
     capturing = _capturing(x)
     p: Params = resolve_params(_dtype_carrier(x, out), call.sigma, call.alpha, call.blur_sigma, call.blur_radius)
@@ -104,19 +104,19 @@ def _run(call: Call) -> None:
     mapped = p.maps(x, out)
     name, launch = backends.resolve(call.backend, _map_probe(x, out) if mapped else x, p)
     limits = backends.LIMITS[name]
-    if capturing and eps is None and not limits.stream_words and not (limits.torch_rng and gen_state is None):
+    if capturing and eps is None and not limits.stream_words and not (limits.torch_rng and state is None):
         _refuse_capture(f"on backend {name!r}, whose kernels take the stream by value: every replay would repeat "
                         f"the captured noise; use backend 'cuda' or 'triton' (or 'auto')")
-    # gen_state: a generator's host state (7 int64 words), or a device-resident stream's words
+    # state (call.stream): a generator's host state (7 int64 words), or a device-resident stream's words
     # [key, offset] (what mollify passes for a resident generator).
-    given_words = gen_state is not None and gen_state.numel() == 2
-    words = gen_state if given_words else None if gen_state is None else resident_words(gen_state)
+    given_words = state is not None and state.numel() == 2
+    words = state if given_words else None if state is None else resident_words(state)
     if words is not None and (words.device != x.device or not limits.stream_words
                               or (not capturing and not replay_untracked() and in_checkpoint())):
         # Drawn on the host (the device's offset read back first): a backend that takes the
         # stream by value, another device, or an eager call a checkpoint records or replays.
         words = None
-    if capturing and gen_state is not None and words is None and eps is None:
+    if capturing and state is not None and words is None and eps is None:
         _refuse_capture("with a Generator whose stream is on the host: every replay would repeat the captured "
                         "noise and the generator would not advance; call generator.to_device(x.device) before "
                         "the warm-up (a Mollifier moved with .to(device) does it)")
@@ -148,9 +148,9 @@ def _run(call: Call) -> None:
     elif words is not None:
         stream = DeviceStream(words)  # read by the kernels; advanced below, after them
     elif given_words:
-        stream = take_replayable(cast(torch.Tensor, gen_state), _stream_elements(x.numel(), dequant), take_words)
-    elif gen_state is not None:
-        stream = take_replayable(gen_state, _stream_elements(x.numel(), dequant))
+        stream = take_replayable(cast(torch.Tensor, state), _stream_elements(x.numel(), dequant), take_words)
+    elif state is not None:
+        stream = take_replayable(state, _stream_elements(x.numel(), dequant))
     elif limits.torch_rng:
         stream = None  # the backend draws from PyTorch's default generator directly
     elif capturing:
