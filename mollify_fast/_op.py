@@ -9,8 +9,10 @@ Path from the call to a kernel::
         -> _run                               value checks, backend choice, stream
           -> backends.mollify_<name>(...)     launcher -> kernel (noise=: the caller's eps is
                                               read where the kernel would draw; no stream)
-          (or _run_unfused: a blur radius >= min(H, W), or more than 8 dims that do not
-           merge on cpu/cuda: folded blur into a temporary, then the backend's noise kernel;
+          (or _run_unfused: a blur radius >= min(H, W) on a backend whose kernels mirror
+           once: folded blur into a temporary, then the backend's noise kernel; or
+           _run_contiguous: more dims that do not merge than the backend's kernels index: the
+           same kernel on contiguous copies (backends.Limits);
            or _run_mapped: an input map that the backend's kernel does not apply itself, as
            with a blur: x_f into a temporary in the compute dtype, then the plain op on it)
 
@@ -140,7 +142,8 @@ def _run(call: Call) -> None:
 
             eps = eps_input(x, eps)[0]  # the one conversion the C++ kernels need, if any
     # Decided before the stream is taken: nothing below refuses a call.
-    unfused = x.numel() != 0 and not mapped and _needs_unfused(limits, x, out, noise if eps is None else eps, p)
+    unfused = x.numel() != 0 and not mapped and _beyond_image(limits, x, p)
+    copies = x.numel() != 0 and not unfused and _too_many_dims(limits, x, out, noise if eps is None else eps, p)
     # (key, offset) by value, the words the kernels read (DeviceStream), or None (torch's RNG).
     stream: Union[Tuple[int, int], DeviceStream, None]
     if eps is not None:
@@ -166,6 +169,8 @@ def _run(call: Call) -> None:
         _run_mapped(name, launch, x, out, noise if eps is None else None, p, stream, eps)
     elif unfused:
         _run_unfused(launch, x, out, noise, p, stream, eps)
+    elif copies:
+        _run_contiguous(launch, x, out, noise, p, stream, eps)
     else:
         if p.blur_sigma is not None and same_view(out, x):
             # The blur reads neighbours that an in-place write would already have replaced:
@@ -238,7 +243,7 @@ def _run_mapped(name: str, launch, x: torch.Tensor, out: torch.Tensor, noise: Op
     pf = replace(p, in_scale=1.0, in_shift=0.0, dequant=False)
     res = out if out.dtype == acc else torch.empty_like(xf)
     eps = noise if noise is None or noise.dtype == acc else torch.empty_like(xf)
-    if _needs_unfused(backends.LIMITS[name], xf, res, eps if given is None else given, pf):
+    if _beyond_image(backends.LIMITS[name], xf, pf):  # xf is contiguous: its dims merge
         _run_unfused(launch, xf, res, eps, pf, stream, given)
     elif given is not None:
         launch(xf, res, given, pf, stream, noise_in=True)
@@ -250,16 +255,18 @@ def _run_mapped(name: str, launch, x: torch.Tensor, out: torch.Tensor, noise: Op
         noise.copy_(cast(torch.Tensor, eps))
 
 
-def _needs_unfused(limits: backends.Limits, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor],
-                   p: Params) -> bool:
-    """True when the backend's kernels cannot take the call as it is (``backends.Limits``).
+def _beyond_image(limits: backends.Limits, x: torch.Tensor, p: Params) -> bool:
+    """A blur radius ``r >= min(H, W)`` on a backend whose kernels mirror once
+    (``backends.Limits.any_radius``; their cost also grows with r per pixel): beyond the image
+    the weights fold onto it, and the call runs unfused (:func:`_run_unfused`)."""
+    return p.blur_sigma is not None and not limits.any_radius and p.max_radius >= min(x.shape[-2], x.shape[-1])
 
-    * A blur radius ``r >= min(H, W)``: the compiled kernels mirror once (a radius below the
-      image size), and their cost grows with r per pixel; beyond the image the weights fold onto it.
-    * More dims left after merging than the kernels index.
-    """
-    if p.blur_sigma is not None and not limits.any_radius and p.max_radius >= min(x.shape[-2], x.shape[-1]):
-        return True
+
+def _too_many_dims(limits: backends.Limits, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor],
+                   p: Params) -> bool:
+    """More dims left after merging (x, out and noise together; for a blur, the plane dims in
+    front of H, W) than the backend's kernels index (``backends.Limits``): the call runs on
+    contiguous copies (:func:`_run_contiguous`), on every backend alike."""
     most = limits.max_dims if p.blur_sigma is None else limits.max_plane_dims
     if most is None or x.dim() <= most:
         return False
@@ -268,8 +275,23 @@ def _needs_unfused(limits: backends.Limits, x: torch.Tensor, out: torch.Tensor, 
     ts = (x, out) if noise is None else (x, out, noise)
     if p.blur_sigma is None:
         return len(coalesce(list(x.shape), [list(t.stride()) for t in ts])[0]) > most
-    # H and W stay; the plane dims in front of them merge
     return len(coalesce(list(x.shape[:-2]), [list(t.stride())[:-2] for t in ts])[0]) > most
+
+
+def _run_contiguous(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params,
+                    stream, given: Optional[torch.Tensor] = None) -> None:
+    """The backend's own kernel on contiguous copies (same logical order, so every element
+    draws the same normal), then copied back into out (and noise). ``given``: the caller's eps."""
+    xc = x.contiguous()
+    oc = torch.empty(x.shape, dtype=out.dtype, device=x.device)
+    if given is not None:
+        launch(xc, oc, given.contiguous(), p, stream, noise_in=True)
+    else:
+        nc = None if noise is None else torch.empty(x.shape, dtype=noise.dtype, device=x.device)
+        launch(xc, oc, nc, p, stream)
+        if noise is not None:
+            noise.copy_(cast(torch.Tensor, nc))
+    out.copy_(oc)
 
 
 def _run_unfused(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params,

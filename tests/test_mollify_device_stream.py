@@ -58,8 +58,7 @@ def _prepared(backend: str, x, out, p, stream):
     if backend == "triton":
         from mollify_fast.backends import mollify_triton as T
 
-        launches, copies = T._plan_full(x, out, None, p, stream)
-        assert not copies
+        launches = T._plan_full(x, out, None, p, stream)
         return lambda: T._launch(launches, None)
     from mollify_fast.backends._native import call_args, extension
 
@@ -211,7 +210,7 @@ words = torch.zeros(2, dtype=torch.int64)
 for shape, blur in (((8, 3, 32, 32), None), ((4, 3, 32, 32), 1.0), ((2, 3, 64, 64), 3.5)):
     x = torch.empty(shape)
     p = resolve_params(x, 0.3, 0.9, blur, None)
-    launches, _ = T._plan_full(x, torch.empty_like(x), None, p, DeviceStream(words))
+    launches = T._plan_full(x, torch.empty_like(x), None, p, DeviceStream(words))
     for L in launches:
         comp = C.triton_compile(L.kernel, L.args, {**L.constexprs, **L.options})
         out.append({"kernel": L.kernel.__name__, "words": L.constexprs["WORDS"], "spills": list(comp.spills),

@@ -162,6 +162,23 @@ def test_nine_non_mergeable_dims_run_with_contiguous_noise(backend):
     assert torch.equal(o, want)
 
 
+@pytest.mark.parametrize("backend", RUNNABLE + ["auto"])
+@pytest.mark.parametrize("dequantize", [False, True])
+def test_nine_non_mergeable_dims_with_an_input_map(backend, dequantize):
+    """Before: a uint8 x whose 9 dims do not merge reached the cpu kernel (which applies the
+    map itself) and was refused there, 'at most 8 dims', after the generator had advanced."""
+    if backend != "auto":
+        _runnable(backend)
+    base = torch.randint(0, 256, (2, 2, 2, 2, 2, 2, 2, 2, 3), dtype=torch.uint8)
+    x = base.permute(8, 7, 6, 5, 4, 3, 2, 1, 0)
+    g1, g2 = mf.Generator(5), mf.Generator(5)
+    out, noise = mf.mollify(x, 0.4, generator=g1, return_noise=True, dequantize=dequantize, backend=backend)
+    want, want_noise = mf.mollify(x.contiguous(), 0.4, generator=g2, return_noise=True, dequantize=dequantize,
+                                  backend=backend)
+    assert g1.offset == g2.offset
+    assert torch.equal(out, want) and torch.equal(noise, want_noise)
+
+
 # ---------------------------------------------------------------- 15.4: in-place and autograd
 
 

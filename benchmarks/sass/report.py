@@ -121,7 +121,7 @@ def _triton_cases(pkg_root: str, quick: bool = False):
             p = resolve_params(x, 0.5 if sig_t is None else sig_t, None, blur, RADII.get(bs) if bs else None)
             r = RADII.get(bs, 0) if bs else 0
             given = "eps given" in variant
-            launches = mt._plan_full(x, o, torch.randn_like(x), p, (1234, 0), True)[0] if given else \
+            launches = mt._plan_full(x, o, torch.randn_like(x), p, (1234, 0), True) if given else \
                 mt._plan(x, o, nz, p, (1234, 0))
             for L in launches:
                 out.append((Case("triton", L.kernel.__name__, variant, dname, layout, r, 2 if ret else 1,

@@ -37,8 +37,8 @@ class Limits(NamedTuple):
       kernels mirror once) mollify folds the weights onto the image and runs the call unfused:
       a blur pass into a contiguous temporary, then the backend's noise kernel on it.
     * ``max_dims`` / ``max_plane_dims``: the dims the kernels index after merging (the noise
-      kernel; the blur's plane dims in front of H, W). A call with more runs unfused on
-      contiguous temporaries; None: any.
+      kernel; the blur's plane dims in front of H, W). A call with more runs the same kernels
+      on contiguous copies of its tensors; None: any.
     * ``stream_words``: the kernels read a device-resident stream (a ``generator.DeviceStream``,
       the words ``[key, offset]`` on x's device) instead of taking it by value, so they run
       inside a CUDA graph with fresh noise at every replay (README, "CUDA graphs"); cpu reads
@@ -69,7 +69,7 @@ LIMITS: Dict[str, Limits] = {
                   prepares_eps=True),
     "cuda": Limits(max_dims=NATIVE_DIMS, max_plane_dims=NATIVE_DIMS - 2, stream_words=True, plan_devices=("cuda",),
                    prepares_eps=True),
-    "triton": Limits(stream_words=True, plan_devices=("cuda",)),
+    "triton": Limits(max_dims=4, max_plane_dims=3, stream_words=True, plan_devices=("cuda",)),
 }
 # Backends whose kernels read a device-resident stream (Limits.stream_words).
 STREAM_WORDS = frozenset(n for n, lim in LIMITS.items() if lim.stream_words)

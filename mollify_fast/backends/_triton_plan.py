@@ -18,11 +18,14 @@ import triton
 
 from .._validate import Params
 from ..generator import DeviceStream, to_unsigned64
+from . import LIMITS
 from ._native import coalesce
 from ._triton_kernels import _mollify_blur_axis_kernel, _mollify_blur_kernel, _mollify_noise_kernel
 
-MAX_DIMS = 4  # noise kernel: coalesced dims it indexes; more runs on contiguous copies
-MAX_PLANE_DIMS = 3  # blur kernels: coalesced dims in front of H, W
+# Coalesced dims the noise kernel indexes, and the blur kernels' in front of H, W; mollify runs
+# a call with more on contiguous copies (backends.LIMITS, the one place they are declared).
+MAX_DIMS = cast(int, LIMITS["triton"].max_dims)
+MAX_PLANE_DIMS = cast(int, LIMITS["triton"].max_plane_dims)
 NOISE_BLOCK = 512  # groups per program: 2048 elements, 4 groups per thread at 4 warps
 NUM_WARPS = 4
 THREADS = 32 * NUM_WARPS
@@ -157,17 +160,16 @@ def _halves(v: int) -> Tuple[int, int]:
     return lo - (1 << 32) if lo >= 1 << 31 else lo, hi - (1 << 32) if hi >= 1 << 31 else hi
 
 
-def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
-               ) -> Tuple[List[Launch], List[Tuple[torch.Tensor, torch.Tensor]]]:
-    """The launches for one call, and the ``(dst, src)`` copies to run after them.
+def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False) -> List[Launch]:
+    """The launches for one call.
 
     ``noise_in``: ``noise`` is the caller's eps (any float dtype, any strides), read instead of
     drawn (the kernels' ``NOISE_IN``); nothing is written to it and the stream is not used.
 
-    A layout the kernels cannot index (more than 4 coalesced dims for the noise, or 3 plane
-    dims for the blur) is planned on contiguous copies ``xc = x.contiguous()``, ``oc``/``nc =
-    torch.empty_like(xc)`` (same logical order, so the same noise); the copies back into
-    ``out``/``noise`` are returned as ``(dst, src)`` pairs. Touches no GPU for CPU tensors.
+    The layout fits the kernels (at most :data:`MAX_DIMS` coalesced dims for the noise,
+    :data:`MAX_PLANE_DIMS` plane dims for the blur): mollify runs any other on contiguous
+    copies. (The two-pass blur's contiguous scratch merges wherever x's dims do, so it adds
+    none.) Touches no GPU for CPU tensors.
     """
     words = isinstance(stream, DeviceStream)
     if words:  # the kernels read [key, offset] from stream.words (README, "CUDA graphs")
@@ -188,15 +190,7 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
         # an absent noise, which adds no constraint).
         strides = strides[:2] + (strides[2] if noise is not None else strides[1], _contiguous_strides(x.shape))
     layout = _blur_layout(tuple(x.shape), strides) if blur else _noise_layout(tuple(x.shape), strides)
-    if layout is None:
-        xc = x.contiguous()
-        oc = torch.empty_like(xc, dtype=out.dtype)
-        if noise_in:
-            launches, _ = _plan_full(xc, oc, noise.contiguous(), p, stream if words else (seed, offset), True)
-            return launches, [(out, oc)]
-        nc = torch.empty_like(xc, dtype=noise.dtype) if noise is not None else None
-        launches, _ = _plan_full(xc, oc, nc, p, stream if words else (seed, offset))
-        return launches, [(out, oc)] + ([(noise, cast(torch.Tensor, nc))] if noise is not None else [])
+    assert layout is not None, "mollify runs layouts beyond the kernels' dims on contiguous copies (backends.LIMITS)"
     dummy = out  # any pointer for the per-sample slots that a constexpr flag disables
     sig_t, al_t = torch.is_tensor(p.sigma), torch.is_tensor(p.alpha)
     sig_p = p.sigma if sig_t else dummy
@@ -218,7 +212,7 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
             # Separate roundings of the map's sum, product and shift, as the reference.
             consts.update(MAP=True, DEQUANT=p.dequant)
             opts = dict(opts, enable_fp_fusion=False)
-        return [Launch(_mollify_noise_kernel, grid, args, consts, opts, numel)], []
+        return [Launch(_mollify_noise_kernel, grid, args, consts, opts, numel)]
     H, W = x.shape[-2:]
     assert x.dim() >= 3, "mollify validates a blur's rank (>= 3 dims) before any backend"
     if p.max_radius >= min(H, W):
@@ -243,7 +237,7 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
         consts = dict(R=R, TILE_H=tile_h, S=s, BW=bw, **common)
         plain = W % 16 == 0 and noise is None and not (sig_t or al_t or bl_t or rad_t) and xs[4] == os_[4] == 1
         return [Launch(_mollify_blur_kernel, grid, args, consts, _fused_options(R, x.element_size(), plain),
-                       numel)], []
+                       numel)]
     # Two passes through a float32 scratch in x's logical order (contiguous), indexed with
     # its own strides over the plane dims shared with x and out (see two_pass above).
     bw, s, _, _, units, cb = _blur_tiles(H, W, planes, False)
@@ -257,14 +251,13 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False
     height = Launch(_mollify_blur_axis_kernel, grid,
                     (scratch, out, noise_p, *head, R, *tail, *sc_st, *os_, *ns),
                     dict(ALONG_H=True, FINAL=True, S=s, BW=bw, **common), opts, numel)
-    return [width, height], []
+    return [width, height]
 
 
 def _plan(x, out, noise, p: Params, stream) -> List[Launch]:
     """The kernel launches that write ``out`` (and ``noise``) for one call; see :class:`Launch`.
 
-    If the layout needs contiguous copies (see :func:`_plan_full`), the launches write those
-    copies; :func:`mollify_triton` copies them back. Raises ValueError for a blur radius
+    Raises ValueError for a blur radius
     ``>= min(H, W)`` (the kernels mirror once; such calls are routed to another backend).
     """
-    return _plan_full(x, out, noise, p, stream)[0]
+    return _plan_full(x, out, noise, p, stream)

@@ -57,12 +57,10 @@ def maps_input(x: torch.Tensor, out: torch.Tensor, p: Params) -> bool:
 
 def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
                    noise_in: bool = False) -> None:
-    launches, copies = _plan_full(x, out, noise, p, stream, noise_in)
+    launches = _plan_full(x, out, noise, p, stream, noise_in)
     if x.is_cuda and x.device.index != torch.cuda.current_device():
         # Triton launches on the current device's current stream: make that x's device.
         with torch.cuda.device(x.device):
             _launch(launches, x.device.index)
     else:
         _launch(launches, x.device.index)
-    for dst, src in copies:
-        dst.copy_(src)
