@@ -445,7 +445,7 @@ def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
     if (x.layout is torch.strided and x.dtype in FLOAT_DTYPES and x.dim() >= 1 and x.numel() > 0 and x.device.type in ("cpu", "cuda")
             and backend in backends.NAMES):
         try:
-            name, _ = backends.resolve(backend, x, _PLAN_PARAMS)
+            name, _ = backends.resolve(backend, x, _NOISE_PROBE)
             launchers = backends.noise_plan(name, x, torch.empty_like(x), torch.empty_like(x) if return_noise else None)
         except (backends.BackendUnavailableError, ValueError):
             launchers = None  # the general path raises the error at each call
@@ -459,7 +459,8 @@ def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
     return plan
 
 
-_PLAN_PARAMS = Params(sigma=0.5, alpha=0.5, blur_sigma=None, radius=0, max_radius=0)
+# A noise-only call with numbers: what the plan path asks backends.resolve about a layout.
+_NOISE_PROBE = Params(sigma=0.5, alpha=0.5, blur_sigma=None, radius=0, max_radius=0)
 
 
 def _scalar(v, x: torch.Tensor):

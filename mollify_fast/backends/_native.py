@@ -209,7 +209,8 @@ def call_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor],
     return ext.Args(*args)
 
 
-_PLAN_PARAMS = Params(sigma=0.0, alpha=0.0, blur_sigma=None, radius=0, max_radius=0)
+# Placeholder numbers: a layout's Args keeps only what the layout fixes; each call passes its own.
+_LAYOUT_ONLY = Params(sigma=0.0, alpha=0.0, blur_sigma=None, radius=0, max_radius=0)
 
 
 def make_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
@@ -217,4 +218,4 @@ def make_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor])
     pointers, the scalar parameters and the stream, which each call passes (``_C.mollify_cpu_plan``
     and ``_C.mollify_cuda_plan``). Raises like :func:`kernel_args` (more than ``MAX_DIMS`` dims)."""
     ext, _ = extension()
-    return ext.Args(*kernel_args(x, out, noise, _PLAN_PARAMS, (0, 0)))
+    return ext.Args(*kernel_args(x, out, noise, _LAYOUT_ONLY, (0, 0)))
