@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 
 # Largest blur radius any call accepts. One call computes up to 2r+1 float64 weights per
-# distinct blur sigma and axis length (at the limit 2**21 taps, 16 MiB, 130 ms measured on one
-# core of the 2-core dev VM for blur_sigma = 349525), and a
+# distinct blur sigma and axis length (at the limit 2**21 taps, 16 MiB per sigma), and a
 # radius of 2**20 (blur_sigma ~ 350,000 px) already blurs any image side below 2**20 pixels to
 # within (n / sigma)^2 < 1% of its mean, so larger radii buy nothing but time. It also keeps
 # every radius, and 2r+1, far inside int32 for the kernels.
@@ -98,8 +97,8 @@ def _rows(s: List[float], r: List[int], n: int) -> torch.Tensor:
 def sample_weights(s: Tuple[float, ...], r: Tuple[int, ...], n: int) -> torch.Tensor:
     """Like :func:`_rows`, computing each distinct ``(s, r)`` pair once (float64, CPU).
 
-    Cached: a training loop repeats its blur sigmas, and building the taps costs ~40 us of
-    small-op overhead per call (measured, 2-core dev VM). Callers must not modify the result.
+    Cached: a training loop repeats its blur sigmas, and building the taps costs a dozen small
+    tensor ops per call. Callers must not modify the result.
     """
     pairs: Dict[Tuple[float, int], int] = {}
     inv = [pairs.setdefault((sv, rv), len(pairs)) for sv, rv in zip(s, r)]

@@ -28,8 +28,7 @@ kernel's layout arguments already packed (the layout's ``_C.Args``); a call then
 comparison each, allocates, takes the stream and makes one extension call. Whatever the fast
 path does not handle, or any value it would refuse, goes down the general path, which checks
 and raises exactly as before: the fast path itself never raises and changes nothing before it
-decides. Measured on the 2-core dev VM (256 float32 elements, cpu backend): ~10 us per call
-through the general path, ~3.5 us through the plan.
+decides. README, "Per-call overhead", has the measured cost of both paths.
 
 Under the compiler, Python numbers enter the graph as 0-d tensors (a ``float`` argument of a
 custom op is specialised: one recompile per value), and every value check runs inside the op,
@@ -694,8 +693,8 @@ def mollify(
     call = check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend,
                         backends.NAMES, out_dtype, noise, (in_scale, in_shift, dequantize))
     if _plain_eager(x):
-        # Same implementation as the custom ops, minus ~60 us of Python dispatch per call
-        # (measured on the 2-core dev CPU); tracing, fake tensors and modes take the ops below.
+        # Same implementation as the custom ops, minus their Python dispatch (which costs more
+        # than the rest of a small call); tracing, fake tensors and modes take the ops below.
         eps = torch.empty_like(x, dtype=out_dtype) if return_noise else None
         if out is None:
             res = torch.empty_like(x, dtype=out_dtype)

@@ -3,7 +3,7 @@
 A stream is ``(key, offset)`` (see README, "The noise stream"). This module keeps the
 promise that one generator never hands the same counter groups to two calls:
 
-* threads: the read-advance of the counter holds one module lock (~0.2 us);
+* threads: the read-advance of the counter holds one module lock;
 * processes: a generator records the process it belongs to. The first draw in any other
   process (a forked or spawned DataLoader worker, a distributed rank, a ``multiprocessing``
   child) derives its key from the parent's and a tag of that process: the DataLoader worker's ``seed``
@@ -126,9 +126,9 @@ os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 def _view(state: torch.Tensor):
     """A memoryview of the state's int64 words: element access is a plain CPython operation
-    (~0.1 us, where tensor indexing costs ~5). A numpy view costs the same when its code is hot,
-    but inside a training loop, with the caches cold after a step, each numpy scalar access cost
-    ~5 us (measured on the 2-core dev VM: a draw took ~34 us there, against ~2 us back to back).
+    (where tensor indexing dispatches an op). A numpy view costs the same when its code is hot,
+    but inside a training loop, with the caches cold after a step, each numpy scalar access
+    costs many times more (README, "Inside a training loop").
 
     Cached on the tensor with the address it views. Anything that gives the tensor new
     memory (``share_memory_()``, a copy of the tensor with its ``__dict__``) changes
@@ -284,8 +284,8 @@ def take_stream(state: torch.Tensor, numel: int) -> Tuple[int, int]:
         taken = _atomic_take(state.data_ptr(), numel, provisional_ok())
         if taken is not None:
             return taken
-    # Inlined to_unsigned64 / groups_for / to_signed64: this runs on every call, and the three
-    # function calls were ~0.4 us of a ~4 us eager call on the dev VM.
+    # Inlined to_unsigned64 / groups_for / to_signed64: this runs on every call, where three
+    # function calls are a tenth of a small eager call.
     words = state.__dict__.get("_mf_words")
     if words is not None:  # device-resident (its OWNER fails the atomic take): a host-side draw
         return take_words(words, numel)

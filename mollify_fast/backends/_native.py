@@ -151,7 +151,7 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
     """The positional arguments of ``_C.mollify_cpu`` / ``_C.mollify_cuda`` /
     ``_C.mollify_cuda_emulated`` up to ``stream_words`` (the address of a :class:`DeviceStream`'s
     words, else 0)
-    (positional: pybind11's keyword matching cost ~8 us per call with 25 arguments).
+    (positional: pybind11's keyword matching of 25 arguments costs more than the call itself).
     ``noise_in``: 0 when ``noise`` (if any) is written, else the code from :func:`eps_input`
     (``noise`` is then the caller's eps, read; the stream is not used)."""
     if isinstance(stream, DeviceStream):  # read by the kernel from the stream's words (README, "CUDA graphs")

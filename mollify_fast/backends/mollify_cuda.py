@@ -190,7 +190,7 @@ def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]
     registry asks only for CUDA tensors: ``Limits.plan_devices``).
     ``run(x, out, noise, sigma, alpha, (seed, offset))`` launches on PyTorch's current stream
     for x's device, read at each call through ``torch._C._cuda_getCurrentRawStream`` (what
-    Inductor's launchers use; ``torch.cuda.current_stream()`` builds a Stream object, ~2 us)."""
+    Inductor's launchers use; ``torch.cuda.current_stream()`` builds a Stream object per call)."""
     ext, _ = extension()
     cplan, launch, launch_gen = make_plan(x, out, noise), ext.mollify_cuda_plan, ext.mollify_cuda_plan_gen
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
