@@ -4,8 +4,9 @@ Launched on the tensor's device and PyTorch's current stream for it. The kernels
 raw arguments as the CPU ones (csrc/mollify_args.h): no libtorch link, one build for every
 supported torch. Noise: one thread per Philox group writes the group's 4 outputs (vector load
 and store on aligned contiguous tensors). Blur + noise: a tiled separable kernel (32 x 32
-output tiles, mirrored halo in shared memory); it mirrors the border once, so it needs the
-blur radius below min(H, W) and refuses larger radii with a ValueError. Float64 is supported.
+output tiles, mirrored halo in shared memory); it mirrors the border once, so it takes blur
+radii below min(H, W) only (``backends.LIMITS``: mollify runs larger ones unfused, the folded
+blur first, then this backend's noise kernel). Float64 is supported.
 
 Host emulation, like Triton's interpreter: with ``MOLLIFY_FAST_CUDA_EMULATE=1`` (read at each
 call) this backend also runs CPU tensors, through csrc/mollify_cuda_host.cpp, which executes
