@@ -12,27 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "entry_points.h"
 #include "mollify_args.h"
 
 namespace py = pybind11;
-
-namespace mollify_fast {
-void mollify_cpu(const MollifyArgs& a, int num_threads);  // csrc/cpu_dispatch.cpp
-void mollify_cpu_mapped(const MollifyArgs& a, const MapArgs& m, int num_threads);
-int64_t set_parallel_grain(int64_t elements_per_thread);
-int threads_for_call(int64_t numel, int max_threads);
-std::string cpu_isa();
-std::vector<std::string> cpu_isas();
-std::vector<std::string> cpu_isas_compiled();
-std::string set_cpu_isa(const std::string& name);
-void mollify_cuda_emulated(const MollifyArgs& a);  // csrc/mollify_cuda_host.cpp, always built
-void mollify_cuda_emulated_mapped(const MollifyArgs& a, const MapArgs& m);
-#ifdef MOLLIFY_FAST_WITH_CUDA
-void mollify_cuda(const MollifyArgs& a, uintptr_t stream, int device);
-void mollify_cuda_mapped(const MollifyArgs& a, const MapArgs& m, uintptr_t stream, int device);
-std::string cuda_runtime_info();
-#endif
-}  // namespace mollify_fast
 
 namespace {
 
@@ -243,7 +226,7 @@ PYBIND11_MODULE(_C, m) {
 #endif
   m.def("threads_for", &mollify_fast::threads_for_call, py::arg("numel"), py::arg("max_threads"),
         "Threads the cpu kernels use for numel elements when max_threads are allowed.");
-  // The CUDA kernels' code run on CPU tensors (csrc/mollify_cuda_host.cpp): built without nvcc too.
+  // The CUDA kernels' code run on CPU tensors (kernels/mollify_cuda_host.cpp): built without nvcc too.
   m.def(
       "mollify_cuda_emulated",
       [](const Args& p) {

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "entry_points.h"
 #include "mollify_args.h"
 
 namespace mollify_fast {

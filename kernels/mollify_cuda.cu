@@ -1,6 +1,6 @@
 // CUDA kernels for mollify: the __global__ wrappers and their launches. The work itself (per
 // thread and per block) is in mollify_cuda_kernels.cuh, shared with the host driver
-// (csrc/mollify_cuda_host.cpp) that runs it on CPU tensors for CI; read that file's header for
+// (kernels/mollify_cuda_host.cpp) that runs it on CPU tensors for CI; read that file's header for
 // the design of the noise and the tiled separable blur.
 //
 // Errors: plan_launch refuses what the kernels cannot do (std::invalid_argument -> ValueError);
@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "dispatch.h"
+#include "entry_points.h"
 #include "mollify_cuda_plan.h"
 
 namespace mollify_fast {

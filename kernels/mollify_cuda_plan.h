@@ -2,7 +2,7 @@
 // grid and how much shared memory for one call, and what the kernels cannot take
 // (std::invalid_argument, raised as ValueError). Shared by the GPU launcher
 // (kernels/mollify_cuda.cu) and the host driver that runs the kernels' code on CPU tensors
-// (csrc/mollify_cuda_host.cpp), so both run the same decomposition. The device code
+// (kernels/mollify_cuda_host.cpp), so both run the same decomposition. The device code
 // (mollify_cuda_kernels.cuh) neither throws nor includes host-only headers.
 #pragma once
 

@@ -1,7 +1,7 @@
 """The CUDA kernels' code, run on the CPU, equals ``mollify_fast.reference``.
 
 ``MOLLIFY_FAST_CUDA_EMULATE=1`` makes the ``cuda`` backend run CPU tensors through the host
-driver (csrc/mollify_cuda_host.cpp): the same ``__host__ __device__`` per-thread and per-block
+driver (kernels/mollify_cuda_host.cpp): the same ``__host__ __device__`` per-thread and per-block
 functions as the GPU (kernels/mollify_cuda_kernels.cuh), over the same grid and block
 decomposition, a block's shared-memory phases run one after the other for all its threads. So
 these tests cover the kernels' indexing, tiling, halos, vector/scalar paths, tails and

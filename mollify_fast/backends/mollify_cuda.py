@@ -9,7 +9,7 @@ radii below min(H, W) only (``backends.LIMITS``: mollify runs larger ones unfuse
 blur first, then this backend's noise kernel). Float64 is supported.
 
 Host emulation, like Triton's interpreter: with ``MOLLIFY_FAST_CUDA_EMULATE=1`` (read at each
-call) this backend also runs CPU tensors, through csrc/mollify_cuda_host.cpp, which executes
+call) this backend also runs CPU tensors, through kernels/mollify_cuda_host.cpp, which executes
 the kernels' own ``__host__ __device__`` code block by block (and phase by phase for the
 blur's shared memory). It needs no GPU and no nvcc, is slow (one core), and exists so that
 CI and users can check the CUDA code on a CPU. ``auto`` never picks it.

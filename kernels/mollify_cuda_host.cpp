@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "dispatch.h"
+#include "entry_points.h"
 #include "mollify_cuda_plan.h"
 
 namespace mollify_fast {
