@@ -128,11 +128,9 @@ void launch(const MollifyArgs& a, int sms, cudaStream_t stream) {
   const LaunchPlan p = plan_launch<T>(a, kBlurBlocksPerSM * sms);
   switch (p.kind) {
     case KernelKind::kNoise:
-      if (p.vec) {
-        p.per_sample ? launch_noise<T, true, true>(a, p, stream) : launch_noise<T, true, false>(a, p, stream);
-      } else {
-        p.per_sample ? launch_noise<T, false, true>(a, p, stream) : launch_noise<T, false, false>(a, p, stream);
-      }
+      with_noise_variant(p, [&](auto vec, auto ps) {
+        launch_noise<T, decltype(vec)::value, decltype(ps)::value>(a, p, stream);
+      });
       check(cudaGetLastError(), "launching the noise kernel");
       break;
     case KernelKind::kBlurTiled:

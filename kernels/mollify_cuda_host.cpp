@@ -62,11 +62,9 @@ void emulate(const MollifyArgs& a) {
   const LaunchPlan p = plan_launch<T>(a, kEmulatedBlurBlocks);
   switch (p.kind) {
     case KernelKind::kNoise:
-      if (p.vec) {
-        p.per_sample ? emulate_noise<T, true, true>(a, p) : emulate_noise<T, true, false>(a, p);
-      } else {
-        p.per_sample ? emulate_noise<T, false, true>(a, p) : emulate_noise<T, false, false>(a, p);
-      }
+      with_noise_variant(p, [&](auto vec, auto ps) {
+        emulate_noise<T, decltype(vec)::value, decltype(ps)::value>(a, p);
+      });
       break;
     case KernelKind::kBlurTiled:
       with_radius(p.kr, [&](auto tag) { emulate_blur_tiled<T, decltype(tag)::value>(a, p); });

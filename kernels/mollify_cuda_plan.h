@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "mollify_cuda_kernels.cuh"
 
@@ -105,6 +106,18 @@ inline void with_eps_type(bool eps_compute, F&& f) {
     f(static_cast<typename Io<T>::acc*>(nullptr));
   else
     f(static_cast<T*>(nullptr));
+}
+
+// Calls f(std::integral_constant<bool, VEC>{}, std::integral_constant<bool, PER_SAMPLE>{}) for
+// the noise kernel's variant: vector loads and stores, per-sample parameters.
+template <typename F>
+inline void with_noise_variant(const LaunchPlan& p, F&& f) {
+  using Y = std::true_type;
+  using N = std::false_type;
+  if (p.vec)
+    p.per_sample ? f(Y{}, Y{}) : f(Y{}, N{});
+  else
+    p.per_sample ? f(N{}, Y{}) : f(N{}, N{});
 }
 
 // Calls f(std::integral_constant<int, KR>) for the plan's template radius (KR = -1: runtime).
