@@ -217,7 +217,7 @@ def test_high_rank_non_mergeable_layout(backend):
 
 
 def test_every_backend_declares_its_limits():
-    # the front reads what a backend takes from this table (README, "Backends"), never its name
+    # the front reads what a backend takes from this table (README, "Backends and the build"), never its name
     from mollify_fast import backends
     from mollify_fast.backends import _native
 
