@@ -535,15 +535,6 @@ def _no_machinery() -> bool:
             and _tracing_state() is None)
 
 
-def fast_noise(x: torch.Tensor, sigma: float, generator: Generator, backend: str) -> Optional[torch.Tensor]:
-    """``mollify(x, sigma, generator=generator, backend=backend)`` through the plan path, or
-    None (nothing done) where that call would take the general path: the Mollifier's
-    training-loop call, which has already checked its own arguments."""
-    if type(x) is torch.Tensor and _no_machinery():
-        return cast(Optional[torch.Tensor], _fast(x, sigma, None, generator, False, backend))
-    return None
-
-
 def _wrapper_subclass(x) -> bool:
     """True for a tensor subclass that only types a tensor: no ``__torch_dispatch__`` of its own
     and the default ``__torch_function__`` or torchvision's tv_tensors one. Others (a subclass

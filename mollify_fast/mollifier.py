@@ -14,7 +14,7 @@ import torch
 from . import schedules
 from .backends import NAMES as BACKEND_NAMES
 from .generator import Generator
-from ._op import _fast, _no_machinery, fast_noise, mollify
+from ._op import _fast, _no_machinery, mollify
 
 MODES = ("noise", "blur", "noise+blur")
 _STATE_KEYS = ("mollify_steps", "schedule", "schedule_kwargs", "mode", "blur_sigma_max", "generator")
@@ -329,9 +329,7 @@ class Mollifier(torch.nn.Module):
             # The training loop's call (an int step inside the window, mode "noise", no input
             # map): the same steps as below, with the fewest Python calls (each costs
             # microseconds with the caches cold after a training step).
-            sigma = math.sqrt(self._variance(step))
-            res = fast_noise(x, sigma, self.generator, self.backend)
-            return res if res is not None else mollify(x, sigma, generator=self.generator, backend=self.backend)
+            return mollify(x, math.sqrt(self._variance(step)), generator=self.generator, backend=self.backend)
         if _is_compiling() or (torch.is_tensor(step) and step.is_cuda and torch.cuda.is_current_stream_capturing()):
             # Under the compiler a Python int becomes dynamic after one recompile; as a tensor it
             # keeps the schedule's float arithmetic out of the compiler's symbolic guards. Inside a
