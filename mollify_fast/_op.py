@@ -269,12 +269,10 @@ def _too_many_dims(limits: backends.Limits, x: torch.Tensor, out: torch.Tensor, 
     most = limits.max_dims if p.blur_sigma is None else limits.max_plane_dims
     if most is None or x.dim() <= most:
         return False
-    from .backends._native import coalesce
+    from .backends._native import merged
 
     ts = (x, out) if noise is None else (x, out, noise)
-    if p.blur_sigma is None:
-        return len(coalesce(list(x.shape), [list(t.stride()) for t in ts])[0]) > most
-    return len(coalesce(list(x.shape[:-2]), [list(t.stride())[:-2] for t in ts])[0]) > most
+    return len(merged(x.shape, [t.stride() for t in ts], p.blur_sigma is not None)[0]) > most
 
 
 def _run_contiguous(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params,

@@ -108,6 +108,15 @@ def coalesce(shape: List[int], strides: List[List[int]]) -> Tuple[List[int], Lis
     return sizes, strd
 
 
+def merged(shape, strides, blur: bool) -> Tuple[List[int], List[List[int]]]:
+    """:func:`coalesce` of one call's layout (``strides``: one sequence per tensor): every dim,
+    or with a blur the plane dims in front of H and W, which stay as they are (not returned)."""
+    if blur:
+        assert len(shape) >= 3, "mollify validates a blur's rank (>= 3 dims) before any backend"
+        return coalesce(list(shape[:-2]), [list(s[:-2]) for s in strides])
+    return coalesce(list(shape), [list(s) for s in strides])
+
+
 def _ptr_num(v) -> Tuple[int, float]:
     """(pointer, 0.0) for a per-sample tensor, (0, value) for a number, (0, 0.0) for None."""
     if isinstance(v, torch.Tensor):
@@ -119,16 +128,11 @@ def _ptr_num(v) -> Tuple[int, float]:
 def _layout(shape: Union[Tuple[int, ...], List[int]], strides: Union[Tuple[Tuple[int, ...], ...], List[List[int]]],
             has_blur: bool):
     """Kernel sizes and per-tensor strides for one layout (cached: training loops repeat them)."""
-    shape = list(shape)
-    strides = [list(s) for s in strides]
+    sizes, merged_strides = merged(shape, strides, has_blur)
     if has_blur:
-        # Keep H and W; coalesce the plane dims [N, ...] in front of them.
-        assert len(shape) >= 3, "mollify validates a blur's rank (>= 3 dims) before any backend"
-        lead, lead_strides = coalesce(shape[:-2], [s[:-2] for s in strides])
-        sizes = lead + shape[-2:]
-        strides = [ls + s[-2:] for ls, s in zip(lead_strides, strides)]
-    else:
-        sizes, strides = coalesce(shape, strides)
+        sizes = sizes + list(shape[-2:])
+        merged_strides = [ls + list(s[-2:]) for ls, s in zip(merged_strides, strides)]
+    strides = merged_strides
     if len(sizes) > MAX_DIMS:
         raise ValueError(f"mollify: x has {len(sizes)} non-mergeable dims; at most {MAX_DIMS} are supported "
                          "(pass x.contiguous())")

@@ -19,7 +19,7 @@ import triton
 from .._validate import Params
 from ..generator import DeviceStream, to_unsigned64
 from . import LIMITS
-from ._native import coalesce
+from ._native import merged
 from ._triton_kernels import _mollify_blur_axis_kernel, _mollify_blur_kernel, _mollify_noise_kernel
 
 # Coalesced dims the noise kernel indexes, and the blur kernels' in front of H, W; mollify runs
@@ -57,7 +57,7 @@ def _max_offset(sizes, strides) -> int:
 @functools.lru_cache(maxsize=512)
 def _noise_layout(shape: tuple, strides: tuple):
     """``(sizes[4], strides per tensor [3][4], contig, idx64, group_rows)`` or None (> 4 dims)."""
-    sizes, st = coalesce(list(shape), [list(s) for s in strides])
+    sizes, st = merged(shape, strides, False)
     if len(sizes) > MAX_DIMS:
         return None
     contig = len(sizes) == 1 and all(s[0] == 1 for s in st)
@@ -73,7 +73,7 @@ def _noise_layout(shape: tuple, strides: tuple):
 @functools.lru_cache(maxsize=512)
 def _blur_layout(shape: tuple, strides: tuple):
     """``(planes, (P1, P2), strides per tensor [3][5])`` or None (> 3 plane dims)."""
-    lead, lead_st = coalesce(list(shape[:-2]), [list(s[:-2]) for s in strides])
+    lead, lead_st = merged(shape, strides, True)
     if len(lead) > MAX_PLANE_DIMS:
         return None
     H, W = shape[-2:]
