@@ -222,5 +222,4 @@ def test_every_backend_declares_its_limits():
     from mollify_fast.backends import _native
 
     assert set(backends.LIMITS) == set(backends.BACKENDS)
-    assert backends.STREAM_WORDS == {n for n, lim in backends.LIMITS.items() if lim.stream_words}
     assert _native.MAX_DIMS == backends.LIMITS["cpu"].max_dims == backends.LIMITS["cuda"].max_dims

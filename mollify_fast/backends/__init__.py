@@ -71,8 +71,6 @@ LIMITS: Dict[str, Limits] = {
                    prepares_eps=True),
     "triton": Limits(max_dims=4, max_plane_dims=3, stream_words=True, plan_devices=("cuda",)),
 }
-# Backends whose kernels read a device-resident stream (Limits.stream_words).
-STREAM_WORDS = frozenset(n for n, lim in LIMITS.items() if lim.stream_words)
 
 
 class NoisePlan(NamedTuple):
