@@ -317,12 +317,16 @@ def _run_unfused(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[tor
         noise.copy_(cast(torch.Tensor, eps))
 
 
+def _new_outputs(call: Call) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The functional op's results: out, and eps (empty unless ``return_noise``)."""
+    x, dt = call.x, call.output_dtype
+    noise = torch.empty_like(x, dtype=dt) if call.return_noise else x.new_empty(0, dtype=dt)
+    return torch.empty_like(x, dtype=dt), noise
+
+
 def _mollify_impl(*args) -> Tuple[torch.Tensor, torch.Tensor]:
     call = Call.from_op(args)
-    x = call.x
-    dt = call.output_dtype
-    out = torch.empty_like(x, dtype=dt)
-    noise = torch.empty_like(x, dtype=dt) if call.return_noise else x.new_empty(0, dtype=dt)
+    out, noise = _new_outputs(call)
     _run(replace(call, out=out, noise=noise if call.return_noise else None))
     return out, noise
 
@@ -344,9 +348,7 @@ _mollify_out_op = torch.library.custom_op("mollify_fast::mollify_out", _mollify_
 
 @_mollify_op.register_fake
 def _mollify_fake(*args):
-    call = Call.from_op(args)
-    x, dt = call.x, call.output_dtype
-    return torch.empty_like(x, dtype=dt), (torch.empty_like(x, dtype=dt) if call.return_noise else x.new_empty(0, dtype=dt))
+    return _new_outputs(Call.from_op(args))
 
 
 @_mollify_out_op.register_fake
