@@ -397,10 +397,11 @@ class Params:
     """Parameters in kernel form.
 
     ``sigma``/``alpha``: a Python float, or a contiguous ``[N]`` tensor in the compute dtype on
-    x's device. ``blur_sigma``: the blur's standard deviation, None (no blur), a float, or such a tensor. ``radius``: an int, or an
-    int32 ``[N]`` tensor on x's device; ``max_radius`` is its maximum (an int), at most
-    :data:`MAX_BLUR_RADIUS`. ``blur_sigma_host``/``radius_host``: for per-sample blur, the same values
-    as float64 / int64 CPU tensors (the pure-PyTorch blur builds its weights on the host), else None.
+    x's device. ``blur_sigma``: the blur's standard deviation, None (no blur), a float, or such a
+    tensor. ``radius``: an int, or an int32 ``[N]`` tensor on x's device; ``max_radius`` is its
+    maximum (an int), at most :data:`MAX_BLUR_RADIUS`. ``blur_sigma_host``/``radius_host``: for
+    per-sample blur, the same values as float64 / int64 CPU tensors (the pure-PyTorch blur builds
+    its weights on the host), else None.
     """
 
     sigma: Param
