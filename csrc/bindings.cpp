@@ -10,6 +10,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "entry_points.h"
@@ -32,8 +33,8 @@ void set_call(MollifyArgs& a, uintptr_t x, uintptr_t out, uintptr_t noise, doubl
   a.x = reinterpret_cast<const void*>(x);
   a.out = reinterpret_cast<void*>(out);
   a.noise = reinterpret_cast<void*>(noise);
-  a.sigma = sigma;
-  a.alpha = alpha;
+  a.param_value[mollify_fast::kSigma] = sigma;
+  a.param_value[mollify_fast::kAlpha] = alpha;
   a.seed = seed;
   a.offset = offset;
 }
@@ -41,9 +42,9 @@ void set_call(MollifyArgs& a, uintptr_t x, uintptr_t out, uintptr_t noise, doubl
 MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::vector<int64_t>& x_strides,
                       const std::vector<int64_t>& out_strides, const std::vector<int64_t>& noise_strides,
                       uintptr_t x, uintptr_t out, uintptr_t noise, int noise_in, int64_t numel, int64_t batch,
-                      int64_t sample_numel, double sigma, double alpha, double blur_sigma, uintptr_t sigma_p,
-                      uintptr_t alpha_p, uintptr_t blur_p, bool has_blur, int radius, uintptr_t radius_p,
-                      int max_radius, uint64_t seed, uint64_t offset, uintptr_t stream_words) {
+                      int64_t sample_numel, const std::vector<std::pair<double, uintptr_t>>& params,
+                      bool has_blur, int radius, uintptr_t radius_p, int max_radius, uint64_t seed, uint64_t offset,
+                      uintptr_t stream_words) {
   MollifyArgs a{};
   if (sizes.empty() || sizes.size() > static_cast<size_t>(mollify_fast::kMaxDims))
     throw std::invalid_argument("sizes must have 1 to 8 dims after coalescing");
@@ -55,6 +56,8 @@ MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::v
   if (noise_in < mollify_fast::kNoiseOut || noise_in > mollify_fast::kNoiseInA)
     throw std::invalid_argument("noise_in must be 0 (write eps), 1 (read eps as x's dtype) or 2 (read eps in the compute dtype)");
   if (noise_in != mollify_fast::kNoiseOut && noise == 0) throw std::invalid_argument("noise_in needs a noise pointer");
+  if (params.size() != static_cast<size_t>(mollify_fast::kNumParams))
+    throw std::invalid_argument("params must hold one (value, pointer) pair per ParamIndex");
   a.dtype = dtype;
   a.noise_in = noise_in;
   a.ndim = static_cast<int32_t>(sizes.size());
@@ -62,14 +65,18 @@ MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::v
   copy_dims(x_strides, a.x_strides, "x_strides", sizes.size());
   copy_dims(out_strides, a.out_strides, "out_strides", sizes.size());
   copy_dims(noise_strides, a.noise_strides, "noise_strides", sizes.size());
-  set_call(a, x, out, noise, sigma, alpha, seed, offset);
+  a.x = reinterpret_cast<const void*>(x);
+  a.out = reinterpret_cast<void*>(out);
+  a.noise = reinterpret_cast<void*>(noise);
+  for (size_t i = 0; i < params.size(); ++i) {
+    a.param_value[i] = params[i].first;
+    a.param_ptr[i] = reinterpret_cast<const void*>(params[i].second);
+  }
+  a.seed = seed;
+  a.offset = offset;
   a.numel = numel;
   a.batch = batch;
   a.sample_numel = sample_numel;
-  a.blur_sigma = blur_sigma;
-  a.sigma_p = reinterpret_cast<const void*>(sigma_p);
-  a.alpha_p = reinterpret_cast<const void*>(alpha_p);
-  a.blur_p = reinterpret_cast<const void*>(blur_p);
   a.has_blur = has_blur;
   a.radius = radius;
   a.radius_p = reinterpret_cast<const int32_t*>(radius_p);
@@ -136,13 +143,12 @@ PYBIND11_MODULE(_C, m) {
                    "one built for a layout whose pointers, scalar parameters and stream each call replaces.")
       .def(py::init([](int dtype, const std::vector<int64_t>& sizes, const std::vector<int64_t>& xs,
                        const std::vector<int64_t>& os, const std::vector<int64_t>& ns, uintptr_t x, uintptr_t out,
-                       uintptr_t noise, int noise_in, int64_t numel, int64_t batch, int64_t sample_numel, double sigma,
-                       double alpha, double blur_sigma, uintptr_t sigma_p, uintptr_t alpha_p, uintptr_t blur_p,
-                       bool has_blur, int radius, uintptr_t radius_p, int max_radius, uint64_t seed, uint64_t offset,
-                       uintptr_t stream_words, int x_dtype, double scale, double shift, bool dequant) {
-             Args r{make_args(dtype, sizes, xs, os, ns, x, out, noise, noise_in, numel, batch, sample_numel, sigma,
-                              alpha, blur_sigma, sigma_p, alpha_p, blur_p, has_blur, radius, radius_p, max_radius,
-                              seed, offset, stream_words)};
+                       uintptr_t noise, int noise_in, int64_t numel, int64_t batch, int64_t sample_numel,
+                       const std::vector<std::pair<double, uintptr_t>>& params, bool has_blur, int radius,
+                       uintptr_t radius_p, int max_radius, uint64_t seed, uint64_t offset, uintptr_t stream_words,
+                       int x_dtype, double scale, double shift, bool dequant) {
+             Args r{make_args(dtype, sizes, xs, os, ns, x, out, noise, noise_in, numel, batch, sample_numel, params,
+                              has_blur, radius, radius_p, max_radius, seed, offset, stream_words)};
              if (x_dtype >= 0) {
                r.map = make_map(x_dtype, scale, shift, dequant);
                r.mapped = true;
@@ -151,8 +157,7 @@ PYBIND11_MODULE(_C, m) {
            }),
            py::arg("dtype"), py::arg("sizes"), py::arg("x_strides"), py::arg("out_strides"), py::arg("noise_strides"),
            py::arg("x"), py::arg("out"), py::arg("noise"), py::arg("noise_in"), py::arg("numel"), py::arg("batch"),
-           py::arg("sample_numel"), py::arg("sigma"), py::arg("alpha"), py::arg("blur_sigma"), py::arg("sigma_p"),
-           py::arg("alpha_p"), py::arg("blur_p"), py::arg("has_blur"), py::arg("radius"), py::arg("radius_p"),
+           py::arg("sample_numel"), py::arg("params"), py::arg("has_blur"), py::arg("radius"), py::arg("radius_p"),
            py::arg("max_radius"), py::arg("seed"), py::arg("offset"), py::arg("stream_words"),
            py::arg("x_dtype") = -1, py::arg("scale") = 1.0, py::arg("shift") = 0.0, py::arg("dequant") = false)
       .def_property_readonly("ndim", [](const Args& p) { return p.a.ndim; })

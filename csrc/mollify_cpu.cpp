@@ -88,7 +88,7 @@ void noise_kernel(const MollifyArgs& a, int nthreads) {
   const bool noise_in = a.noise_in != kNoiseOut;
   T* noise = noise_in ? nullptr : static_cast<T*>(a.noise);  // written only when drawn
   const int64_t sx = a.x_strides[last], so = a.out_strides[last], sn = a.noise_strides[last];
-  const bool per_sample = a.alpha_p || a.sigma_p;
+  const bool per_sample = a.param_ptr[kAlpha] || a.param_ptr[kSigma];
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
     std::vector<float> buf(noise_in ? 0 : kSegment + 8);
@@ -105,7 +105,7 @@ void noise_kernel(const MollifyArgs& a, int nthreads) {
         for (int64_t j = 0; j < len;) {
           const int64_t n = (i0 + j) / a.sample_numel;
           const int64_t stop = per_sample ? std::min(len, (n + 1) * a.sample_numel - i0) : len;
-          const A al = param<A>(a.alpha_p, a.alpha, n), sg = param<A>(a.sigma_p, a.sigma, n);
+          const A al = param<A>(a, kAlpha, n), sg = param<A>(a, kSigma, n);
           if (sx == 1 && so == 1) {
             const T* xs = x + ox;
             T* os = out + oo;
@@ -208,9 +208,9 @@ void blur_kernel(const MollifyArgs& a, int nthreads) {
       // This sample's taps, exp(-k^2 / (2 s^2)) normalised; computed once when they are shared.
       // Written exp(-(k/s)^2 / 2): 2 s^2 underflows to 0 for s ~ 1e-30 (0/0 = NaN at k = 0),
       // while k/s overflows harmlessly to inf (weight 0) and k = 0 stays exp(0) = 1.
-      if (n != cached_n && (cached_n < 0 || a.blur_p || a.radius_p)) {
+      if (n != cached_n && (cached_n < 0 || a.param_ptr[kBlurSigma] || a.radius_p)) {
         cached_n = n;
-        const A s = param<A>(a.blur_p, a.blur_sigma, n);
+        const A s = param<A>(a, kBlurSigma, n);
         r = a.radius_p ? a.radius_p[n] : a.radius;
         if (s == A(0)) {
           r = 0;
@@ -274,7 +274,7 @@ void blur_kernel(const MollifyArgs& a, int nthreads) {
       // the write loop's wide loads of a row just stored cost ~20% of the blur's time).
       for (int64_t h = h0; h < h1; ++h)
         taps(rows.data() + (h - h0) * W, W, weights.data(), 2 * r + 1, W, res.data() + (h - h0) * W);
-      const A al = param<A>(a.alpha_p, a.alpha, n), sg = param<A>(a.sigma_p, a.sigma, n);
+      const A al = param<A>(a, kAlpha, n), sg = param<A>(a, kSigma, n);
       auto write = [&](const auto* eps_band) {
       for (int64_t h = h0; h < h1; ++h) {
         const auto* eps = eps_band + (h - h0) * W;
@@ -355,7 +355,7 @@ void mapped_noise_kernel(const MollifyArgs& a, const MapArgs& m, int nthreads) {
   TO *out = static_cast<TO*>(a.out), *noise = static_cast<TO*>(a.noise);
   const A scale = static_cast<A>(m.scale), shift = static_cast<A>(m.shift);
   const uint64_t ugroup0 = stream_offset(a) + static_cast<uint64_t>((a.numel + 3) >> 2);
-  const bool per_sample = a.alpha_p || a.sigma_p;
+  const bool per_sample = a.param_ptr[kAlpha] || a.param_ptr[kSigma];
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
     // Without dequantisation u is a segment of zeros: x + 0 is exact, and the loop stays one
@@ -376,7 +376,7 @@ void mapped_noise_kernel(const MollifyArgs& a, const MapArgs& m, int nthreads) {
       for (int64_t j = 0; j < len;) {
         const int64_t n = (i0 + j) / a.sample_numel;
         const int64_t stop = per_sample ? std::min(len, (n + 1) * a.sample_numel - i0) : len;
-        const A al = param<A>(a.alpha_p, a.alpha, n), sg = param<A>(a.sigma_p, a.sigma, n);
+        const A al = param<A>(a, kAlpha, n), sg = param<A>(a, kSigma, n);
         const TI* xs = x + ox;
         TO* os = out + oo;
 #pragma omp simd

@@ -18,19 +18,24 @@ None is ``ceil(3 * blur_sigma)``. No other encoding exists.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, Optional, Sequence, Tuple, Union, cast
 
 import torch
 
 Param = Union[float, torch.Tensor]
 """A parameter: a Python float, or a 0-d or per-sample ``[N]`` tensor (on the CPU or x's device)."""
 
+PER_SAMPLE = ("sigma", "alpha", "blur_sigma")
+"""The parameters that are a number or a per-sample tensor, in the order every encoding keeps:
+the custom ops' argument pairs, the C++ ``ParamIndex`` (csrc/mollify_args.h) and the
+``(value, pointer)`` pairs the native backends pass. Each is a :class:`Call` field and a
+``Params`` field of the same name; the vmap rule and the encoders iterate over this tuple."""
+
 # The parameter block of both custom ops (``mollify_fast::mollify`` and ``mollify_out``), in
 # torch.library's schema language. ``stream`` is mutated: the generator's words advance.
 PARAMS_SCHEMA = (
-    "float? sigma, Tensor? sigma_tensor, float? alpha, Tensor? alpha_tensor, float? blur_sigma, "
-    "Tensor? blur_sigma_tensor, SymInt? blur_radius, Tensor(s!)? stream, str backend, float input_scale, "
-    "float input_shift, bool dequantize"
+    "".join(f"float? {p}, Tensor? {p}_tensor, " for p in PER_SAMPLE)
+    + "SymInt? blur_radius, Tensor(s!)? stream, str backend, float input_scale, float input_shift, bool dequantize"
 )
 FUNCTIONAL_SCHEMA = (
     f"(Tensor x, {PARAMS_SCHEMA}, bool return_noise, ScalarType? out_dtype, Tensor? given_noise) -> (Tensor, Tensor)"
@@ -96,11 +101,9 @@ class Call:
     # ---- the one encoder and decoder of the custom ops' argument lists ----
 
     def _params(self) -> tuple:
-        s, st = _split(self.sigma)
-        a, at = _split(self.alpha)
-        b, bt = _split(self.blur_sigma)
-        return (s, st, a, at, b, bt, self.blur_radius, self.stream, self.backend, self.input_scale,
-                self.input_shift, self.dequantize)
+        pairs = tuple(v for p in PER_SAMPLE for v in _split(getattr(self, p)))
+        return (*pairs, self.blur_radius, self.stream, self.backend, self.input_scale, self.input_shift,
+                self.dequantize)
 
     def op_args(self) -> tuple:
         """The arguments of ``torch.ops.mollify_fast.mollify`` (:data:`FUNCTIONAL_SCHEMA`)."""
@@ -117,9 +120,9 @@ class Call:
         f = dict(zip(names, args))
         out = f.get("out")
         x = cast(torch.Tensor, f["x"] if f["x"] is not None else out)
+        params: Dict[str, Any] = {p: _join(f[p], f[p + "_tensor"]) for p in PER_SAMPLE}
         return cls(
-            x=x, sigma=cast(Param, _join(f["sigma"], f["sigma_tensor"])), alpha=_join(f["alpha"], f["alpha_tensor"]),
-            blur_sigma=_join(f["blur_sigma"], f["blur_sigma_tensor"]), blur_radius=f["blur_radius"],
+            x=x, **params, blur_radius=f["blur_radius"],
             stream=f["stream"], backend=f["backend"], input_scale=f["input_scale"], input_shift=f["input_shift"],
             dequantize=f["dequantize"], out=out, out_dtype=f.get("out_dtype"), noise=f.get("noise"),
             return_noise=bool(f.get("return_noise", False)), given_noise=f["given_noise"])
@@ -135,6 +138,6 @@ class Call:
 def arg_dims(in_dims: Sequence, names: Tuple[str, ...] = FUNCTIONAL_ARGS) -> Dict[str, Optional[int]]:
     """vmap's ``in_dims`` by argument name; a parameter pair's dim under the parameter's name."""
     d = dict(zip(names, in_dims))
-    for p in ("sigma", "alpha", "blur_sigma"):
+    for p in PER_SAMPLE:
         d[p] = d.pop(p + "_tensor", None)
     return d

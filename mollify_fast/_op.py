@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Literal, Optional, Tuple, Union, cast, overload
+from typing import Any, Dict, Literal, Optional, Tuple, Union, cast, overload
 
 import torch
 
 from . import backends
 from ._blur import blur as blur_planes
-from ._call import FUNCTIONAL_SCHEMA, OUT_ARGS, OUT_SCHEMA, Call, Param, arg_dims
+from ._call import FUNCTIONAL_SCHEMA, OUT_ARGS, OUT_SCHEMA, PER_SAMPLE, Call, Param, arg_dims
 from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, Params, check_out_memory, check_static, compute_dtype,
                         resolve_params, same_view)
 from ._validate import check_input_map, check_map_values, check_x, map_compute_dtype
@@ -404,9 +404,9 @@ def _mollify_vmap(info, in_dims, *args):
     n = xb.shape[1]
     merged = xb.reshape(b * n, *xb.shape[2:])
     eps = call.given_noise
+    rows: Dict[str, Any] = {p: _per_row(getattr(call, p), dims[p], b, n) for p in PER_SAMPLE}
     merged_call = replace(
-        call, x=merged, sigma=cast(Param, _per_row(call.sigma, dims["sigma"], b, n)),
-        alpha=_per_row(call.alpha, dims["alpha"], b, n), blur_sigma=_per_row(call.blur_sigma, dims["blur_sigma"], b, n),
+        call, x=merged, **rows,
         given_noise=None if eps is None else _batched(eps, dims["given_noise"], b).reshape(merged.shape))
     out, noise = torch.ops.mollify_fast.mollify(*merged_call.op_args())
     if call.return_noise:

@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
+from .._call import PER_SAMPLE
 from .._validate import Params, compute_dtype
 from ..generator import DeviceStream
 from . import NATIVE_DIMS
@@ -124,6 +125,13 @@ def _ptr_num(v) -> Tuple[int, float]:
     return 0, 0.0 if v is None else float(v)
 
 
+def _value_ptr(v) -> Tuple[float, int]:
+    """A parameter as the C++ ``ParamArg`` pair (value, pointer): (0.0, address) for a per-sample
+    tensor, (value, 0) for a number, (0.0, 0) for None."""
+    ptr, num = _ptr_num(v)
+    return num, ptr
+
+
 @functools.lru_cache(maxsize=256)
 def _layout(shape: Union[Tuple[int, ...], List[int]], strides: Union[Tuple[Tuple[int, ...], ...], List[List[int]]],
             has_blur: bool):
@@ -155,8 +163,9 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
     """The positional arguments of ``_C.mollify_cpu`` / ``_C.mollify_cuda`` /
     ``_C.mollify_cuda_emulated`` up to ``stream_words`` (the address of a :class:`DeviceStream`'s
     words, else 0)
-    (positional: pybind11's keyword matching of 25 arguments costs more than the call itself).
-    ``noise_in``: 0 when ``noise`` (if any) is written, else the code from :func:`eps_input`
+    (positional: pybind11's keyword matching of 18 arguments costs more than the call itself).
+    The per-sample parameters go as one list of ``(value, pointer)`` pairs in :data:`PER_SAMPLE`
+    order (the C++ ``ParamIndex``). ``noise_in``: 0 when ``noise`` (if any) is written, else the code from :func:`eps_input`
     (``noise`` is then the caller's eps, read; the stream is not used)."""
     if isinstance(stream, DeviceStream):  # read by the kernel from the stream's words (README, "CUDA graphs")
         seed, offset, words = 0, 0, stream.words.data_ptr()
@@ -169,9 +178,6 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
     sizes, strides = _layout(tuple(x.shape), tuple(t.stride() for t in tensors), has_blur)
     numel = x.numel()
     batch = x.shape[0]
-    sig_p, sig = _ptr_num(p.sigma)
-    al_p, al = _ptr_num(p.alpha)
-    bl_p, bl = _ptr_num(p.blur_sigma)
     rad_p, rad = _ptr_num(p.radius)
     return (
         DTYPE_CODES[out.dtype],  # x's, except with an input map (then X_DTYPE_CODES[x.dtype] follows)
@@ -186,12 +192,7 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
         numel,
         batch,
         numel // batch,
-        sig,
-        al,
-        bl,
-        sig_p,
-        al_p,
-        bl_p,
+        [_value_ptr(getattr(p, name)) for name in PER_SAMPLE],
         has_blur,
         int(rad),
         rad_p,
