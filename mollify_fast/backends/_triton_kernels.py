@@ -169,10 +169,10 @@ def _param(ptr, scalar, n, PER_SAMPLE: tl.constexpr):
 
 
 @triton.jit
-def _params_at(i, numel, sample_numel, sigma_ptr, alpha_ptr, sigma, alpha, SIGMA_PER_SAMPLE: tl.constexpr,
-               ALPHA_PER_SAMPLE: tl.constexpr):
+def _params_at(i, numel, sample_numel, params, SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr):
     # (sigma, alpha) of logical indices i: gathered per sample (n = i // sample_numel, clamped
-    # for masked lanes past the end), or the scalars.
+    # for masked lanes past the end), or the scalars. params: (sigma_ptr, alpha_ptr, sigma, alpha).
+    sigma_ptr, alpha_ptr, sigma, alpha = params
     if SIGMA_PER_SAMPLE or ALPHA_PER_SAMPLE:
         n = tl.minimum(i // sample_numel, (numel - 1) // sample_numel)
         return _param(sigma_ptr, sigma, n, SIGMA_PER_SAMPLE), _param(alpha_ptr, alpha, n, ALPHA_PER_SAMPLE)
@@ -181,9 +181,11 @@ def _params_at(i, numel, sample_numel, sigma_ptr, alpha_ptr, sigma, alpha, SIGMA
 
 
 @triton.jit
-def _coords(i, s1, s2, s3):
-    # Coordinates of logical index i over 4 dims (sizes *, s1, s2, s3), decomposed once and
-    # turned into an offset per tensor by _dot4 (x, out and noise have their own strides).
+def _coords(i, sizes):
+    # Coordinates of logical index i over 4 dims (sizes *, s1, s2, s3: ``sizes`` is the last
+    # three), decomposed once and turned into an offset per tensor by _dot4 (x, out and noise
+    # have their own strides).
+    s1, s2, s3 = sizes
     d3 = i % s3
     r = i // s3
     d2 = r % s2
@@ -194,9 +196,16 @@ def _coords(i, s1, s2, s3):
 
 
 @triton.jit
-def _dot4(d, t0, t1, t2, t3):
-    # Memory offset of coordinates d (from _coords) for strides t0..t3.
-    return d[0] * t0 + d[1] * t1 + d[2] * t2 + d[3] * t3
+def _dot4(d, st):
+    # Memory offset of coordinates d (from _coords) for a tensor's 4 strides st.
+    return d[0] * st[0] + d[1] * st[1] + d[2] * st[2] + d[3] * st[3]
+
+
+@triton.jit
+def _plane_offset(pd0, pd1, pd2, st):
+    # Memory offset of a plane with coordinates (pd0, pd1, pd2) over the plane dims, for a
+    # tensor's strides st (its first three are the plane dims').
+    return pd0 * st[0] + pd1 * st[1] + pd2 * st[2]
 
 
 @triton.jit
@@ -241,24 +250,28 @@ def _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R: tl.constexpr,
 
 
 @triton.jit
-def _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, sg, al,
-              osh, osw, nsh, nsw, rmask, ALIGNED: tl.constexpr, HAS_NOISE: tl.constexpr,
-              SHARE: tl.constexpr = False, NOISE_IN: tl.constexpr = False):
+def _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, key, sg, al, out_hw, noise_hw, rmask,
+              ALIGNED: tl.constexpr, HAS_NOISE: tl.constexpr, SHARE: tl.constexpr = False,
+              NOISE_IN: tl.constexpr = False):
     """Finish one output row of a ``[S, BW]`` tile: noise, ``alpha * B(x) + sigma * eps``, store.
 
     ``vals``: the 4 blurred lanes (``[S, BW]`` each, columns ``c + 0..3``); ``h``: the ``[S]``
-    rows; ``plane_elem0``: logical index of each unit's plane start (int64 ``[S]``).
+    rows; ``plane_elem0``: logical index of each unit's plane start (int64 ``[S]``); ``key``:
+    the stream ``(k0, k1, off)`` (:func:`_stream_key`); ``out_hw``/``noise_hw``: the (H, W)
+    strides of out and noise.
     ``SHARE`` (W % 4 != 0): thread ``q``'s second counter group is thread ``q + 1``'s first,
     taken from it with ``tl.gather`` instead of a second Philox; the last thread of the row only
     supplies its group (its columns belong to the next column block and are not stored).
     ``NOISE_IN``: eps is read from ``noise_base`` (the caller's, any float dtype) instead of drawn.
     """
+    osh, osw = out_hw
+    nsh, nsw = noise_hw
     if NOISE_IN:
         cols, mask = _row_mask(c, W, rmask, ALIGNED, SHARE)
         o = (h * nsh)[:, None, None] + (cols * nsw)[None, :, :]
         eps = _f32(tl.load(noise_base[:, None, None] + o, mask=mask, other=0.0))
     else:
-        eps = _row_normals(c, h, W, plane_elem0, k0, k1, off, ALIGNED, SHARE)
+        eps = _row_normals(c, h, W, plane_elem0, key, ALIGNED, SHARE)
     v0, v1, v2, v3 = vals
     res = al[:, None, None] * _quad(v0, v1, v2, v3) + sg[:, None, None] * eps
     if not NOISE_IN:
@@ -281,8 +294,9 @@ def _row_mask(c, W, rmask, ALIGNED: tl.constexpr, SHARE: tl.constexpr):
 
 
 @triton.jit
-def _row_normals(c, h, W, plane_elem0, k0, k1, off, ALIGNED: tl.constexpr, SHARE: tl.constexpr):
+def _row_normals(c, h, W, plane_elem0, key, ALIGNED: tl.constexpr, SHARE: tl.constexpr):
     """The drawn eps ``[S, BW, 4]`` of one output row's lanes (see :func:`_emit_row`)."""
+    k0, k1, off = key
     idx = (plane_elem0 + h.to(tl.int64) * W)[:, None] + c[None, :]  # logical index of lane 0
     if ALIGNED:
         # W % 4 == 0: the thread's 4 elements are exactly counter group idx / 4.
@@ -374,7 +388,7 @@ def _mollify_noise_kernel(
             eps = _f32(tl.load(noise_ptr + i, mask=mask, other=0.0))
         else:
             eps = _quad(z0, z1, z2, z3)
-        s, a = _params_at(i, numel, sample_numel, sigma_ptr, alpha_ptr, sigma, alpha,
+        s, a = _params_at(i, numel, sample_numel, (sigma_ptr, alpha_ptr, sigma, alpha),
                           SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE)
         x = _f32(tl.load(x_ptr + i, mask=mask, other=0))
         x = _map_in(x, _quad(u0, u1, u2, u3), in_scale, in_shift, MAP, DEQUANT)
@@ -387,43 +401,46 @@ def _mollify_noise_kernel(
         # have. A [BLOCK, 4] tile with scalar (strided) accesses made Triton 3.8 pick a layout
         # that shuffles every lane: 118 registers and 119.5 SASS instructions per element for
         # channels_last float32 (Triton 3.6 compiled the same source to 72.5).
+        sizes = (s1, s2, s3)
+        strides = ((xs0, xs1, xs2, xs3), (os0, os1, os2, os3), (ns0, ns1, ns2, ns3))  # x, out, noise
         bx = i0 * 0
-        bo = bx
-        bn = bx
+        bases = (bx, bx, bx)
         if GROUP_ROWS:
-            d = _coords(i0, s1, s2, s3)
-            bx = _dot4(d, xs0, xs1, xs2, xs3)
-            bo = _dot4(d, os0, os1, os2, os3)
-            bn = _dot4(d, ns0, ns1, ns2, ns3)
+            d = _coords(i0, sizes)
+            bases = (_dot4(d, strides[0]), _dot4(d, strides[1]), _dot4(d, strides[2]))
         lanes = (z0, z1, z2, z3)
         ulanes = (u0, u1, u2, u3)
         for j in tl.static_range(4):
-            _strided_lane(lanes[j], j, i0, bx, bo, bn, x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, sigma, alpha,
-                          numel, sample_numel, s1, s2, s3, xs0, xs1, xs2, xs3, os0, os1, os2, os3,
-                          ns0, ns1, ns2, ns3, HAS_NOISE, GROUP_ROWS, SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE,
-                          ulanes[j], in_scale, in_shift, MAP, DEQUANT, NOISE_IN)
+            _strided_lane(lanes[j], ulanes[j], j, i0, bases, (x_ptr, out_ptr, noise_ptr),
+                          (sigma_ptr, alpha_ptr, sigma, alpha), numel, sample_numel, sizes, strides,
+                          in_scale, in_shift, HAS_NOISE, GROUP_ROWS, SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE,
+                          MAP, DEQUANT, NOISE_IN)
 
 
 @triton.jit
-def _strided_lane(z, j: tl.constexpr, i0, bx, bo, bn, x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, sigma, alpha,
-                  numel, sample_numel, s1, s2, s3, xs0, xs1, xs2, xs3, os0, os1, os2, os3, ns0, ns1, ns2, ns3,
-                  HAS_NOISE: tl.constexpr, GROUP_ROWS: tl.constexpr, SIGMA_PER_SAMPLE: tl.constexpr,
-                  ALPHA_PER_SAMPLE: tl.constexpr, u, in_scale, in_shift, MAP: tl.constexpr,
+def _strided_lane(z, u, j: tl.constexpr, i0, bases, ptrs, params, numel, sample_numel, sizes, strides,
+                  in_scale, in_shift, HAS_NOISE: tl.constexpr, GROUP_ROWS: tl.constexpr,
+                  SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr, MAP: tl.constexpr,
                   DEQUANT: tl.constexpr, NOISE_IN: tl.constexpr):
-    """Lane ``j`` (element ``4 g + j``) of each group ``g`` of the noise kernel's strided path."""
+    """Lane ``j`` (element ``4 g + j``) of each group ``g`` of the noise kernel's strided path:
+    ``z``/``u`` the lane's normal and uniform; ``ptrs``, ``strides`` (4 each) and ``bases`` (the
+    group's offsets, with ``GROUP_ROWS``) for x, out and noise; ``params`` as :func:`_params_at`;
+    ``sizes`` as :func:`_coords`."""
+    x_ptr, out_ptr, noise_ptr = ptrs
+    xs, os_, ns = strides
     i = i0 + j
     mask = i < numel
-    s, a = _params_at(i, numel, sample_numel, sigma_ptr, alpha_ptr, sigma, alpha, SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE)
+    s, a = _params_at(i, numel, sample_numel, params, SIGMA_PER_SAMPLE, ALPHA_PER_SAMPLE)
     if GROUP_ROWS:
         # Innermost size % 4 == 0: the group's 4 lanes share their outer coordinates.
-        ox = bx + j * xs3
-        oo = bo + j * os3
-        on = bn + j * ns3
+        ox = bases[0] + j * xs[3]
+        oo = bases[1] + j * os_[3]
+        on = bases[2] + j * ns[3]
     else:
-        d = _coords(i, s1, s2, s3)
-        ox = _dot4(d, xs0, xs1, xs2, xs3)
-        oo = _dot4(d, os0, os1, os2, os3)
-        on = _dot4(d, ns0, ns1, ns2, ns3)
+        d = _coords(i, sizes)
+        ox = _dot4(d, xs)
+        oo = _dot4(d, os_)
+        on = _dot4(d, ns)
     if NOISE_IN:
         z = _f32(tl.load(noise_ptr + on, mask=mask, other=0.0))
     x = _map_in(_f32(tl.load(x_ptr + ox, mask=mask, other=0)), u, in_scale, in_shift, MAP, DEQUANT)
@@ -453,9 +470,9 @@ def _mollify_blur_kernel(
     pid_c = pid % col_blocks
     umask, plane, strip, n, pd0, pd1, pd2 = _units(pid // col_blocks, units, strips, planes_per_sample, P1, P2, S)
     h0 = strip * TILE_H
-    x_base = x_ptr + (pd0 * xs0 + pd1 * xs1 + pd2 * xs2)
-    out_base = out_ptr + (pd0 * os0 + pd1 * os1 + pd2 * os2)
-    noise_base = noise_ptr + (pd0 * ns0 + pd1 * ns1 + pd2 * ns2)
+    x_base = x_ptr + _plane_offset(pd0, pd1, pd2, (xs0, xs1, xs2))
+    out_base = out_ptr + _plane_offset(pd0, pd1, pd2, (os0, os1, os2))
+    noise_base = noise_ptr + _plane_offset(pd0, pd1, pd2, (ns0, ns1, ns2))
     plane_elem0 = plane.to(tl.int64) * H * W
     if ALIGNED:
         c = (pid_c * BW + tl.arange(0, BW)) * 4  # first column of each thread's 4
@@ -498,8 +515,8 @@ def _mollify_blur_kernel(
                                 RADIUS_PER_SAMPLE)
                 vals = vals + (acc,)  # type: ignore[assignment]  # grows while Triton unrolls
             h = h0 + (t - 2 * R)
-            _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, k0, k1, off, sg, al,
-                      osh, osw, nsh, nsw, umask & (h < H), ALIGNED, HAS_NOISE, True, NOISE_IN)
+            _emit_row(vals, out_base, noise_base, h, c, H, W, plane_elem0, (k0, k1, off), sg, al, (osh, osw),
+                      (nsh, nsw), umask & (h < H), ALIGNED, HAS_NOISE, True, NOISE_IN)
 
 
 @triton.jit
@@ -548,8 +565,8 @@ def _mollify_blur_axis_kernel(
     pid = tl.program_id(0)
     pid_c = pid % col_blocks
     umask, plane, h, n, pd0, pd1, pd2 = _units(pid // col_blocks, units, H, planes_per_sample, P1, P2, S)
-    src_base = src_ptr + (pd0 * ss0 + pd1 * ss1 + pd2 * ss2)
-    out_base = out_ptr + (pd0 * os0 + pd1 * os1 + pd2 * os2)
+    src_base = src_ptr + _plane_offset(pd0, pd1, pd2, (ss0, ss1, ss2))
+    out_base = out_ptr + _plane_offset(pd0, pd1, pd2, (os0, os1, os2))
     c = (pid_c * BW + tl.arange(0, BW)) * 4
     if BLUR_PER_SAMPLE:
         bs = tl.load(blur_ptr + n)
@@ -580,15 +597,15 @@ def _mollify_blur_axis_kernel(
                     r[:, None, None], RADIUS_PER_SAMPLE)
         k += 1
     if FINAL:
-        noise_base = noise_ptr + (pd0 * ns0 + pd1 * ns1 + pd2 * ns2)
+        noise_base = noise_ptr + _plane_offset(pd0, pd1, pd2, (ns0, ns1, ns2))
         sg = _param(sigma_ptr, sigma, n, SIGMA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
         al = _param(alpha_ptr, alpha, n, ALPHA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
         # acc[..., 2i + j]: split j (lanes 0, 2 | 1, 3), then i.
         even, odd = tl.split(tl.reshape(acc, (S, BW, 2, 2)))
         a0, a2 = tl.split(even)
         a1, a3 = tl.split(odd)
-        _emit_row((a0, a1, a2, a3), out_base, noise_base, h, c, H, W, plane.to(tl.int64) * H * W, k0, k1, off,
-                  sg, al, osh, osw, nsh, nsw, umask, ALIGNED, HAS_NOISE, False, NOISE_IN)
+        _emit_row((a0, a1, a2, a3), out_base, noise_base, h, c, H, W, plane.to(tl.int64) * H * W, (k0, k1, off),
+                  sg, al, (osh, osw), (nsh, nsw), umask, ALIGNED, HAS_NOISE, False, NOISE_IN)
     else:
         cols = c[:, None] + lanes[None, :]
         o = (h * osh)[:, None, None] + (cols * osw)[None, :, :]
