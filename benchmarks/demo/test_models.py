@@ -314,3 +314,42 @@ def test_vae_uint8_batches_give_the_float_pipelines_numbers(mode):
 def test_as_levels_refuses_values_off_the_grid():
     with pytest.raises(ValueError, match="multiple of 1/16"):
         as_levels(torch.tensor([0.5, 0.51]))
+
+
+def test_seed_spread_reads_both_codes_and_counts_run_away_seeds(tmp_path):
+    """The seed-spread report on runs with known values: the authors' CSV is read per seed and
+    epoch (its last row is epoch 150), the medians and run-away counts are those of the values
+    written, and a clear shift between two sets of seeds gives a small p-value."""
+    import json
+
+    from benchmarks.demo import seed_spread
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    ours = [-15.0, -16.0, -17.0, -14.5, -15.5, -16.5, -200.0]
+    settings = {"epochs": 150, "hidden": 512, "lr": 1e-4, "batch": 100}
+    for seed, v in enumerate(ours):
+        curve = [-12.0 + (v + 12.0) * e / 149 for e in range(150)]
+        with open(runs / f"redwine_maf_vanilla_seed{seed}.json", "w") as f:
+            json.dump({**settings, "test_ll": v, "test_ll_per_epoch": curve}, f)
+    theirs = [-16.0, -15.0, -18.0, -17.5, -14.0, -16.2]
+    csv_path = tmp_path / "authors.csv"
+    with open(csv_path, "w") as f:
+        f.write("# made up for the test\nseed,epoch,test_ll\n")
+        for seed, v in enumerate(theirs, start=1):
+            f.write(f"{seed},5,-12.5\n{seed},150,{v}\n")
+    read = seed_spread.read_authors(str(csv_path))
+    assert sorted(read) == [1, 2, 3, 4, 5, 6] and read[3] == [(5, -12.5), (150, -18.0)]
+    assert seed_spread.main(["--seeds", "7", "--cached-only", "--runs", str(runs), "--authors", str(csv_path),
+                             "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "seed_spread_redwine_maf_vanilla.md").read_text()
+    assert (tmp_path / "seed_spread_redwine_maf_vanilla.png").stat().st_size > 0
+    def row(name):  # seeds, mean ± std, median, quartiles, worst, best, run-away seeds
+        return [c.strip() for c in md.split(f"| {name} |")[1].split("\n")[0].split("|")[:-1]]
+
+    # The median of all 13 seeds is -16.0: a run-away seed ends below -26.0.
+    assert row("ours")[0] == "7" and row("ours")[2] == "-16.00" and row("ours")[4] == "-200.00"
+    assert row("ours")[6] == "1" and row("authors' code")[6] == "0" and row("authors' code")[2] == "-16.10"
+    _, p_same = seed_spread.mann_whitney(ours, theirs)
+    _, p_shifted = seed_spread.mann_whitney([v - 5.0 for v in theirs], theirs)
+    assert p_same > 0.05 and p_shifted < 0.01
