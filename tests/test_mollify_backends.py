@@ -223,3 +223,35 @@ def test_every_backend_declares_its_limits():
 
     assert set(backends.LIMITS) == set(backends.BACKENDS)
     assert _native.MAX_DIMS == backends.LIMITS["cpu"].max_dims == backends.LIMITS["cuda"].max_dims
+
+
+def test_native_parameter_list_follows_per_sample():
+    """The C++ kernels index the number-or-per-sample parameters by ``ParamIndex``
+    (csrc/mollify_args.h), the Python side packs them in ``PER_SAMPLE`` order: the two lists
+    agree, and a list of another length is refused before any kernel runs."""
+    import re
+
+    from mollify_fast import backends
+    from mollify_fast._call import PER_SAMPLE
+    from mollify_fast._validate import Params
+    from mollify_fast.backends import _native
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "csrc", "mollify_args.h")) as f:
+        enum = re.search(r"enum ParamIndex[^{]*\{([^}]*)\}", f.read()).group(1)
+    names = [e.split("=")[0].strip() for e in enum.split(",")]
+    assert names == ["k" + "".join(w.capitalize() for w in p.split("_")) for p in PER_SAMPLE] + ["kNumParams"]
+    ext, why = _native.extension()
+    if ext is None:
+        pytest.skip(f"the compiled extension is unavailable: {why}")
+    x = torch.rand(2, 3)
+    out = torch.empty_like(x)
+    args = list(_native.kernel_args(x, out, None, Params(0.5, 0.8, None, 0, 0), (1, 0)))
+    pairs = args.index([(0.5, 0), (0.8, 0), (0.0, 0)])  # the (value, pointer) pairs, in PER_SAMPLE order
+    ext.mollify_cpu(ext.Args(*args), 1)
+    want = torch.empty_like(x)
+    backends.launcher("reference")(x, want, None, Params(0.5, 0.8, None, 0, 0), (1, 0))
+    # eps within 2e-6 (1 + |eps|) of the reference's (|eps| < 6 here), times sigma 0.5
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="one \\(value, pointer\\) pair per ParamIndex"):
+        ext.Args(*args[:pairs], args[pairs][:2], *args[pairs + 1:])
