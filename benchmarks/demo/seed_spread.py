@@ -2,12 +2,13 @@
 
 The paper's measure (the mean test log-likelihood of the epoch-150 model) is dominated, for a
 vanilla flow that overfits, by its worst seeds: a run whose test figure keeps falling after
-its best epoch can end 10-500 nats below the others. A mean ± std over 3 or 10 seeds then says
-more about whether such a seed was drawn than about the implementation, so this compares the
-whole distribution of one cell over many seeds, ours and the authors' code run here unchanged:
-sorted values, medians and quartiles, the number of seeds below a threshold, and a two-sided
-Mann-Whitney U test (are the two sets of seeds draws from one distribution?), with a plot of
-both and of the test figure every 5 epochs (the authors' code logs it every 5 epochs).
+its best epoch can end tens to thousands of nats below the others. A mean ± std over 3 or 10
+seeds then says more about whether such a seed was drawn than about the implementation, so
+this compares the whole distribution of one cell over many seeds, ours and the authors' code
+run here unchanged: sorted values, medians and quartiles, the number of seeds below a
+threshold, and a two-sided Mann-Whitney U test (are the two sets of seeds draws from one
+distribution?), with a plot of both and of the test figure every 5 epochs (the authors' code
+logs it every 5 epochs).
 
     python -m benchmarks.demo.seed_spread [--seeds N] [--dataset redwine] [--flow maf]
         [--arm vanilla] [--authors CSV] [--runs DIR] [--out DIR] [--cached-only]
