@@ -65,15 +65,11 @@ MollifyArgs make_args(int dtype, const std::vector<int64_t>& sizes, const std::v
   copy_dims(x_strides, a.x_strides, "x_strides", sizes.size());
   copy_dims(out_strides, a.out_strides, "out_strides", sizes.size());
   copy_dims(noise_strides, a.noise_strides, "noise_strides", sizes.size());
-  a.x = reinterpret_cast<const void*>(x);
-  a.out = reinterpret_cast<void*>(out);
-  a.noise = reinterpret_cast<void*>(noise);
   for (size_t i = 0; i < params.size(); ++i) {
     a.param_value[i] = params[i].first;
     a.param_ptr[i] = reinterpret_cast<const void*>(params[i].second);
   }
-  a.seed = seed;
-  a.offset = offset;
+  set_call(a, x, out, noise, a.param_value[mollify_fast::kSigma], a.param_value[mollify_fast::kAlpha], seed, offset);
   a.numel = numel;
   a.batch = batch;
   a.sample_numel = sample_numel;

@@ -495,7 +495,9 @@ def resolve_params(
     xd = x.dtype
     vp = alpha is None
 
-    def as_param(v64: torch.Tensor, src: torch.Tensor) -> Param:
+    def kernel_form(v64: torch.Tensor, src: torch.Tensor) -> Param:
+        # A checked tensor parameter as the kernels take it: its number (0-d), else [N] in the
+        # compute dtype on x's device.
         if v64.dim() == 0:
             return float(v64)
         return src.to(x.device, acc).contiguous()
@@ -506,10 +508,10 @@ def resolve_params(
         v = _tensor_values("sigma", sigma, acc, xd)
         if v.numel():
             _check_sigma_range(float(v.min()), float(v.max()), vp)
-        s_val = as_param(v, sigma)
+        s_val = kernel_form(v, sigma)
         if vp:
             a64 = torch.sqrt(1.0 - v * v)
-            a_val = as_param(a64, a64)
+            a_val = kernel_form(a64, a64)
     else:
         _check_number("sigma", sigma, acc, xd)
         _check_sigma_range(sigma, sigma, vp)
@@ -517,7 +519,7 @@ def resolve_params(
         if vp:
             a_val = math.sqrt(1.0 - sigma * sigma)
     if isinstance(alpha, torch.Tensor):
-        a_val = as_param(_tensor_values("alpha", alpha, acc, xd), alpha)
+        a_val = kernel_form(_tensor_values("alpha", alpha, acc, xd), alpha)
     elif alpha is not None:
         _check_number("alpha", alpha, acc, xd)
         a_val = alpha
@@ -535,7 +537,7 @@ def resolve_params(
             v = _tensor_values("blur_sigma", blur_sigma, acc, xd)
             if v.numel() and bool((v < 0).any()):
                 raise ValueError(f"mollify: blur_sigma must be >= 0, got {v.min().item()}")
-            b_val = as_param(v, blur_sigma)
+            b_val = kernel_form(v, blur_sigma)
         else:
             _check_number("blur_sigma", blur_sigma, acc, xd)
             if blur_sigma < 0:

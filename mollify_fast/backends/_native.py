@@ -118,33 +118,26 @@ def merged(shape, strides, blur: bool) -> Tuple[List[int], List[List[int]]]:
     return coalesce(list(shape), [list(s) for s in strides])
 
 
-def _ptr_num(v) -> Tuple[int, float]:
-    """(pointer, 0.0) for a per-sample tensor, (0, value) for a number, (0, 0.0) for None."""
-    if isinstance(v, torch.Tensor):
-        return v.data_ptr(), 0.0
-    return 0, 0.0 if v is None else float(v)
-
-
 def _value_ptr(v) -> Tuple[float, int]:
-    """A parameter as the C++ ``ParamArg`` pair (value, pointer): (0.0, address) for a per-sample
+    """A parameter as the kernels take it, (value, pointer): (0.0, address) for a per-sample
     tensor, (value, 0) for a number, (0.0, 0) for None."""
-    ptr, num = _ptr_num(v)
-    return num, ptr
+    if isinstance(v, torch.Tensor):
+        return 0.0, v.data_ptr()
+    return 0.0 if v is None else float(v), 0
 
 
 @functools.lru_cache(maxsize=256)
 def _layout(shape: Union[Tuple[int, ...], List[int]], strides: Union[Tuple[Tuple[int, ...], ...], List[List[int]]],
             has_blur: bool):
     """Kernel sizes and per-tensor strides for one layout (cached: training loops repeat them)."""
-    sizes, merged_strides = merged(shape, strides, has_blur)
-    if has_blur:
+    sizes, st = merged(shape, strides, has_blur)
+    if has_blur:  # H and W follow the merged plane dims, as they are
         sizes = sizes + list(shape[-2:])
-        merged_strides = [ls + list(s[-2:]) for ls, s in zip(merged_strides, strides)]
-    strides = merged_strides
+        st = [ls + list(s[-2:]) for ls, s in zip(st, strides)]
     if len(sizes) > MAX_DIMS:
         raise ValueError(f"mollify: x has {len(sizes)} non-mergeable dims; at most {MAX_DIMS} are supported "
                          "(pass x.contiguous())")
-    return sizes, strides
+    return sizes, st
 
 
 def eps_input(x: torch.Tensor, eps: torch.Tensor) -> Tuple[torch.Tensor, int]:
@@ -165,8 +158,8 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
     words, else 0)
     (positional: pybind11's keyword matching of 18 arguments costs more than the call itself).
     The per-sample parameters go as one list of ``(value, pointer)`` pairs in :data:`PER_SAMPLE`
-    order (the C++ ``ParamIndex``). ``noise_in``: 0 when ``noise`` (if any) is written, else the code from :func:`eps_input`
-    (``noise`` is then the caller's eps, read; the stream is not used)."""
+    order (the C++ ``ParamIndex``). ``noise_in``: 0 when ``noise`` (if any) is written, else the
+    code from :func:`eps_input` (``noise`` is then the caller's eps, read; the stream is not used)."""
     if isinstance(stream, DeviceStream):  # read by the kernel from the stream's words (README, "CUDA graphs")
         seed, offset, words = 0, 0, stream.words.data_ptr()
     else:
@@ -178,7 +171,7 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
     sizes, strides = _layout(tuple(x.shape), tuple(t.stride() for t in tensors), has_blur)
     numel = x.numel()
     batch = x.shape[0]
-    rad_p, rad = _ptr_num(p.radius)
+    rad, rad_p = _value_ptr(p.radius)
     return (
         DTYPE_CODES[out.dtype],  # x's, except with an input map (then X_DTYPE_CODES[x.dtype] follows)
         sizes,
