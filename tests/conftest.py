@@ -150,7 +150,9 @@ def assert_out_given_eps(out, x, eps, sigma, *, alpha=None, blur_sigma=None, blu
     e = eps.detach().cpu().to(acc).double()
     ax, se = a * bx, s * e
     formula = ax + se
-    bound = 4 * u * (ax.abs() + se.abs()) + taps * u * a.abs() * babs
+    # Each rounding errs by u relative or, in the subnormal range, by half the smallest subnormal
+    # of the compute dtype (u * tiny): alpha = 1.4e-45 rounds alpha * x to a float32 subnormal.
+    bound = 4 * u * (ax.abs() + se.abs() + torch.finfo(acc).tiny) + taps * u * a.abs() * babs
     if dtype in (torch.float16, torch.bfloat16):
         bound = bound + EPS[dtype] * (formula.abs().clamp_min(2.0**-14) + (se.abs() if eps_rounded else 0))
     assert_within(out, formula.expand_as(out), bound.expand_as(out), f"{what}: out given eps")

@@ -255,3 +255,12 @@ def test_native_parameter_list_follows_per_sample():
     torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="one \\(value, pointer\\) pair per ParamIndex"):
         ext.Args(*args[:pairs], args[pairs][:2], *args[pairs + 1:])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_results_in_the_subnormal_range(backend):
+    """alpha * x below float32's smallest normal (alpha = its smallest subnormal): each backend
+    rounds to a subnormal or 0, which the parity bound allows (half a subnormal per rounding)."""
+    _setup(backend)
+    compare(backend, torch.randn(4, 3, 37), 0.0, alpha=torch.finfo(torch.float32).tiny * 2.0**-23)
+    compare(backend, torch.randn(4, 3, 37), 1e-30, alpha=3e-39)
