@@ -44,9 +44,9 @@ import torch
 
 from . import backends
 from ._blur import blur as blur_planes
-from ._call import FUNCTIONAL_SCHEMA, OUT_ARGS, OUT_SCHEMA, PER_SAMPLE, Call, Param, arg_dims
-from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, Params, check_out_memory, check_static, compute_dtype,
-                        resolve_params, same_view)
+from ._call import FUNCTIONAL_SCHEMA, OUT_ARGS, OUT_SCHEMA, PER_SAMPLE, Call, Param, Params, arg_dims
+from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, check_out_memory, check_static, compute_dtype,
+                        kernel_params, same_view)
 from ._validate import check_input_map, check_map_values, check_x, map_compute_dtype
 from . import reference as _reference
 from ._replay import in_checkpoint, take as take_replayable, untracked as replay_untracked
@@ -100,7 +100,7 @@ def _run(call: Call) -> None:
     x, out, noise, eps, state = call.x, cast(torch.Tensor, call.out), call.noise, call.given_noise, call.stream
     dequant = call.dequantize
     capturing = _capturing(x)
-    p: Params = resolve_params(_dtype_carrier(x, out), call.sigma, call.alpha, call.blur_sigma, call.blur_radius)
+    p: Params = kernel_params(_dtype_carrier(x, out), call)
     p = _with_map(p, x, out, call.input_scale, call.input_shift, dequant)
     mapped = p.maps(x, out)
     name, launch = backends.resolve(call.backend, _map_probe(x, out) if mapped else x, p)
@@ -164,21 +164,21 @@ def _run(call: Call) -> None:
         return
     if noise is not None and eps is not None:
         noise.copy_(eps)  # before out is written: out may be eps's own view (out=noise)
+        noise = None  # the kernels read eps (given_noise) and write no eps
+    # The record the launcher takes: the call with its resolved parts.
+    k = replace(call, x=x, out=out, noise=noise, given_noise=eps, params=p, rng=stream)
     if mapped and (eps is not None or not backends.maps_input(name, x, out, p)):
-        _run_mapped(name, launch, x, out, noise if eps is None else None, p, stream, eps)
+        _run_mapped(name, launch, k)
     elif unfused:
-        _run_unfused(launch, x, out, noise, p, stream, eps)
+        _run_unfused(launch, k)
     elif copies:
-        _run_contiguous(launch, x, out, noise, p, stream, eps)
+        _run_contiguous(launch, k)
     else:
         if p.blur_sigma is not None and same_view(out, x):
             # The blur reads neighbours that an in-place write would already have replaced:
             # blur a copy so that out=x gives exactly the out-of-place result.
-            x = x.clone()
-        if eps is None:
-            launch(x, out, noise, p, stream)
-        else:
-            launch(x, out, eps, p, stream, noise_in=True)
+            k = replace(k, x=x.clone())
+        launch(k)
     if words is not None and eps is None:
         advance_resident(words, _stream_elements(x.numel(), dequant))
     if neg_out is not None:
@@ -188,7 +188,7 @@ def _run(call: Call) -> None:
 # ---- the input map (README, "The contract, in short"): uint8 in, floats out ----
 
 def _dtype_carrier(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """The tensor whose dtype gives the compute dtype to :func:`resolve_params`: x for the plain
+    """The tensor whose dtype gives the compute dtype to :func:`kernel_params`: x for the plain
     op and float64 x, else out (float64 compute exactly when x or the output is float64)."""
     return x if x.dtype == out.dtype or x.dtype == torch.float64 else out
 
@@ -215,23 +215,24 @@ def _stream_elements(numel: int, dequant: bool) -> int:
     return 8 * ((numel + 3) >> 2) if dequant else numel
 
 
-def _run_mapped(name: str, launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params,
-                stream, given: Optional[torch.Tensor] = None) -> None:
+def _run_mapped(name: str, launch, call: Call) -> None:
     """A call with an input map on a backend whose kernel has none (or with the caller's eps,
-    ``given``, which the mapped kernels do not read): x_f (the map, with the stream's
+    ``call.given_noise``, which the mapped kernels do not read): x_f (the map, with the stream's
     dequantisation uniforms) into a contiguous temporary in the compute dtype, then the plain
     op on it, written straight into out where out has the compute dtype, else into a temporary
     rounded once into out. Same numbers as the fused map, one more pass."""
+    x, out, noise, p = call.x, call.target, call.noise, call.resolved
     acc = map_compute_dtype(x.dtype, out.dtype)
     map_only = replace(p.without_blur(), sigma=0.0, alpha=1.0)
     xf = torch.empty(x.shape, dtype=acc, device=x.device)
     if p.dequant and backends.maps_input(name, x, xf, map_only):
         # The backend's own mapped noise kernel at sigma 0, alpha 1 writes x_f exactly (its
         # uniforms are the stream's; 0 * eps adds nothing): native speed for the uniforms.
-        launch(x, xf, None, map_only, stream)
+        launch(replace(call, out=xf, noise=None, given_noise=None, params=map_only))
     else:
         u = None
         if p.dequant:
+            stream = call.rng
             if isinstance(stream, DeviceStream):
                 if _capturing(x):
                     _refuse_capture("with dequantize=True on a backend whose kernels do not draw the uniforms")
@@ -242,12 +243,11 @@ def _run_mapped(name: str, launch, x: torch.Tensor, out: torch.Tensor, noise: Op
     pf = replace(p, in_scale=1.0, in_shift=0.0, dequant=False)
     res = out if out.dtype == acc else torch.empty_like(xf)
     eps = noise if noise is None or noise.dtype == acc else torch.empty_like(xf)
+    plain = replace(call, x=xf, out=res, noise=eps, params=pf)
     if _beyond_image(backends.LIMITS[name], xf, pf):  # xf is contiguous: its dims merge
-        _run_unfused(launch, xf, res, eps, pf, stream, given)
-    elif given is not None:
-        launch(xf, res, given, pf, stream, noise_in=True)
+        _run_unfused(launch, plain)
     else:
-        launch(xf, res, eps, pf, stream)
+        launch(plain)
     if res is not out:
         out.copy_(res)
     if noise is not None and eps is not noise:
@@ -275,43 +275,34 @@ def _too_many_dims(limits: backends.Limits, x: torch.Tensor, out: torch.Tensor, 
     return len(merged(x.shape, [t.stride() for t in ts], p.blur_sigma is not None)[0]) > most
 
 
-def _run_contiguous(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params,
-                    stream, given: Optional[torch.Tensor] = None) -> None:
+def _run_contiguous(launch, call: Call) -> None:
     """The backend's own kernel on contiguous copies (same logical order, so every element
-    draws the same normal), then copied back into out (and noise). ``given``: the caller's eps."""
-    xc = x.contiguous()
+    draws the same normal), then copied back into out (and noise). The caller's eps
+    (``given_noise``), if any, is read from a contiguous copy too."""
+    x, out, noise, given = call.x, call.target, call.noise, call.given_noise
     oc = torch.empty(x.shape, dtype=out.dtype, device=x.device)
-    if given is not None:
-        launch(xc, oc, given.contiguous(), p, stream, noise_in=True)
-    else:
-        nc = None if noise is None else torch.empty(x.shape, dtype=noise.dtype, device=x.device)
-        launch(xc, oc, nc, p, stream)
-        if noise is not None:
-            noise.copy_(cast(torch.Tensor, nc))
+    nc = None if noise is None else torch.empty(x.shape, dtype=noise.dtype, device=x.device)
+    launch(replace(call, x=x.contiguous(), out=oc, noise=nc, given_noise=None if given is None else given.contiguous()))
+    if noise is not None:
+        noise.copy_(cast(torch.Tensor, nc))
     out.copy_(oc)
 
 
-def _run_unfused(launch, x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params,
-                 stream, given: Optional[torch.Tensor] = None) -> None:
+def _run_unfused(launch, call: Call) -> None:
     """The slow path of a compiled backend: blur (folded weights, any radius) into a contiguous
     temporary in the compute dtype, then the backend's noise kernel on it.
 
     The temporary has x's shape, so every element keeps its logical index and draws the same
     normal as in the fused kernel; ``out = alpha * B(x) + sigma * eps`` is computed in the
-    compute dtype and rounded once to x.dtype (the copy into ``out``). ``given``: the caller's
-    eps (``noise=``), read by the noise kernel instead of drawing (``noise`` is then filled by
-    the caller).
+    compute dtype and rounded once to x.dtype (the copy into ``out``). With the caller's eps
+    (``given_noise``) the noise kernel reads it instead of drawing.
     """
+    x, out, noise, p = call.x, call.target, call.noise, call.resolved
     acc = compute_dtype(x.dtype)
     src = blur_planes(x, p, acc) if p.blur_sigma is not None else x.contiguous()
     res = torch.empty_like(src)
-    q = p.without_blur()
-    if given is not None:
-        launch(src, res, given, q, stream, noise_in=True)
-        out.copy_(res)
-        return
     eps = None if noise is None else torch.empty_like(src)
-    launch(src, res, eps, q, stream)
+    launch(replace(call, x=src, out=res, noise=eps, params=p.without_blur()))
     out.copy_(res)
     if noise is not None:
         noise.copy_(cast(torch.Tensor, eps))
@@ -681,8 +672,8 @@ def mollify(
         return cast(torch.Tensor, res).as_subclass(cls) if out is None else out
     check_x(x)
     in_scale, in_shift, dequantize, out_dtype = check_input_map(x, input_scale, input_shift, dequantize, out_dtype)
-    call = check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend,
-                        backends.NAMES, out_dtype, noise, (in_scale, in_shift, dequantize))
+    call = check_static(x, dict(sigma=sigma, alpha=alpha, blur_sigma=blur_sigma), blur_radius, generator, out,
+                        return_noise, backend, backends.NAMES, out_dtype, noise, (in_scale, in_shift, dequantize))
     if _plain_eager(x):
         # Same implementation as the custom ops, minus their Python dispatch (which costs more
         # than the rest of a small call); tracing, fake tensors and modes take the ops below.

@@ -5,7 +5,7 @@ Two stages, both before anything is written:
 * :func:`check_static` runs in the public function and uses only types, shapes, dtypes and
   devices, so it is traceable by ``torch.compile``: a Python number there may be a SymFloat
   whose value the compiler must not look at (a value test would crash or recompile per value).
-* :func:`resolve_params` runs inside the custom op's eager implementation, with real values in
+* :func:`kernel_params` runs inside the custom op's eager implementation, with real values in
   eager and compiled mode alike, and checks the *values* of every parameter (finite, in range,
   representable in the compute dtype, blur radius within :data:`MAX_BLUR_RADIUS`), then puts
   them in the form the kernels take (:class:`Params`). It runs before any stream is taken.
@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 import numbers
 import struct
-from dataclasses import dataclass, replace
-from typing import Optional, Tuple, Union
+from dataclasses import replace
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
 from ._blur import MAX_BLUR_RADIUS
-from ._call import Call, Param
+from ._call import PER_SAMPLE, PER_SAMPLE_RULES, Call, Param, Params
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FLOAT32_MAX = 3.4028234663852886e38
@@ -72,7 +72,7 @@ def as_param(name: str, v, x: torch.Tensor, compiling: bool = False) -> Param:
 
     Accepted: Python/numpy numbers (any float dtype), 0-d ndarrays and tensors, and per-sample
     tensors or ndarrays of shape ``[N]`` or ``[N, 1, ..., 1]`` (rank <= x.dim(), N = x.shape[0]).
-    Values are checked later, by :func:`resolve_params`.
+    Values are checked later, by :func:`kernel_params`.
 
     ``compiling``: under ``torch.compile`` a Python number becomes a 0-d float64 tensor computed
     in the graph (``zeros(()) + v``). Passed to the custom op as a ``float`` it would be
@@ -164,11 +164,12 @@ def check_noise(x: torch.Tensor, noise) -> None:
         )
 
 
-def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, return_noise, backend, names,
+def check_static(x, values: Dict[str, Any], blur_radius, generator, out, return_noise, backend, names,
                  out_dtype: Optional[torch.dtype] = None, noise=None,
                  input_map: Tuple[float, float, bool] = (1.0, 0.0, False)) -> Call:
     """Type/shape/device checks; returns the call's record. Raises before any write.
-    ``out_dtype``: the output dtype (:func:`check_input_map`); None means x.dtype. ``noise``:
+    ``values``: the per-sample parameters by name (``_call.PER_SAMPLE``; None or absent: not
+    given). ``out_dtype``: the output dtype (:func:`check_input_map`); None means x.dtype. ``noise``:
     the caller's eps (:func:`check_noise`). ``input_map``: ``(input_scale, input_shift,
     dequantize)`` as :func:`check_input_map` returns them."""
     from .generator import Generator
@@ -184,17 +185,15 @@ def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, retur
             f"backend) or None, got {type(generator).__name__}"
         )
     compiling = torch.compiler.is_compiling()
-    s = as_param("sigma", sigma, x, compiling)
-    a = as_param("alpha", alpha, x, compiling) if alpha is not None else None
-    b = None
-    if blur_sigma is not None:
-        if x.dim() < 3:
-            raise ValueError(
-                f"mollify: blur needs x with at least 3 dims [N, ..., H, W] (dim 0 is the batch), got shape "
-                f"{tuple(x.shape)}; for a single image pass x[None], and do not blur an [N, D] batch "
-                "(it would mix samples)"
-            )
-        b = as_param("blur_sigma", blur_sigma, x, compiling)
+    blur_sigma = values.get("blur_sigma")
+    if blur_sigma is not None and x.dim() < 3:
+        raise ValueError(
+            f"mollify: blur needs x with at least 3 dims [N, ..., H, W] (dim 0 is the batch), got shape "
+            f"{tuple(x.shape)}; for a single image pass x[None], and do not blur an [N, D] batch "
+            "(it would mix samples)"
+        )
+    params: Dict[str, Any] = {r.name: as_param(r.name, values.get(r.name), x, compiling)
+              if r.required or values.get(r.name) is not None else None for r in PER_SAMPLE_RULES}
     if blur_radius is not None:
         if isinstance(blur_radius, bool) or not isinstance(blur_radius, (int, torch.SymInt)):
             raise TypeError(f"mollify: blur_radius must be an int or None, got {type(blur_radius).__name__}")
@@ -236,7 +235,7 @@ def check_static(x, sigma, alpha, blur_sigma, blur_radius, generator, out, retur
     # the op): inside a compiled graph the op then mutates no CPU tensor, which would keep it out
     # of a CUDA graph (README, "CUDA graphs").
     stream = None if generator is None else generator._words if generator._words is not None else generator._state
-    return Call(x=x, sigma=s, alpha=a, blur_sigma=b, blur_radius=blur_radius, stream=stream, backend=backend,
+    return Call(x=x, **params, blur_radius=blur_radius, stream=stream, backend=backend,
                 input_scale=input_map[0], input_shift=input_map[1], dequantize=input_map[2], out=out,
                 out_dtype=out_dtype, return_noise=return_noise, given_noise=noise)
 
@@ -392,40 +391,6 @@ def check_out_memory(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.T
             )
 
 
-@dataclass
-class Params:
-    """Parameters in kernel form.
-
-    ``sigma``/``alpha``: a Python float, or a contiguous ``[N]`` tensor in the compute dtype on
-    x's device. ``blur_sigma``: the blur's standard deviation, None (no blur), a float, or such a
-    tensor. ``radius``: an int, or an int32 ``[N]`` tensor on x's device; ``max_radius`` is its
-    maximum (an int), at most :data:`MAX_BLUR_RADIUS`. ``blur_sigma_host``/``radius_host``: for
-    per-sample blur, the same values as float64 / int64 CPU tensors (the pure-PyTorch blur builds
-    its weights on the host), else None.
-    """
-
-    sigma: Param
-    alpha: Param
-    blur_sigma: Optional[Param]
-    radius: Union[int, torch.Tensor]
-    max_radius: int
-    blur_sigma_host: Optional[torch.Tensor] = None
-    radius_host: Optional[torch.Tensor] = None
-    # The input map (README, "The contract, in short"): x_f = ((x + u) * in_scale) + in_shift,
-    # u the dequantisation uniform when ``dequant``. The output dtype is out's.
-    in_scale: float = 1.0
-    in_shift: float = 0.0
-    dequant: bool = False
-
-    def without_blur(self) -> "Params":
-        """The same call with no blur (the noise kernel's part of an unfused call)."""
-        return replace(self, blur_sigma=None, radius=0, max_radius=0, blur_sigma_host=None, radius_host=None)
-
-    def maps(self, x: torch.Tensor, out: torch.Tensor) -> bool:
-        """True when the call is not the plain float op: an input map, or out's dtype not x's."""
-        return self.dequant or self.in_scale != 1.0 or self.in_shift != 0.0 or x.dtype != out.dtype
-
-
 def _limit(acc: torch.dtype) -> float:
     return FLOAT32_MAX if acc == torch.float32 else math.inf
 
@@ -458,16 +423,6 @@ def _tensor_values(name: str, t: torch.Tensor, acc: torch.dtype, x_dtype: torch.
     return v
 
 
-def _check_sigma_range(lo: float, hi: float, vp: bool) -> None:
-    if lo < 0:
-        raise ValueError(f"mollify: sigma must be >= 0, got {lo}")
-    if vp and hi > 1:
-        raise ValueError(
-            f"mollify: sigma must be <= 1 when alpha is None (alpha = sqrt(1 - sigma^2)), got "
-            f"{hi}; pass alpha explicitly for DDPM/NCSN-style noising"
-        )
-
-
 def _radius_too_large(what: str) -> ValueError:
     return ValueError(
         f"mollify: {what} is above the largest blur radius, {MAX_BLUR_RADIUS} (2**20): every call computes "
@@ -476,24 +431,34 @@ def _radius_too_large(what: str) -> ValueError:
     )
 
 
-def resolve_params(
-    x: torch.Tensor,
-    sigma: Param,
-    alpha: Optional[Param],
-    blur_sigma: Optional[Param],
-    blur_radius: Optional[int],
-) -> Params:
-    """Value checks of every parameter (README, "Errors and limits, in one place"), then conversion to :class:`Params`.
+def resolve_params(x: torch.Tensor, sigma: Param, alpha: Optional[Param] = None, blur_sigma: Optional[Param] = None,
+                   blur_radius: Optional[int] = None) -> Params:
+    """:func:`kernel_params` of a call given by its parameters (for tools and tests that plan a
+    launch without mollify, e.g. benchmarks/sass/report.py)."""
+    return kernel_params(x, Call(x=x, sigma=sigma, alpha=alpha, blur_sigma=blur_sigma, blur_radius=blur_radius))
 
-    Runs with real values (eager, or inside the custom op when compiled) and before any stream
-    is taken, so a refusal changes nothing.
+
+def kernel_params(x: torch.Tensor, call: Call) -> Params:
+    """Value checks of every parameter (README, "Errors and limits, in one place"), then
+    conversion to :class:`Params`. ``x``: the tensor whose dtype gives the compute dtype.
+
+    Every per-sample parameter by its rule (``_call.PER_SAMPLE_RULES``: finite, within the
+    compute dtype, at least its minimum); then what the parameters mean together: sigma <= 1
+    when alpha is None (alpha = sqrt(1 - sigma^2)), and the blur radius. Runs with real values
+    (eager, or inside the custom op when compiled) and before any stream is taken, so a refusal
+    changes nothing.
     """
-    if x.is_cuda and any(isinstance(v, torch.Tensor) for v in (sigma, alpha, blur_sigma)) \
+    if x.is_cuda and any(isinstance(getattr(call, n), torch.Tensor) for n in PER_SAMPLE) \
             and torch.cuda.is_current_stream_capturing():
-        return _captured_params(x, sigma, alpha, blur_sigma, blur_radius)
+        return _captured_params(x, call)
     acc = compute_dtype(x.dtype)
     xd = x.dtype
-    vp = alpha is None
+    blur_radius = call.blur_radius
+    if call.blur_sigma is not None and blur_radius is not None:
+        if blur_radius > MAX_BLUR_RADIUS:
+            raise _radius_too_large(f"blur_radius={blur_radius}")
+        if blur_radius < 0:
+            raise ValueError(f"mollify: blur_radius must be >= 0, got {blur_radius}")
 
     def kernel_form(v64: torch.Tensor, src: torch.Tensor) -> Param:
         # A checked tensor parameter as the kernels take it: its number (0-d), else [N] in the
@@ -502,47 +467,44 @@ def resolve_params(
             return float(v64)
         return src.to(x.device, acc).contiguous()
 
-    s_val: Param
-    a_val: Param
-    if isinstance(sigma, torch.Tensor):
-        v = _tensor_values("sigma", sigma, acc, xd)
-        if v.numel():
-            _check_sigma_range(float(v.min()), float(v.max()), vp)
-        s_val = kernel_form(v, sigma)
-        if vp:
-            a64 = torch.sqrt(1.0 - v * v)
-            a_val = kernel_form(a64, a64)
-    else:
-        _check_number("sigma", sigma, acc, xd)
-        _check_sigma_range(sigma, sigma, vp)
-        s_val = sigma
-        if vp:
-            a_val = math.sqrt(1.0 - sigma * sigma)
-    if isinstance(alpha, torch.Tensor):
-        a_val = kernel_form(_tensor_values("alpha", alpha, acc, xd), alpha)
-    elif alpha is not None:
-        _check_number("alpha", alpha, acc, xd)
-        a_val = alpha
+    kernel: Dict[str, Any] = {}
+    host: Dict[str, torch.Tensor] = {}  # the float64 CPU values of each tensor parameter
+    highest: Dict[str, float] = {}
+    for rule in PER_SAMPLE_RULES:
+        name, v = rule.name, getattr(call, rule.name)
+        if v is None:
+            kernel[name] = None
+            continue
+        if isinstance(v, torch.Tensor):
+            v64 = host[name] = _tensor_values(name, v, acc, xd)
+            if not v64.numel():
+                kernel[name] = kernel_form(v64, v)
+                continue
+            lo, hi = float(v64.min()), float(v64.max())
+            kernel[name] = kernel_form(v64, v)
+        else:
+            _check_number(name, v, acc, xd)
+            lo = hi = kernel[name] = v
+        if rule.minimum is not None and lo < rule.minimum:
+            raise ValueError(f"mollify: {name} must be >= {rule.minimum:g}, got {lo}")
+        highest[name] = hi
+    if call.alpha is None:  # variance preserving
+        if highest.get("sigma", 0.0) > 1:
+            raise ValueError(
+                f"mollify: sigma must be <= 1 when alpha is None (alpha = sqrt(1 - sigma^2)), got "
+                f"{highest['sigma']}; pass alpha explicitly for DDPM/NCSN-style noising"
+            )
+        if "sigma" in host:
+            a64 = torch.sqrt(1.0 - host["sigma"] * host["sigma"])
+            kernel["alpha"] = kernel_form(a64, a64)
+        else:
+            kernel["alpha"] = math.sqrt(1.0 - kernel["sigma"] * kernel["sigma"])
 
-    b_val: Optional[Param] = None
+    b_val = kernel["blur_sigma"]
     radius: Union[int, torch.Tensor] = 0
     max_radius = 0
     blur_sigma_host = radius_host = None
-    if blur_sigma is not None:
-        if blur_radius is not None and blur_radius > MAX_BLUR_RADIUS:
-            raise _radius_too_large(f"blur_radius={blur_radius}")
-        if blur_radius is not None and blur_radius < 0:
-            raise ValueError(f"mollify: blur_radius must be >= 0, got {blur_radius}")
-        if isinstance(blur_sigma, torch.Tensor):
-            v = _tensor_values("blur_sigma", blur_sigma, acc, xd)
-            if v.numel() and bool((v < 0).any()):
-                raise ValueError(f"mollify: blur_sigma must be >= 0, got {v.min().item()}")
-            b_val = kernel_form(v, blur_sigma)
-        else:
-            _check_number("blur_sigma", blur_sigma, acc, xd)
-            if blur_sigma < 0:
-                raise ValueError(f"mollify: blur_sigma must be >= 0, got {blur_sigma}")
-            b_val = blur_sigma
+    if b_val is not None:
         if not torch.is_tensor(b_val) and acc != torch.float64:
             # The value the kernels get (the compute dtype), so that the radius ceil(3 s) and the
             # weights are those of a per-sample tensor: 1/3 as a float, a 0-d or a [1] tensor
@@ -551,7 +513,7 @@ def resolve_params(
         if torch.is_tensor(b_val):
             # Radii from the float64 view of the values the kernels get (compute dtype), so that
             # every backend derives the same integer radius.
-            blur_sigma_host = v.to(acc).to(torch.float64)  # the values the kernels get
+            blur_sigma_host = host["blur_sigma"].to(acc).to(torch.float64)  # the values the kernels get
             r: Union[torch.Tensor, int]
             if blur_radius is not None:
                 r = torch.full(blur_sigma_host.shape, blur_radius, dtype=torch.float64)
@@ -565,19 +527,20 @@ def resolve_params(
         elif blur_radius is not None:
             radius = max_radius = blur_radius
         else:
-            r = math.ceil(3.0 * b_val)
-            if r > MAX_BLUR_RADIUS:
-                raise _radius_too_large(f"blur_sigma={b_val:.4g} (radius ceil(3 * blur_sigma) = {r})")
-            radius = max_radius = r
+            r_num = math.ceil(3.0 * b_val)
+            if r_num > MAX_BLUR_RADIUS:
+                raise _radius_too_large(f"blur_sigma={b_val:.4g} (radius ceil(3 * blur_sigma) = {r_num})")
+            radius = max_radius = r_num
         if not torch.is_tensor(b_val) and b_val == 0.0:
             b_val = None  # identity
-    return Params(s_val, a_val, b_val, radius, max_radius, blur_sigma_host, radius_host)
+    kernel["blur_sigma"] = b_val
+    return Params(**kernel, radius=radius, max_radius=max_radius, blur_sigma_host=blur_sigma_host,
+                  radius_host=radius_host)
 
 
-def _captured_params(x: torch.Tensor, sigma: Param, alpha: Optional[Param], blur_sigma: Optional[Param],
-                     blur_radius: Optional[int]) -> Params:
-    """:func:`resolve_params` during CUDA graph capture (README, "CUDA graphs"), where nothing may
-    sync with the host: a sigma or alpha tensor on x's device is used as it is, unchecked (a
+def _captured_params(x: torch.Tensor, call: Call) -> Params:
+    """:func:`kernel_params` during CUDA graph capture (README, "CUDA graphs"), where nothing may
+    sync with the host: a parameter tensor on x's device is used as it is, unchecked (a
     negative, too large or non-finite value then gives non-finite output instead of an error),
     as one value per sample, so every replay reads the tensor's values at that replay. A 0-d
     CPU tensor is read as a number (frozen into the graph, as numbers are); numbers are checked
@@ -585,36 +548,32 @@ def _captured_params(x: torch.Tensor, sigma: Param, alpha: Optional[Param], blur
     memory) and a blur_sigma tensor (the radius it gives decides the launch) are refused."""
     n = x.shape[0]
     acc = compute_dtype(x.dtype)
-
-    def on_device(name: str, t: torch.Tensor) -> Optional[torch.Tensor]:
-        if t.device == x.device:
-            return (t.expand(n) if t.dim() == 0 else t).to(torch.float64)
-        if t.dim() == 0 and t.device.type == "cpu":
-            return None  # read as a number below
-        raise RuntimeError(
-            f"mollify: during CUDA graph capture a {name} tensor must be on x's device ({x.device}) or a 0-d CPU "
-            f"tensor, got a {tuple(t.shape)} tensor on {t.device}: copying it would be captured from host memory. "
-            f"Move it to {x.device} before capturing")
-
-    if isinstance(blur_sigma, torch.Tensor):
+    if isinstance(call.blur_sigma, torch.Tensor):
         raise RuntimeError(
             "mollify: during CUDA graph capture blur_sigma must be a number: the blur radius it gives decides the "
             "kernel launch and would be read on the host (a sync); use one blur_sigma for the graph")
-    vp = alpha is None
-    s_dev = on_device("sigma", sigma) if isinstance(sigma, torch.Tensor) else None
-    a_dev = on_device("alpha", alpha) if isinstance(alpha, torch.Tensor) else None
-    s_num = float(sigma) if s_dev is None else 0.0
-    a_num = None if alpha is None else float(alpha) if a_dev is None else 1.0
-    # Numbers (and the blur) through the usual checks; the device tensors replace them after.
-    p = resolve_params(x, s_num, 1.0 if vp and s_dev is not None else a_num, blur_sigma, blur_radius)
-    if s_dev is not None:
-        sig = s_dev.to(acc).contiguous()
-        if vp:
-            alp: Param = torch.sqrt(1.0 - s_dev * s_dev).to(acc).contiguous()
+    on_device: Dict[str, torch.Tensor] = {}
+    numbers: Dict[str, Any] = {}  # the call's parameters for the usual checks
+    for rule in PER_SAMPLE_RULES:
+        t = getattr(call, rule.name)
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.device == x.device:
+            on_device[rule.name] = (t.expand(n) if t.dim() == 0 else t).to(torch.float64)
+            numbers[rule.name] = rule.minimum or 0.0  # a placeholder that passes, replaced below
+        elif t.dim() == 0 and t.device.type == "cpu":
+            numbers[rule.name] = float(t)
         else:
-            alp = a_dev.to(acc).contiguous() if a_dev is not None else p.alpha
-        return Params(sig, alp, p.blur_sigma, p.radius, p.max_radius, p.blur_sigma_host, p.radius_host)
-    if a_dev is not None:
-        return Params(p.sigma, a_dev.to(acc).contiguous(), p.blur_sigma, p.radius, p.max_radius, p.blur_sigma_host,
-                      p.radius_host)
-    return p
+            raise RuntimeError(
+                f"mollify: during CUDA graph capture a {rule.name} tensor must be on x's device ({x.device}) or a 0-d "
+                f"CPU tensor, got a {tuple(t.shape)} tensor on {t.device}: copying it would be captured from host "
+                f"memory. Move it to {x.device} before capturing")
+    vp = call.alpha is None
+    if vp and "sigma" in on_device:
+        numbers["alpha"] = 1.0  # not derived from the placeholder: from the device sigma below
+    p = kernel_params(x, replace(call, **numbers))
+    changes: Dict[str, Any] = {name: t.to(acc).contiguous() for name, t in on_device.items()}
+    if vp and "sigma" in on_device:
+        s = on_device["sigma"]
+        changes["alpha"] = torch.sqrt(1.0 - s * s).to(acc).contiguous()
+    return replace(p, **changes)

@@ -232,8 +232,9 @@ def test_native_parameter_list_follows_per_sample():
     import re
 
     from mollify_fast import backends
-    from mollify_fast._call import PER_SAMPLE
-    from mollify_fast._validate import Params
+    from dataclasses import replace
+
+    from mollify_fast._call import PER_SAMPLE, Call, Params
     from mollify_fast.backends import _native
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -246,11 +247,12 @@ def test_native_parameter_list_follows_per_sample():
         pytest.skip(f"the compiled extension is unavailable: {why}")
     x = torch.rand(2, 3)
     out = torch.empty_like(x)
-    args = list(_native.kernel_args(x, out, None, Params(0.5, 0.8, None, 0, 0), (1, 0)))
+    call = Call(x=x, sigma=0.5, alpha=0.8, out=out, params=Params(0.5, 0.8, None, 0, 0), rng=(1, 0))
+    args = list(_native.kernel_args(call))
     pairs = args.index([(0.5, 0), (0.8, 0), (0.0, 0)])  # the (value, pointer) pairs, in PER_SAMPLE order
     ext.mollify_cpu(ext.Args(*args), 1)
     want = torch.empty_like(x)
-    backends.launcher("reference")(x, want, None, Params(0.5, 0.8, None, 0, 0), (1, 0))
+    backends.launcher("reference")(replace(call, out=want))
     # eps within 2e-6 (1 + |eps|) of the reference's (|eps| < 6 here), times sigma 0.5
     torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="one \\(value, pointer\\) pair per ParamIndex"):

@@ -163,13 +163,14 @@ def test_blur_radius_beyond_shared_memory(dtype, radius, hw):
 def test_launcher_refuses_radius_not_below_min_hw():
     """The tiled kernel mirrors once: its launcher refuses r >= min(H, W) rather than read
     outside the plane (mollify() routes such radii elsewhere before the launcher)."""
-    from mollify_fast._validate import Params
+    from mollify_fast._call import Call, Params
     from mollify_fast.backends.mollify_cuda import mollify_cuda
 
     x = torch.rand(2, 1, 6, 9)
     out = torch.full_like(x, 7.0)
+    p = Params(sigma=0.1, alpha=0.9, blur_sigma=1.0, radius=6, max_radius=6)
     with pytest.raises(ValueError, match=r"blur radius 6 must be < min\(H, W\) = 6"):
-        mollify_cuda(x, out, None, Params(sigma=0.1, alpha=0.9, blur_sigma=1.0, radius=6, max_radius=6), (1, 0))
+        mollify_cuda(Call(x=x, sigma=0.1, alpha=0.9, blur_sigma=1.0, blur_radius=6, out=out, params=p, rng=(1, 0)))
     assert bool((out == 7.0).all()), "nothing is written when the launch is refused"
 
 

@@ -58,11 +58,12 @@ def _prepared(backend: str, x, out, p, stream):
     if backend == "triton":
         from mollify_fast.backends import mollify_triton as T
 
-        launches = T._plan_full(x, out, None, p, stream)
+        launches = T._plan(x, out, None, p, stream)
         return lambda: T._launch(launches, None)
+    from mollify_fast._call import Call
     from mollify_fast.backends._native import call_args, extension
 
-    args = call_args(x, out, None, p, stream)
+    args = call_args(Call(x=x, sigma=p.sigma, out=out, params=p, rng=stream))
     ext, _ = extension()
     return lambda: ext.mollify_cuda_emulated(args)
 
@@ -169,9 +170,14 @@ def test_compiled_calls_mutate_the_words_not_the_host_state(backend):
 def test_capture_params_use_device_tensors_as_they_are():
     # What a captured call gets for its parameters (no host sync): device tensors, one value per
     # sample, read at each replay; numbers as always. Run here with CPU "device" tensors.
-    from mollify_fast._validate import _captured_params
+    from mollify_fast._call import Call
+    from mollify_fast._validate import _captured_params as captured
 
     x = torch.randn(4, 3, 8, 8)
+
+    def _captured_params(x, sigma, alpha, blur_sigma, blur_radius):
+        return captured(x, Call(x=x, sigma=sigma, alpha=alpha, blur_sigma=blur_sigma, blur_radius=blur_radius))
+
     sig = torch.tensor([0.1, 0.2, 0.3, 0.4])
     p = _captured_params(x, sig, None, None, None)
     want = resolve_params(x, sig, None, None, None)
@@ -210,7 +216,7 @@ words = torch.zeros(2, dtype=torch.int64)
 for shape, blur in (((8, 3, 32, 32), None), ((4, 3, 32, 32), 1.0), ((2, 3, 64, 64), 3.5)):
     x = torch.empty(shape)
     p = resolve_params(x, 0.3, 0.9, blur, None)
-    launches = T._plan_full(x, torch.empty_like(x), None, p, DeviceStream(words))
+    launches = T._plan(x, torch.empty_like(x), None, p, DeviceStream(words))
     for L in launches:
         comp = C.triton_compile(L.kernel, L.args, {**L.constexprs, **L.options})
         out.append({"kernel": L.kernel.__name__, "words": L.constexprs["WORDS"], "spills": list(comp.spills),

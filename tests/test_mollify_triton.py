@@ -101,7 +101,7 @@ MAX_GRID_X = 2**31 - 1
 
 
 def _params(sigma=0.5, alpha=0.8, blur=None, radius=0):
-    from mollify_fast._validate import Params
+    from mollify_fast._call import Params
 
     return Params(sigma, alpha, blur, radius, radius if not torch.is_tensor(radius) else int(radius.max()))
 
@@ -111,6 +111,42 @@ def _check_grid(launches):
         g = tuple(L.grid) + (1, 1)
         assert all(isinstance(v, int) and v >= 1 for v in L.grid), L.grid
         assert g[0] <= MAX_GRID_X and g[1] <= MAX_GRID_YZ and g[2] <= MAX_GRID_YZ, f"grid {L.grid} beyond CUDA's limits"
+
+
+@pytest.mark.parametrize("radius", [0, 2, 9])  # the noise kernel, the fused blur, the two-pass blur
+@pytest.mark.parametrize("per_sample", [(), ("sigma",), ("alpha", "blur_sigma"), ("sigma", "alpha", "blur_sigma")])
+def test_plan_passes_each_per_sample_parameter_by_its_kernel_names(radius, per_sample):
+    """The plan passes the per-sample parameters (``_call.PER_SAMPLE``) by the kernels' naming
+    convention, not by position: bound to each kernel's own signature, ``<name>_ptr`` gets the
+    tensor of a per-sample parameter, ``<name>`` the number of a scalar one, and
+    ``<NAME>_PER_SAMPLE`` says which; a kernel takes every parameter it has a pointer for."""
+    import inspect
+
+    from mollify_fast._call import PER_SAMPLE
+    from mollify_fast.backends import mollify_triton as M
+
+    n = 3
+    x = torch.empty(n, 2, 24, 24)
+    blur = None if radius == 0 else 1.0
+    values = {"sigma": 0.5, "alpha": 0.8, "blur_sigma": blur}
+    if radius == 0:
+        per_sample = tuple(name for name in per_sample if name != "blur_sigma")
+    for i, name in enumerate(per_sample):
+        if values[name] is not None:
+            values[name] = torch.full((n,), 0.1 * (i + 1))
+    p = _params(sigma=values["sigma"], alpha=values["alpha"], blur=values["blur_sigma"], radius=radius)
+    launches = M._plan(x, torch.empty_like(x), None, p, (5, 7))
+    assert len(launches) == (2 if radius > 8 else 1)
+    for L in launches:
+        bound = inspect.signature(L.kernel.fn).bind(*L.args, **L.constexprs).arguments
+        takes = [name for name in PER_SAMPLE if f"{name}_ptr" in bound]
+        assert takes == [name for name in PER_SAMPLE if radius or name != "blur_sigma"], L.kernel.__name__
+        for name in takes:
+            v = values[name]
+            if torch.is_tensor(v):
+                assert bound[f"{name}_ptr"] is v and bound[name] == 0.0 and bound[f"{name.upper()}_PER_SAMPLE"]
+            else:
+                assert bound[name] == v and not bound[f"{name.upper()}_PER_SAMPLE"]
 
 
 @pytest.mark.parametrize("shape", [(1, 2**21, 4), (1, 3, 2**20 + 3, 2), (2**17, 1, 2, 3), (70000, 2, 3)])
@@ -288,7 +324,7 @@ def test_plan_runs_on_cpu_tensors_without_gpu():
     code = textwrap.dedent(
         """
         import torch
-        from mollify_fast._validate import Params
+        from mollify_fast._call import Params
         from mollify_fast.backends import mollify_triton as M
         x = torch.empty(4, 3, 32, 32, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
         for blur in (None, 1.0):
@@ -313,7 +349,7 @@ SPECIALISATION_SCRIPT = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
-    from mollify_fast._validate import Params
+    from mollify_fast._call import Params
     from mollify_fast.backends import mollify_triton as M
 
     backend = make_backend(GPUTarget("cuda", 90, 32))

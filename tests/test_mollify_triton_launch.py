@@ -17,7 +17,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from mollify_fast._validate import Params  # noqa: E402
+from mollify_fast._call import Params  # noqa: E402
 from mollify_fast.backends import mollify_triton as M  # noqa: E402
 from mollify_fast.backends import _triton_launch as TL  # noqa: E402  # owns the launch path's state and hooks
 from conftest import SUBPROCESS_LIMIT_S  # noqa: E402
@@ -192,7 +192,7 @@ import json, torch
 from triton.backends.compiler import GPUTarget
 from triton.compiler import make_backend
 from triton.runtime.jit import create_function_from_signature
-from mollify_fast._validate import Params
+from mollify_fast._call import Params
 from mollify_fast.backends import mollify_triton as M
 
 backend = make_backend(GPUTarget("cuda", 90, 32))

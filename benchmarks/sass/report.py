@@ -26,6 +26,7 @@ import argparse
 import csv
 import datetime as _dt
 import importlib
+import inspect
 import json
 import math
 import os
@@ -121,8 +122,12 @@ def _triton_cases(pkg_root: str, quick: bool = False):
             p = resolve_params(x, 0.5 if sig_t is None else sig_t, None, blur, RADII.get(bs) if bs else None)
             r = RADII.get(bs, 0) if bs else 0
             given = "eps given" in variant
-            launches = mt._plan_full(x, o, torch.randn_like(x), p, (1234, 0), True) if given else \
-                mt._plan(x, o, nz, p, (1234, 0))
+            if not given:
+                launches = mt._plan(x, o, nz, p, (1234, 0))
+            elif "given_noise" in inspect.signature(mt._plan).parameters:
+                launches = mt._plan(x, o, None, p, (1234, 0), given_noise=torch.randn_like(x))
+            else:  # a baseline commit from before the launchers took the call record
+                launches = mt._plan_full(x, o, torch.randn_like(x), p, (1234, 0), True)
             for L in launches:
                 out.append((Case("triton", L.kernel.__name__, variant, dname, layout, r, 2 if ret else 1,
                                  threads_per_block=32 * L.options.get("num_warps", 4)), L))

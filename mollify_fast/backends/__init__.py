@@ -4,7 +4,8 @@ Each backend module ``mollify_<name>.py`` exposes
 
 * ``availability() -> (bool, reason)``: can it run at all in this process (built? GPU?);
 * ``supports(x, params) -> (bool, reason)``: can it run on this tensor (device, dtype);
-* ``mollify_<name>(x, out, noise, params, stream)``: write ``out`` (and ``noise``);
+* ``mollify_<name>(call)``: write ``call.out`` (and ``call.noise``) for a checked
+  :class:`~mollify_fast._call.Call` whose ``params`` (kernel form) and ``rng`` (the stream) are set;
 * optionally ``maps_input(x, out, params) -> bool``: whether its launcher applies the input map
   (``params.in_scale``/``in_shift``/``dequant``, x of another dtype than out) itself; where
   not, mollify runs it on the mapped input in the compute dtype (``_op._run_mapped``);
@@ -12,7 +13,8 @@ Each backend module ``mollify_<name>.py`` exposes
   scalar parameters on x's layout, ``run(x, out, noise, sigma, alpha, stream)`` or a
   :class:`NoisePlan`, or None.
 
-``stream`` is ``(seed, offset)``, or None for "draw from PyTorch's default generator". Nothing
+The stream (``call.rng``, a plan's ``stream``) is ``(seed, offset)``, a device-resident
+``DeviceStream``, or None for "draw from PyTorch's default generator". Nothing
 heavy (Triton, the compiled extension, CUDA) is imported until a backend is first asked for.
 """
 from __future__ import annotations
@@ -160,19 +162,20 @@ def noise_plan(name: str, x: torch.Tensor, out: torch.Tensor, noise) -> Optional
     x's layout, device and dtype, through backend ``name`` (already resolved for x); None where
     the backend has no such launcher for x (then every call takes the general path).
 
-    The backend's own ``plan`` when it has one; else its launcher with a :class:`Params` built
-    per call (pure-PyTorch and Triton launchers take any layout as it comes)."""
+    The backend's own ``noise_plan`` when it has one; else its launcher with the call's record
+    built per call (pure-PyTorch and Triton launchers take any layout as it comes)."""
     if x.device.type not in LIMITS[name].plan_devices:
         return None
     mod = _module(name)
     if hasattr(mod, "noise_plan"):
         plan = mod.noise_plan(x, out, noise)
         return plan if plan is None or isinstance(plan, NoisePlan) else NoisePlan(plan)
-    from .._validate import Params
+    from .._call import Call, Params
 
     launch = launcher(name)
 
     def run(x, out, noise, sigma, alpha, stream):
-        launch(x, out, noise, Params(sigma, alpha, None, 0, 0), stream)
+        launch(Call(x=x, sigma=sigma, alpha=alpha, out=out, noise=noise, params=Params(sigma, alpha, None, 0, 0),
+                    rng=stream))
 
     return NoisePlan(run)

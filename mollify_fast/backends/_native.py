@@ -7,13 +7,14 @@ import json
 import os
 import sys
 import warnings
+from dataclasses import replace
 from types import FrameType
 from typing import List, Optional, Tuple, Union
 
 import torch
 
-from .._call import PER_SAMPLE
-from .._validate import Params, compute_dtype
+from .._call import PER_SAMPLE, Call, Params
+from .._validate import compute_dtype
 from ..generator import DeviceStream
 from . import NATIVE_DIMS
 
@@ -151,15 +152,29 @@ def eps_input(x: torch.Tensor, eps: torch.Tensor) -> Tuple[torch.Tensor, int]:
     return (eps if eps.dtype == acc else eps.to(acc)), 2
 
 
-def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
-                noise_in: int = 0) -> tuple:
-    """The positional arguments of ``_C.mollify_cpu`` / ``_C.mollify_cuda`` /
-    ``_C.mollify_cuda_emulated`` up to ``stream_words`` (the address of a :class:`DeviceStream`'s
-    words, else 0)
-    (positional: pybind11's keyword matching of 18 arguments costs more than the call itself).
-    The per-sample parameters go as one list of ``(value, pointer)`` pairs in :data:`PER_SAMPLE`
-    order (the C++ ``ParamIndex``). ``noise_in``: 0 when ``noise`` (if any) is written, else the
-    code from :func:`eps_input` (``noise`` is then the caller's eps, read; the stream is not used)."""
+def reading_eps(call: Call) -> Call:
+    """The call with the caller's eps (``given_noise``) in a dtype the kernels read
+    (:func:`eps_input`). A launcher holds the result while its kernels run: the arguments carry
+    only the converted tensor's address."""
+    if call.given_noise is None:
+        return call
+    eps, _ = eps_input(call.x, call.given_noise)
+    return call if eps is call.given_noise else replace(call, given_noise=eps)
+
+
+def kernel_args(call: Call) -> tuple:
+    """The positional arguments of ``_C.Args`` for one call, up to ``stream_words`` (the address
+    of a :class:`DeviceStream`'s words, else 0) (positional: pybind11's keyword matching of 18
+    arguments costs more than the call itself). The per-sample parameters go as one list of
+    ``(value, pointer)`` pairs in :data:`PER_SAMPLE` order (the C++ ``ParamIndex``). The caller's
+    eps (``call.given_noise``, already in a dtype the kernels read: :func:`reading_eps`) takes
+    the noise slot with its code from :func:`eps_input` (``noise_in``; 0: ``call.noise``, if any,
+    is written); the stream is then not used."""
+    x, out, p, stream = call.x, call.target, call.resolved, call.rng
+    noise, noise_in = call.noise, 0
+    if call.given_noise is not None:
+        noise, noise_in = eps_input(x, call.given_noise)
+        assert noise is call.given_noise, "the launcher converts the eps (reading_eps) and holds it while the kernel runs"
     if isinstance(stream, DeviceStream):  # read by the kernel from the stream's words (README, "CUDA graphs")
         seed, offset, words = 0, 0, stream.words.data_ptr()
     else:
@@ -196,13 +211,14 @@ def kernel_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor
     )
 
 
-def call_args(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
-              noise_in: int = 0):
+def call_args(call: Call):
     """The call's ``_C.Args`` (the one record every C++ entry point takes): :func:`kernel_args`,
     and the input map when the call has one (x's dtype code, scale, shift, dequant)."""
     ext, _ = extension()
-    args = kernel_args(x, out, noise, p, stream, noise_in)
+    x, out, p = call.x, call.target, call.resolved
+    args = kernel_args(call)
     if p.maps(x, out):
+        assert call.given_noise is None, "an input map with the caller's eps runs on the mapped temporary"
         return ext.Args(*args, X_DTYPE_CODES[x.dtype], p.in_scale, p.in_shift, p.dequant)
     return ext.Args(*args)
 
@@ -216,4 +232,4 @@ def make_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor])
     pointers, the scalar parameters and the stream, which each call passes (``_C.mollify_cpu_plan``
     and ``_C.mollify_cuda_plan``). Raises like :func:`kernel_args` (more than ``MAX_DIMS`` dims)."""
     ext, _ = extension()
-    return ext.Args(*kernel_args(x, out, noise, _LAYOUT_ONLY, (0, 0)))
+    return ext.Args(*kernel_args(Call(x=x, sigma=0.0, out=out, noise=noise, params=_LAYOUT_ONLY, rng=(0, 0))))

@@ -218,8 +218,8 @@ def _mirror(i, n):
 
 
 @triton.jit
-def _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R: tl.constexpr,
-                  BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr):
+def _blur_weights(blur_sigma_ptr, radius_ptr, blur_sigma, n, R: tl.constexpr,
+                  BLUR_SIGMA_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr):
     """Normalised taps ``w_0 .. w_R`` (``w_-k = w_k``): scalars, or ``[S]`` per-sample vectors.
 
     A sample whose own radius ``r < R`` gets zero weights beyond ``r`` (and the kernels drop those
@@ -227,8 +227,8 @@ def _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R: tl.constexpr,
     ``2r + 1`` taps (README, "The contract, in short": the blur). ``blur_sigma = 0`` leaves only
     w_0 = 1.
     """
-    if BLUR_PER_SAMPLE:
-        bs = tl.load(blur_ptr + n)
+    if BLUR_SIGMA_PER_SAMPLE:
+        bs = tl.load(blur_sigma_ptr + n)
     else:
         bs = blur_sigma
     if RADIUS_PER_SAMPLE:
@@ -451,13 +451,13 @@ def _strided_lane(z, u, j: tl.constexpr, i0, bases, ptrs, params, numel, sample_
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _mollify_blur_kernel(
-    x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, blur_ptr, radius_ptr,
+    x_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, blur_sigma_ptr, radius_ptr,
     sigma, alpha, blur_sigma, seed_lo, seed_hi, off_lo, off_hi, words_ptr,
     H, W, units, strips, col_blocks, planes_per_sample, P1, P2,
     xs0, xs1, xs2, xsh, xsw, os0, os1, os2, osh, osw, ns0, ns1, ns2, nsh, nsw,
     R: tl.constexpr, TILE_H: tl.constexpr, S: tl.constexpr, BW: tl.constexpr, ALIGNED: tl.constexpr,
     HAS_NOISE: tl.constexpr, SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr,
-    BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr, NOISE_IN: tl.constexpr,
+    BLUR_SIGMA_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr, NOISE_IN: tl.constexpr,
     WORDS: tl.constexpr,
 ):
     """Fused separable blur (radius ``R``, mirrored) + noise; see the module docstring.
@@ -478,9 +478,9 @@ def _mollify_blur_kernel(
         c = (pid_c * BW + tl.arange(0, BW)) * 4  # first column of each thread's 4
     else:
         c = (pid_c * (BW - 1) + tl.arange(0, BW)) * 4  # the last thread only lends its counter group
-    w = _blur_weights(blur_ptr, radius_ptr, blur_sigma, n, R, BLUR_PER_SAMPLE, RADIUS_PER_SAMPLE)
+    w = _blur_weights(blur_sigma_ptr, radius_ptr, blur_sigma, n, R, BLUR_SIGMA_PER_SAMPLE, RADIUS_PER_SAMPLE)
     if RADIUS_PER_SAMPLE:
-        reach = _reach(blur_ptr, radius_ptr, n, BLUR_PER_SAMPLE)[:, None]  # [S, 1]: taps k <= reach count
+        reach = _reach(blur_sigma_ptr, radius_ptr, n, BLUR_SIGMA_PER_SAMPLE)[:, None]  # [S, 1]: taps k <= reach count
     else:
         reach = R
     sg = _param(sigma_ptr, sigma, n, SIGMA_PER_SAMPLE) + tl.zeros((S,), tl.float32)
@@ -520,12 +520,12 @@ def _mollify_blur_kernel(
 
 
 @triton.jit
-def _reach(blur_ptr, radius_ptr, n, BLUR_PER_SAMPLE: tl.constexpr):
+def _reach(blur_sigma_ptr, radius_ptr, n, BLUR_SIGMA_PER_SAMPLE: tl.constexpr):
     """Per-sample radius ``[S]`` that the taps may read: the sample's own radius, 0 where its
     blur sigma is 0 (the identity reads no neighbour, whatever ``blur_radius`` says)."""
     r = tl.load(radius_ptr + n)
-    if BLUR_PER_SAMPLE:
-        r = tl.where(tl.load(blur_ptr + n) == 0.0, 0, r)
+    if BLUR_SIGMA_PER_SAMPLE:
+        r = tl.where(tl.load(blur_sigma_ptr + n) == 0.0, 0, r)
     return r
 
 
@@ -546,13 +546,13 @@ def _bc(v, S: tl.constexpr):
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _mollify_blur_axis_kernel(
-    src_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, blur_ptr, radius_ptr,
+    src_ptr, out_ptr, noise_ptr, sigma_ptr, alpha_ptr, blur_sigma_ptr, radius_ptr,
     sigma, alpha, blur_sigma, seed_lo, seed_hi, off_lo, off_hi, words_ptr, radius,
     H, W, units, col_blocks, planes_per_sample, P1, P2,
     ss0, ss1, ss2, ssh, ssw, os0, os1, os2, osh, osw, ns0, ns1, ns2, nsh, nsw,
     ALONG_H: tl.constexpr, FINAL: tl.constexpr, S: tl.constexpr, BW: tl.constexpr, ALIGNED: tl.constexpr,
     HAS_NOISE: tl.constexpr, SIGMA_PER_SAMPLE: tl.constexpr, ALPHA_PER_SAMPLE: tl.constexpr,
-    BLUR_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr, NOISE_IN: tl.constexpr,
+    BLUR_SIGMA_PER_SAMPLE: tl.constexpr, RADIUS_PER_SAMPLE: tl.constexpr, NOISE_IN: tl.constexpr,
     WORDS: tl.constexpr,
 ):
     """One 1-D pass of the blur for radii beyond ``FUSED_MAX_RADIUS`` (dynamic tap loop).
@@ -568,12 +568,12 @@ def _mollify_blur_axis_kernel(
     src_base = src_ptr + _plane_offset(pd0, pd1, pd2, (ss0, ss1, ss2))
     out_base = out_ptr + _plane_offset(pd0, pd1, pd2, (os0, os1, os2))
     c = (pid_c * BW + tl.arange(0, BW)) * 4
-    if BLUR_PER_SAMPLE:
-        bs = tl.load(blur_ptr + n)
+    if BLUR_SIGMA_PER_SAMPLE:
+        bs = tl.load(blur_sigma_ptr + n)
     else:
         bs = blur_sigma + tl.zeros((S,), tl.float32)
     if RADIUS_PER_SAMPLE:
-        r = _reach(blur_ptr, radius_ptr, n, BLUR_PER_SAMPLE)
+        r = _reach(blur_sigma_ptr, radius_ptr, n, BLUR_SIGMA_PER_SAMPLE)
     else:
         r = radius + tl.zeros((S,), tl.int32)
     inv = 1.0 / tl.maximum(2.0 * bs * bs, 1e-30)

@@ -16,7 +16,7 @@ from typing import List, Tuple, cast
 import torch
 import triton
 
-from .._validate import Params
+from .._call import PER_SAMPLE, Call, Params
 from ..generator import DeviceStream, to_unsigned64
 from . import LIMITS
 from ._native import merged
@@ -160,17 +160,41 @@ def _halves(v: int) -> Tuple[int, int]:
     return lo - (1 << 32) if lo >= 1 << 31 else lo, hi - (1 << 32) if hi >= 1 << 31 else hi
 
 
-def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False) -> List[Launch]:
+@functools.lru_cache(maxsize=None)
+def _takes(kernel) -> Tuple[str, ...]:
+    """The per-sample parameters (``_call.PER_SAMPLE``) a kernel takes: those it has a
+    ``<name>_ptr`` argument for. Its signature lists their pointers, then (after any others, such
+    as ``radius_ptr``) their values ``<name>``, in ``PER_SAMPLE`` order, and a constexpr
+    ``<NAME>_PER_SAMPLE`` says which pointer it reads."""
+    return tuple(n for n in PER_SAMPLE if f"{n}_ptr" in kernel.arg_names)
+
+
+def _per_sample(kernel, p: Params, dummy: torch.Tensor) -> Tuple[tuple, tuple, dict]:
+    """``(pointers, values, flags)`` of the per-sample parameters ``kernel`` takes (:func:`_takes`):
+    a tensor parameter's pointer (its value 0.0), a number's value (``dummy`` as its pointer,
+    never read), and the ``<NAME>_PER_SAMPLE`` constexprs."""
+    vals = [getattr(p, n) for n in _takes(kernel)]
+    ptrs = tuple(v if torch.is_tensor(v) else dummy for v in vals)
+    nums = tuple(0.0 if torch.is_tensor(v) else float(v) for v in vals)
+    flags = {f"{n.upper()}_PER_SAMPLE": torch.is_tensor(v) for n, v in zip(_takes(kernel), vals)}
+    return ptrs, nums, flags
+
+
+def _plan_full(call: Call) -> List[Launch]:
     """The launches for one call.
 
-    ``noise_in``: ``noise`` is the caller's eps (any float dtype, any strides), read instead of
-    drawn (the kernels' ``NOISE_IN``); nothing is written to it and the stream is not used.
+    The caller's eps (``call.given_noise``: any float dtype, any strides) takes the noise slot and
+    is read instead of drawn (the kernels' ``NOISE_IN``); nothing is written to it and the stream
+    is not used.
 
     The layout fits the kernels (at most :data:`MAX_DIMS` coalesced dims for the noise,
     :data:`MAX_PLANE_DIMS` plane dims for the blur): mollify runs any other on contiguous
     copies. (The two-pass blur's contiguous scratch merges wherever x's dims do, so it adds
     none.) Touches no GPU for CPU tensors.
     """
+    x, out, p, stream = call.x, call.target, call.resolved, call.rng
+    noise_in = call.given_noise is not None
+    noise = call.given_noise if noise_in else call.noise
     words = isinstance(stream, DeviceStream)
     if words:  # the kernels read [key, offset] from stream.words (README, "CUDA graphs")
         seed = offset = 0
@@ -192,22 +216,17 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False) -> List
     layout = _blur_layout(tuple(x.shape), strides) if blur else _noise_layout(tuple(x.shape), strides)
     assert layout is not None, "mollify runs layouts beyond the kernels' dims on contiguous copies (backends.LIMITS)"
     dummy = out  # any pointer for the per-sample slots that a constexpr flag disables
-    sig_t, al_t = torch.is_tensor(p.sigma), torch.is_tensor(p.alpha)
-    sig_p = p.sigma if sig_t else dummy
-    al_p = p.alpha if al_t else dummy
-    sig = 0.0 if sig_t else float(p.sigma)
-    al = 0.0 if al_t else float(p.alpha)
     noise_p = noise if noise is not None else dummy
     writes_noise = noise is not None and not noise_in
     opts = {"num_warps": NUM_WARPS}
     if not blur:
         sizes, (xs, os_, ns), contig, idx64, group_rows = layout
         grid = (-(-(-(-numel // 4)) // NOISE_BLOCK),)
-        args = (x, out, noise_p, sig_p, al_p, sig, al, *stream_args, numel, numel // x.shape[0],
+        ptrs, nums, flags = _per_sample(_mollify_noise_kernel, p, dummy)
+        args = (x, out, noise_p, *ptrs, *nums, *stream_args, numel, numel // x.shape[0],
                 sizes[1], sizes[2], sizes[3], *xs, *os_, *ns, p.in_scale, p.in_shift)
-        consts = dict(CONTIG=contig, HAS_NOISE=writes_noise, IDX64=idx64, GROUP_ROWS=group_rows,
-                      SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t, BLOCK=NOISE_BLOCK, MAP=False, DEQUANT=False,
-                      NOISE_IN=noise_in, WORDS=words)
+        consts = dict(CONTIG=contig, HAS_NOISE=writes_noise, IDX64=idx64, GROUP_ROWS=group_rows, **flags,
+                      BLOCK=NOISE_BLOCK, MAP=False, DEQUANT=False, NOISE_IN=noise_in, WORDS=words)
         if p.maps(x, out):
             # Separate roundings of the map's sum, product and shift, as the reference.
             consts.update(MAP=True, DEQUANT=p.dequant)
@@ -220,22 +239,22 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False) -> List
             f"mollify: the triton blur kernels mirror once, so they need blur radius < min(H, W) = {min(H, W)}, "
             f"got radius {p.max_radius}; larger radii must be routed to another backend")
     planes, (P1, P2), (xs, os_, ns) = layout[0], layout[1], layout[2][:3]
-    bl_t, rad_t = torch.is_tensor(p.blur_sigma), torch.is_tensor(p.radius)
-    bl_p = p.blur_sigma if bl_t else dummy
+    rad_t = torch.is_tensor(p.radius)
     rad_p = p.radius if rad_t else dummy
-    assert p.blur_sigma is not None  # a blur call
-    bl = 0.0 if bl_t else float(p.blur_sigma)
     R = int(p.max_radius)
     pps = planes // x.shape[0]
-    common = dict(ALIGNED=W % 4 == 0, HAS_NOISE=writes_noise, SIGMA_PER_SAMPLE=sig_t, ALPHA_PER_SAMPLE=al_t,
-                  BLUR_PER_SAMPLE=bl_t, RADIUS_PER_SAMPLE=rad_t, NOISE_IN=noise_in, WORDS=words)
-    head = (sig_p, al_p, bl_p, rad_p, sig, al, bl, *stream_args)
+    # The fused and the two-pass kernels take the same per-sample parameters (checked below).
+    ptrs, nums, flags = _per_sample(_mollify_blur_kernel, p, dummy)
+    assert _takes(_mollify_blur_axis_kernel) == _takes(_mollify_blur_kernel)
+    common = dict(ALIGNED=W % 4 == 0, HAS_NOISE=writes_noise, **flags, RADIUS_PER_SAMPLE=rad_t, NOISE_IN=noise_in,
+                  WORDS=words)
+    head = (*ptrs, rad_p, *nums, *stream_args)
     if R <= FUSED_MAX_RADIUS:
         bw, s, tile_h, strips, units, cb = _blur_tiles(H, W, planes, True, W % 4 != 0)
         grid = (-(-units // s) * cb,)
         args = (x, out, noise_p, *head, H, W, units, strips, cb, pps, P1, P2, *xs, *os_, *ns)
         consts = dict(R=R, TILE_H=tile_h, S=s, BW=bw, **common)
-        plain = W % 16 == 0 and noise is None and not (sig_t or al_t or bl_t or rad_t) and xs[4] == os_[4] == 1
+        plain = W % 16 == 0 and noise is None and not (any(flags.values()) or rad_t) and xs[4] == os_[4] == 1
         return [Launch(_mollify_blur_kernel, grid, args, consts, _fused_options(R, x.element_size(), plain),
                        numel)]
     # Two passes through a float32 scratch in x's logical order (contiguous), indexed with
@@ -254,10 +273,12 @@ def _plan_full(x, out, noise, p: Params, stream, noise_in: bool = False) -> List
     return [width, height]
 
 
-def _plan(x, out, noise, p: Params, stream) -> List[Launch]:
-    """The kernel launches that write ``out`` (and ``noise``) for one call; see :class:`Launch`.
+def _plan(x, out, noise, p: Params, stream, given_noise=None) -> List[Launch]:
+    """The kernel launches that write ``out`` (and ``noise``, or read the caller's eps
+    ``given_noise``) for a call given by its parts, as tools and tests plan one without mollify
+    (benchmarks/sass/report.py); see :class:`Launch` and :func:`_plan_full`.
 
     Raises ValueError for a blur radius
     ``>= min(H, W)`` (the kernels mirror once; such calls are routed to another backend).
     """
-    return _plan_full(x, out, noise, p, stream)
+    return _plan_full(Call(x=x, sigma=p.sigma, out=out, noise=noise, given_noise=given_noise, params=p, rng=stream))

@@ -13,9 +13,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._validate import Params
+from .._call import Call, Params
 from . import NoisePlan
-from ._native import call_args, eps_input, extension, make_plan
+from ._native import call_args, extension, make_plan, reading_eps
 
 
 _threads = torch.get_num_threads
@@ -56,16 +56,12 @@ def maps_input(x: torch.Tensor, out: torch.Tensor, p: Params) -> bool:
     return p.blur_sigma is None
 
 
-def mollify_cpu(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
-                noise_in: bool = False) -> None:
-    """``noise_in``: ``noise`` is the caller's eps (mollify's ``noise=``), read in the same pass
-    (never with an input map: mollify maps x into a temporary first)."""
+def mollify_cpu(call: Call) -> None:
+    """Writes ``call.out`` (and ``call.noise``) in one pass; the caller's eps (``given_noise``) is
+    read in the same pass (never with an input map: mollify maps x into a temporary first)."""
     ext, _ = extension()
-    assert not (noise_in and p.maps(x, out)), "an input map with the caller's eps runs on the mapped temporary"
-    mode = 0
-    if noise_in and noise is not None:
-        noise, mode = eps_input(x, noise)
-    ext.mollify_cpu(call_args(x, out, noise, p, stream, mode), _threads())
+    call = reading_eps(call)  # held until the kernel returns
+    ext.mollify_cpu(call_args(call), _threads())
 
 
 def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):

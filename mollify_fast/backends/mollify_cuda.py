@@ -27,9 +27,9 @@ from typing import List, Optional, Tuple, cast
 
 import torch
 
-from .._validate import Params
+from .._call import Call, Params
 from . import NoisePlan
-from ._native import call_args, eps_input, extension, make_plan
+from ._native import call_args, extension, make_plan, reading_eps
 
 EMULATE_ENV = "MOLLIFY_FAST_CUDA_EMULATE"
 SYNC_ENV = "MOLLIFY_FAST_CUDA_SYNC"
@@ -165,17 +165,14 @@ def maps_input(x: torch.Tensor, out: torch.Tensor, p: Params) -> bool:
     return p.blur_sigma is None
 
 
-def mollify_cuda(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
-                 noise_in: bool = False) -> None:
-    """``noise_in``: ``noise`` is the caller's eps (mollify's ``noise=``), read by the noise=
-    kernels (kernels/mollify_cuda_kernels.cuh) in the same pass (never with an input map:
-    mollify maps x into a temporary first)."""
+def mollify_cuda(call: Call) -> None:
+    """Writes ``call.out`` (and ``call.noise``) in one pass; the caller's eps (``given_noise``) is
+    read by the noise= kernels (kernels/mollify_cuda_kernels.cuh) in the same pass (never with an
+    input map: mollify maps x into a temporary first)."""
     ext, _ = extension()
-    mode = 0
-    if noise_in and noise is not None:
-        noise, mode = eps_input(x, noise)
-    assert not (noise_in and p.maps(x, out)), "an input map with the caller's eps runs on the mapped temporary"
-    args = call_args(x, out, noise, p, stream, mode)
+    x = call.x
+    call = reading_eps(call)  # held until the kernel is launched (PyTorch's caching allocator orders its reuse)
+    args = call_args(call)
     if x.is_cpu:
         ext.mollify_cuda_emulated(args)
         return

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import reference
-from .._validate import Params
+from .._call import Call, Params
 
 
 def availability() -> Tuple[bool, str]:
@@ -29,15 +29,15 @@ def _cpu(v):
     return v.cpu() if torch.is_tensor(v) else v
 
 
-def mollify_reference(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
-                      noise_in: bool = False) -> None:
-    """``noise_in``: ``noise`` is the caller's eps (mollify's ``noise=``), read, not written, and
-    no stream is used."""
-    if noise_in:
+def mollify_reference(call: Call) -> None:
+    """The caller's eps (``call.given_noise``, mollify's ``noise=``) is read, not written, and no
+    stream is used."""
+    x, out, noise, given, p = call.x, call.target, call.noise, call.given_noise, call.resolved
+    if given is not None:
         seed, offset = 0, 0
     else:
-        assert stream is not None, "only the torch backend draws from PyTorch's RNG (stream None)"
-        seed, offset = stream
+        assert call.rng is not None, "only the torch backend draws from PyTorch's RNG (stream None)"
+        seed, offset = call.rng
     res = reference.mollify(
         x,
         _cpu(p.sigma),
@@ -51,8 +51,8 @@ def mollify_reference(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.
         input_shift=p.in_shift,
         dequantize=p.dequant,
         out_dtype=out.dtype,
-        noise=noise if noise_in else None,
+        noise=given,
     )
     out.copy_(res[0])
-    if noise is not None and not noise_in:
+    if noise is not None:
         noise.copy_(res[1])

@@ -28,7 +28,8 @@ from typing import Optional, Tuple
 import torch
 
 from .._blur import blur
-from .._validate import Params, compute_dtype, map_compute_dtype
+from .._call import Call, Params
+from .._validate import compute_dtype, map_compute_dtype
 from ..reference import input_map
 from ..generator import torch_generator
 
@@ -76,24 +77,23 @@ def _draw(shape, acc: torch.dtype, device, gen, buf: Optional[torch.Tensor] = No
     return eps.normal_(generator=gen)
 
 
-def mollify_torch(
-    x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream, noise_in: bool = False
-) -> None:
+def mollify_torch(call: Call) -> None:
     """``out = alpha * src + fl(sigma * eps)`` for every call form: ``eps`` from :func:`_draw`,
     ``sigma * eps`` rounded, then ``torch.add(., src, alpha=a)`` (one fused multiply-add on both
     its vector and scalar paths) or ``addcmul`` for per-sample alpha, written to out in any layout.
 
-    ``noise_in``: ``noise`` is the caller's eps (mollify's ``noise=``), converted to the compute
+    The caller's eps (``call.given_noise``, mollify's ``noise=``) is converted to the compute
     dtype and used as is: no generator is touched, and the numbers are the reference's."""
-    gen = torch_generator(x.device, stream)  # one per device per thread: threads reproduce
+    x, out, noise, given, p = call.x, call.target, call.noise, call.given_noise, call.resolved
+    gen = torch_generator(x.device, call.rng)  # one per device per thread: threads reproduce
     if p.maps(x, out):
         x = _mapped_input(x, out, p, gen)  # now in the compute dtype
     acc = compute_dtype(x.dtype)
     a = _bcast(p.alpha, x)
     s = _bcast(p.sigma, x)
     src = blur(x, p, acc) if p.blur_sigma is not None else x
-    if noise_in and noise is not None:
-        t = torch.mul(noise.to(acc), s)  # a new tensor: noise may be out itself
+    if given is not None:
+        t = torch.mul(given.to(acc), s)  # a new tensor: noise may be out itself
         out.copy_(_axpy(t, a, src, out=t))
         return
     if x.dtype != acc:

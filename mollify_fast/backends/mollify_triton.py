@@ -26,7 +26,7 @@ from typing import Optional, Tuple
 import torch
 import triton
 
-from .._validate import Params
+from .._call import Call, Params
 from ._triton_kernels import _mollify_blur_axis_kernel, _mollify_blur_kernel, _mollify_noise_kernel
 from ._triton_launch import _arg_roles, _interpret, _kernel_layout, _launch, _spec_key
 from ._triton_plan import BLUR_TILE_H, FUSED_MAX_RADIUS, THREADS, Launch, _blur_tiles, _plan, _plan_full
@@ -55,9 +55,10 @@ def maps_input(x: torch.Tensor, out: torch.Tensor, p: Params) -> bool:
     return p.blur_sigma is None
 
 
-def mollify_triton(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], p: Params, stream,
-                   noise_in: bool = False) -> None:
-    launches = _plan_full(x, out, noise, p, stream, noise_in)
+def mollify_triton(call: Call) -> None:
+    """Writes ``call.out`` (and ``call.noise``): the launches of :func:`_plan_full`."""
+    x = call.x
+    launches = _plan_full(call)
     if x.is_cuda and x.device.index != torch.cuda.current_device():
         # Triton launches on the current device's current stream: make that x's device.
         with torch.cuda.device(x.device):
