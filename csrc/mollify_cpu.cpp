@@ -88,7 +88,7 @@ void noise_kernel(const MollifyArgs& a, int nthreads) {
   const bool noise_in = a.noise_in != kNoiseOut;
   T* noise = noise_in ? nullptr : static_cast<T*>(a.noise);  // written only when drawn
   const int64_t sx = a.x_strides[last], so = a.out_strides[last], sn = a.noise_strides[last];
-  const bool per_sample = a.param_ptr[kAlpha] || a.param_ptr[kSigma];
+  const bool per_sample = any_per_sample(a);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
     std::vector<float> buf(noise_in ? 0 : kSegment + 8);
@@ -355,7 +355,7 @@ void mapped_noise_kernel(const MollifyArgs& a, const MapArgs& m, int nthreads) {
   TO *out = static_cast<TO*>(a.out), *noise = static_cast<TO*>(a.noise);
   const A scale = static_cast<A>(m.scale), shift = static_cast<A>(m.shift);
   const uint64_t ugroup0 = stream_offset(a) + static_cast<uint64_t>((a.numel + 3) >> 2);
-  const bool per_sample = a.param_ptr[kAlpha] || a.param_ptr[kSigma];
+  const bool per_sample = any_per_sample(a);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
     // Without dequantisation u is a segment of zeros: x + 0 is exact, and the loop stays one

@@ -57,7 +57,7 @@ inline LaunchPlan plan_launch(const MollifyArgs& a, int64_t max_blur_blocks) {
   if (!a.has_blur) {
     p.kind = KernelKind::kNoise;
     p.vec = contiguous_aligned(a, sizeof(T));
-    p.per_sample = a.param_ptr[kSigma] != nullptr || a.param_ptr[kAlpha] != nullptr;
+    p.per_sample = any_per_sample(a);
     const int64_t groups = (a.numel + 3) / 4;
     p.grid_x = std::min<int64_t>((groups + kThreads - 1) / kThreads, kMaxNoiseBlocks);
     return p;

@@ -166,7 +166,7 @@ def _run(call: Call) -> None:
         noise.copy_(eps)  # before out is written: out may be eps's own view (out=noise)
         noise = None  # the kernels read eps (given_noise) and write no eps
     # The record the launcher takes: the call with its resolved parts.
-    k = replace(call, x=x, out=out, noise=noise, given_noise=eps, params=p, rng=stream)
+    k = call.replace(x=x, out=out, noise=noise, given_noise=eps, params=p, rng=stream)
     if mapped and (eps is not None or not backends.maps_input(name, x, out, p)):
         _run_mapped(name, launch, k)
     elif unfused:
@@ -177,7 +177,7 @@ def _run(call: Call) -> None:
         if p.blur_sigma is not None and same_view(out, x):
             # The blur reads neighbours that an in-place write would already have replaced:
             # blur a copy so that out=x gives exactly the out-of-place result.
-            k = replace(k, x=x.clone())
+            k = k.replace(x=x.clone())
         launch(k)
     if words is not None and eps is None:
         advance_resident(words, _stream_elements(x.numel(), dequant))
@@ -228,7 +228,7 @@ def _run_mapped(name: str, launch, call: Call) -> None:
     if p.dequant and backends.maps_input(name, x, xf, map_only):
         # The backend's own mapped noise kernel at sigma 0, alpha 1 writes x_f exactly (its
         # uniforms are the stream's; 0 * eps adds nothing): native speed for the uniforms.
-        launch(replace(call, out=xf, noise=None, given_noise=None, params=map_only))
+        launch(call.replace(out=xf, noise=None, given_noise=None, params=map_only))
     else:
         u = None
         if p.dequant:
@@ -243,7 +243,7 @@ def _run_mapped(name: str, launch, call: Call) -> None:
     pf = replace(p, in_scale=1.0, in_shift=0.0, dequant=False)
     res = out if out.dtype == acc else torch.empty_like(xf)
     eps = noise if noise is None or noise.dtype == acc else torch.empty_like(xf)
-    plain = replace(call, x=xf, out=res, noise=eps, params=pf)
+    plain = call.replace(x=xf, out=res, noise=eps, params=pf)
     if _beyond_image(backends.LIMITS[name], xf, pf):  # xf is contiguous: its dims merge
         _run_unfused(launch, plain)
     else:
@@ -282,7 +282,7 @@ def _run_contiguous(launch, call: Call) -> None:
     x, out, noise, given = call.x, call.target, call.noise, call.given_noise
     oc = torch.empty(x.shape, dtype=out.dtype, device=x.device)
     nc = None if noise is None else torch.empty(x.shape, dtype=noise.dtype, device=x.device)
-    launch(replace(call, x=x.contiguous(), out=oc, noise=nc, given_noise=None if given is None else given.contiguous()))
+    launch(call.replace(x=x.contiguous(), out=oc, noise=nc, given_noise=None if given is None else given.contiguous()))
     if noise is not None:
         noise.copy_(cast(torch.Tensor, nc))
     out.copy_(oc)
@@ -302,7 +302,7 @@ def _run_unfused(launch, call: Call) -> None:
     src = blur_planes(x, p, acc) if p.blur_sigma is not None else x.contiguous()
     res = torch.empty_like(src)
     eps = None if noise is None else torch.empty_like(src)
-    launch(replace(call, x=src, out=res, noise=eps, params=p.without_blur()))
+    launch(call.replace(x=src, out=res, noise=eps, params=p.without_blur()))
     out.copy_(res)
     if noise is not None:
         noise.copy_(cast(torch.Tensor, eps))
@@ -318,7 +318,7 @@ def _new_outputs(call: Call) -> Tuple[torch.Tensor, torch.Tensor]:
 def _mollify_impl(*args) -> Tuple[torch.Tensor, torch.Tensor]:
     call = Call.from_op(args)
     out, noise = _new_outputs(call)
-    _run(replace(call, out=out, noise=noise if call.return_noise else None))
+    _run(call.replace(out=out, noise=noise if call.return_noise else None))
     return out, noise
 
 
@@ -396,8 +396,8 @@ def _mollify_vmap(info, in_dims, *args):
     merged = xb.reshape(b * n, *xb.shape[2:])
     eps = call.given_noise
     rows: Dict[str, Any] = {p: _per_row(getattr(call, p), dims[p], b, n) for p in PER_SAMPLE}
-    merged_call = replace(
-        call, x=merged, **rows,
+    merged_call = call.replace(
+        x=merged, **rows,
         given_noise=None if eps is None else _batched(eps, dims["given_noise"], b).reshape(merged.shape))
     out, noise = torch.ops.mollify_fast.mollify(*merged_call.op_args())
     if call.return_noise:
@@ -436,7 +436,9 @@ def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
             and backend in backends.NAMES):
         try:
             name, _ = backends.resolve(backend, x, _NOISE_PROBE)
-            launchers = backends.noise_plan(name, x, torch.empty_like(x), torch.empty_like(x) if return_noise else None)
+            first = Call(x=x, sigma=0.5, out=torch.empty_like(x), noise=torch.empty_like(x) if return_noise else None,
+                         params=_NOISE_PROBE)
+            launchers = backends.noise_plan(name, first)
         except (backends.BackendUnavailableError, ValueError):
             launchers = None  # the general path raises the error at each call
         if launchers is not None:
@@ -449,7 +451,8 @@ def _new_plan(key: tuple, x: torch.Tensor, return_noise: bool, backend: str):
     return plan
 
 
-# A noise-only call with numbers: what the plan path asks backends.resolve about a layout.
+# A noise-only call with numbers: what the plan path asks backends.resolve and the backend's
+# noise_plan about a layout.
 _NOISE_PROBE = Params(sigma=0.5, alpha=0.5, blur_sigma=None, radius=0, max_radius=0)
 
 
@@ -680,10 +683,10 @@ def mollify(
         eps = torch.empty_like(x, dtype=out_dtype) if return_noise else None
         if out is None:
             res = torch.empty_like(x, dtype=out_dtype)
-            _run(replace(call, out=res, noise=eps))
+            _run(call.replace(out=res, noise=eps))
             return (res, eps) if return_noise else res
         check_out_memory(x, out, eps, noise)
-        _run(replace(call, noise=eps))
+        _run(call.replace(noise=eps))
         # The kernels write through raw pointers: tell autograd that out (maybe x) changed, so a
         # backward that saved it raises "modified by an inplace operation" instead of using the
         # mollified values. (The custom op below does this itself for its mutated arguments.)
@@ -697,5 +700,5 @@ def mollify(
     inplace = out is x or (not compiling and same_view(out, x))
     if noise is not None and (noise is out or (not compiling and same_view(noise, out))):
         noise = noise.clone()  # out=noise: the op takes no two aliased arguments; same numbers
-    torch.ops.mollify_fast.mollify_out(*replace(call, noise=eps, given_noise=noise).out_op_args(inplace))
+    torch.ops.mollify_fast.mollify_out(*call.replace(noise=eps, given_noise=noise).out_op_args(inplace))
     return (out, eps) if return_noise else out

@@ -571,7 +571,7 @@ def _captured_params(x: torch.Tensor, call: Call) -> Params:
     vp = call.alpha is None
     if vp and "sigma" in on_device:
         numbers["alpha"] = 1.0  # not derived from the placeholder: from the device sigma below
-    p = kernel_params(x, replace(call, **numbers))
+    p = kernel_params(x, call.replace(**numbers))
     changes: Dict[str, Any] = {name: t.to(acc).contiguous() for name, t in on_device.items()}
     if vp and "sigma" in on_device:
         s = on_device["sigma"]

@@ -9,7 +9,8 @@ Each backend module ``mollify_<name>.py`` exposes
 * optionally ``maps_input(x, out, params) -> bool``: whether its launcher applies the input map
   (``params.in_scale``/``in_shift``/``dequant``, x of another dtype than out) itself; where
   not, mollify runs it on the mapped input in the compute dtype (``_op._run_mapped``);
-* optionally ``noise_plan(x, out, noise)``: a faster launcher for repeated noise-only calls with
+* optionally ``noise_plan(call)``: from the record of a noise-only call on a layout (its x, out
+  and noise; the parameters are placeholders), a faster launcher for repeated noise-only calls with
   scalar parameters on x's layout, ``run(x, out, noise, sigma, alpha, stream)`` or a
   :class:`NoisePlan`, or None.
 
@@ -157,18 +158,19 @@ def maps_input(name: str, x: torch.Tensor, out: torch.Tensor, params) -> bool:
     return fn is not None and bool(fn(x, out, params))
 
 
-def noise_plan(name: str, x: torch.Tensor, out: torch.Tensor, noise) -> Optional[NoisePlan]:
+def noise_plan(name: str, call) -> Optional[NoisePlan]:
     """``run(x, out, noise, sigma, alpha, stream)`` for noise-only calls with float parameters on
-    x's layout, device and dtype, through backend ``name`` (already resolved for x); None where
-    the backend has no such launcher for x (then every call takes the general path).
+    the layout, device and dtype of ``call`` (a :class:`~mollify_fast._call.Call` whose x, out
+    and noise give them), through backend ``name`` (already resolved for x); None where the
+    backend has no such launcher for x (then every call takes the general path).
 
     The backend's own ``noise_plan`` when it has one; else its launcher with the call's record
     built per call (pure-PyTorch and Triton launchers take any layout as it comes)."""
-    if x.device.type not in LIMITS[name].plan_devices:
+    if call.x.device.type not in LIMITS[name].plan_devices:
         return None
     mod = _module(name)
     if hasattr(mod, "noise_plan"):
-        plan = mod.noise_plan(x, out, noise)
+        plan = mod.noise_plan(call)
         return plan if plan is None or isinstance(plan, NoisePlan) else NoisePlan(plan)
     from .._call import Call, Params
 

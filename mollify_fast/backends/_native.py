@@ -159,7 +159,7 @@ def reading_eps(call: Call) -> Call:
     if call.given_noise is None:
         return call
     eps, _ = eps_input(call.x, call.given_noise)
-    return call if eps is call.given_noise else replace(call, given_noise=eps)
+    return call if eps is call.given_noise else call.replace(given_noise=eps)
 
 
 def kernel_args(call: Call) -> tuple:
@@ -227,9 +227,9 @@ def call_args(call: Call):
 _LAYOUT_ONLY = Params(sigma=0.0, alpha=0.0, blur_sigma=None, radius=0, max_radius=0)
 
 
-def make_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
-    """``_C.Args`` of the noise op on this layout, for the fast path: everything but the data
+def make_plan(call: Call):
+    """``_C.Args`` of the noise op on the layout of ``call`` (its x, out and noise), for the fast path: everything but the data
     pointers, the scalar parameters and the stream, which each call passes (``_C.mollify_cpu_plan``
     and ``_C.mollify_cuda_plan``). Raises like :func:`kernel_args` (more than ``MAX_DIMS`` dims)."""
     ext, _ = extension()
-    return ext.Args(*kernel_args(Call(x=x, sigma=0.0, out=out, noise=noise, params=_LAYOUT_ONLY, rng=(0, 0))))
+    return ext.Args(*kernel_args(call.replace(given_noise=None, params=_LAYOUT_ONLY, rng=(0, 0))))

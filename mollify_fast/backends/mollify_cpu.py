@@ -9,7 +9,7 @@ results are identical for any thread count: up to ``torch.get_num_threads()``, o
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
@@ -64,13 +64,13 @@ def mollify_cpu(call: Call) -> None:
     ext.mollify_cpu(call_args(call), _threads())
 
 
-def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
+def noise_plan(call: Call):
     """A launcher for repeated noise-only calls on x's layout (see ``_op._fast``):
     ``run(x, out, noise, sigma, alpha, (seed, offset))`` with Python-float parameters that the
     caller has checked. Same kernel and arguments as :func:`mollify_cpu`; the layout part of
     them is built once, here, into the layout's ``_C.Args``."""
     ext, _ = extension()
-    cplan, launch, launch_gen = make_plan(x, out, noise), ext.mollify_cpu_plan, ext.mollify_cpu_plan_gen
+    cplan, launch, launch_gen = make_plan(call), ext.mollify_cpu_plan, ext.mollify_cpu_plan_gen
 
     def run(x, out, noise, sigma, alpha, stream):
         launch(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma, alpha,

@@ -183,14 +183,15 @@ def mollify_cuda(call: Call) -> None:
         cuda_stream.synchronize()  # a fault in the kernel raises here, at the call (a capture cannot sync)
 
 
-def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
+def noise_plan(call: Call):
     """A launcher for repeated noise-only calls on a CUDA x's layout (see ``_op._fast``; the
     registry asks only for CUDA tensors: ``Limits.plan_devices``).
     ``run(x, out, noise, sigma, alpha, (seed, offset))`` launches on PyTorch's current stream
     for x's device, read at each call through ``torch._C._cuda_getCurrentRawStream`` (what
     Inductor's launchers use; ``torch.cuda.current_stream()`` builds a Stream object per call)."""
     ext, _ = extension()
-    cplan, launch, launch_gen = make_plan(x, out, noise), ext.mollify_cuda_plan, ext.mollify_cuda_plan_gen
+    cplan, launch, launch_gen = make_plan(call), ext.mollify_cuda_plan, ext.mollify_cuda_plan_gen
+    x = call.x
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
     raw_stream = torch._C._cuda_getCurrentRawStream
 

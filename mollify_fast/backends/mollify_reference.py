@@ -5,7 +5,7 @@ checking a kernel by hand: ``mollify(x, s, backend="reference")``.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 

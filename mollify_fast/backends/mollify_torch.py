@@ -122,10 +122,11 @@ def mollify_torch(call: Call) -> None:
     _axpy(eps, a, src, out=out)
 
 
-def noise_plan(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor]):
+def noise_plan(call: Call):
     """A launcher for repeated noise-only calls with number parameters (mollify's plan cache):
     the numbers of the general path above, drawn into out itself when it is contiguous.
     None for float16/bfloat16 (float32 scratch) and returned noise (the general path keeps eps)."""
+    x, out, noise = call.x, call.target, call.noise
     if x.dtype not in (torch.float32, torch.float64) or noise is not None:
         return None
     dev = x.device

@@ -21,7 +21,7 @@ the module that owns it.
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import triton
