@@ -10,7 +10,7 @@ from typing import Tuple
 import torch
 
 from .. import reference
-from .._call import Call, Params
+from .._call import PER_SAMPLE, Call, Params
 
 
 def availability() -> Tuple[bool, str]:
@@ -40,9 +40,7 @@ def mollify_reference(call: Call) -> None:
         seed, offset = call.rng
     res = reference.mollify(
         x,
-        _cpu(p.sigma),
-        alpha=_cpu(p.alpha),
-        blur_sigma=_cpu(p.blur_sigma),
+        **{name: _cpu(getattr(p, name)) for name in PER_SAMPLE},  # reference.mollify's names
         blur_radius=_cpu(p.radius) if p.blur_sigma is not None else None,
         seed=seed,
         offset=offset,
