@@ -38,6 +38,17 @@ constexpr int64_t kSegment = 4096;
 // Output rows per blur work item: each recomputes 2r halo rows of the width pass, so 32 rows
 // (1.19x at radius 3) beat 16 (1.38x): CIFAR blur + noise 1.23 -> 1.20 ms on one dev-VM core.
 constexpr int64_t kBand = 32;
+// A buffer of this thread's, at least n elements, kept from call to call (one per Slot): a noise
+// call then neither allocates nor zero-fills its segment buffers (a std::vector per call wrote
+// 16 KB of zeros before the normals). Only for the noise kernels' fixed sizes, so what a thread
+// keeps is bounded (a blur's buffers grow with the image and are freed after each call).
+template <typename V, int Slot>
+V* thread_buffer(int64_t n) {
+  thread_local std::vector<V> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf.data();
+}
+
 // Normals of logical elements [i0, i0 + len) into buf (needs len + 8 floats); returns the
 // pointer to element i0's normal.
 inline float* draw(const MollifyArgs& a, int64_t i0, int64_t len, float* buf) {
@@ -91,8 +102,8 @@ void noise_kernel(const MollifyArgs& a, int nthreads) {
   const bool per_sample = any_per_sample(a);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
-    std::vector<float> buf(noise_in ? 0 : kSegment + 8);
-    std::vector<A> given(noise_in ? kSegment : 0);  // the caller's eps of a segment
+    float* buf = noise_in ? nullptr : thread_buffer<float, 0>(kSegment + 8);
+    A* given = noise_in ? thread_buffer<A, 1>(kSegment) : nullptr;  // the caller's eps of a segment
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       int64_t len, ox, oo, on;
@@ -122,10 +133,10 @@ void noise_kernel(const MollifyArgs& a, int nthreads) {
         }
       };
       if (noise_in) {
-        load_eps<T>(a, on, sn, len, given.data());
-        combine(given.data());
+        load_eps<T>(a, on, sn, len, given);
+        combine(given);
       } else {
-        combine(draw(a, i0, len, buf.data()));
+        combine(draw(a, i0, len, buf));
       }
     }
   }
@@ -360,12 +371,13 @@ void mapped_noise_kernel(const MollifyArgs& a, const MapArgs& m, int nthreads) {
   {
     // Without dequantisation u is a segment of zeros: x + 0 is exact, and the loop stays one
     // branch-free body that gcc vectorises on unit strides.
-    std::vector<float> buf(kSegment + 8), ubuf(kSegment + 8, 0.0f);
+    float* buf = thread_buffer<float, 0>(kSegment + 8);
+    std::vector<float> ubuf(kSegment + 8, 0.0f);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       int64_t len, ox, oo, on;
       const int64_t i0 = segment(a, item, segs, W, len, ox, oo, on);
-      const float* eps = draw(a, i0, len, buf.data());
+      const float* eps = draw(a, i0, len, buf);
       const float* u = ubuf.data();
       if (m.dequant) {
         const int64_t g0 = i0 >> 2, g1 = (i0 + len + 3) >> 2;
