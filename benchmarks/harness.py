@@ -42,14 +42,15 @@ def device_slug(dev: str) -> str:
 
 def append_csv(path: str, rows: List[dict], fields: List[str]) -> None:
     """Append ``rows`` to the long-format CSV at ``path`` (header if new), atomically: copy,
-    add, rename, so an interrupted run leaves the old file whole."""
+    add, rename, so an interrupted run leaves the old file whole. Lines end in ``\n``; the old
+    rows are copied byte for byte (an append changes no earlier line)."""
     new = not os.path.exists(path)
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
         if not new:
-            with open(path) as old:
+            with open(path, newline="") as old:
                 f.write(old.read())
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
         if new:
             w.writeheader()
         for r in rows:
