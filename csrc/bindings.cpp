@@ -121,6 +121,94 @@ bool take_groups(uintptr_t state, int64_t numel, bool provisional_ok, uint64_t& 
   return true;
 }
 
+// The cpu plan path's two launch calls as plain CPython functions (METH_FASTCALL): the one call
+// a training loop makes per step. With the caches cold after a training step, pybind11's
+// dispatcher (overload lookup, type casters) costs several times a builtin's call; the figures
+// are in the README, "Inside a training loop". Both take, positionally, the plan's address
+// (Args.address; the caller keeps the plan alive), x, out, noise (addresses; noise 0: none),
+// sigma, alpha, two stream words and num_threads.
+
+// args[0..5] (plan address, x, out, noise, sigma, alpha) into a call on that plan with stream
+// (0, 0); false with a Python error set.
+bool parse_plan_call(PyObject* const* args, Py_ssize_t nargs, const char* name, const Args*& plan, MollifyArgs& a) {
+  if (nargs != 9) {
+    PyErr_Format(PyExc_TypeError, "%s takes 9 positional arguments, got %zd", name, nargs);
+    return false;
+  }
+  uintptr_t ptr[4];  // plan, x, out, noise
+  for (int i = 0; i < 4; ++i) {
+    ptr[i] = static_cast<uintptr_t>(PyLong_AsUnsignedLongLong(args[i]));
+    if (PyErr_Occurred()) return false;
+  }
+  const double sigma = PyFloat_AsDouble(args[4]), alpha = PyFloat_AsDouble(args[5]);
+  if (PyErr_Occurred()) return false;
+  plan = reinterpret_cast<const Args*>(ptr[0]);
+  a = with_call(*plan, ptr[1], ptr[2], ptr[3], sigma, alpha, 0, 0);
+  return true;
+}
+
+// The cpu noise kernel on `a` without the GIL; Py_True, or nullptr with the kernel's error set
+// (ValueError for std::invalid_argument, RuntimeError otherwise, as pybind11 maps them).
+PyObject* run_cpu_raw(const MollifyArgs& a, PyObject* num_threads_arg) {
+  const long num_threads = PyLong_AsLong(num_threads_arg);
+  if (PyErr_Occurred()) return nullptr;
+  std::string error;
+  bool invalid = false;
+  Py_BEGIN_ALLOW_THREADS
+  try {
+    mollify_fast::mollify_cpu(a, static_cast<int>(num_threads));
+  } catch (const std::invalid_argument& e) {
+    error = e.what();
+    invalid = true;
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  Py_END_ALLOW_THREADS
+  if (!error.empty()) {
+    PyErr_SetString(invalid ? PyExc_ValueError : PyExc_RuntimeError, error.c_str());
+    return nullptr;
+  }
+  Py_RETURN_TRUE;
+}
+
+// (plan, x, out, noise, sigma, alpha, seed, offset, num_threads): the stream by value.
+PyObject* cpu_plan_raw(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  const Args* plan;
+  MollifyArgs a;
+  if (!parse_plan_call(args, nargs, "mollify_cpu_plan", plan, a)) return nullptr;
+  a.seed = PyLong_AsUnsignedLongLong(args[6]);
+  a.offset = PyLong_AsUnsignedLongLong(args[7]);
+  if (PyErr_Occurred()) return nullptr;
+  return run_cpu_raw(a, args[8]);
+}
+
+// (plan, x, out, noise, sigma, alpha, state_ptr, provisional_ok, num_threads): the stream taken
+// from a generator state (take_groups) in the launch call itself, which saves the ten or so
+// Python steps of take_stream (each ~1-3 us with cold caches); False, with nothing done, where
+// take_groups refuses.
+PyObject* cpu_plan_gen_raw(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  const Args* plan;
+  MollifyArgs a;
+  if (!parse_plan_call(args, nargs, "mollify_cpu_plan_gen", plan, a)) return nullptr;
+  const uintptr_t state = static_cast<uintptr_t>(PyLong_AsUnsignedLongLong(args[6]));
+  const int provisional_ok = PyObject_IsTrue(args[7]);
+  if (PyErr_Occurred() || provisional_ok < 0) return nullptr;
+  if (!take_groups(state, plan->a.numel, provisional_ok != 0, a.seed, a.offset)) Py_RETURN_FALSE;
+  return run_cpu_raw(a, args[8]);
+}
+
+PyMethodDef cpu_plan_defs[] = {
+    {"mollify_cpu_plan", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(cpu_plan_raw)),
+     METH_FASTCALL,
+     "mollify_cpu on a layout's Args: (plan_address, x, out, noise, sigma, alpha, seed, offset, num_threads), "
+     "positional"},
+    {"mollify_cpu_plan_gen", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(cpu_plan_gen_raw)),
+     METH_FASTCALL,
+     "mollify_cpu_plan taking its stream from a generator state: (plan_address, x, out, noise, sigma, alpha, "
+     "state_ptr, provisional_ok, num_threads), positional; False (nothing done) when the state is not this "
+     "process's derived stream (or provisional one, with provisional_ok)"},
+};
+
 }  // namespace
 
 namespace {
@@ -158,7 +246,10 @@ PYBIND11_MODULE(_C, m) {
            py::arg("x_dtype") = -1, py::arg("scale") = 1.0, py::arg("shift") = 0.0, py::arg("dequant") = false)
       .def_property_readonly("ndim", [](const Args& p) { return p.a.ndim; })
       .def_property_readonly("numel", [](const Args& p) { return p.a.numel; })
-      .def_property_readonly("mapped", [](const Args& p) { return p.mapped; });
+      .def_property_readonly("mapped", [](const Args& p) { return p.mapped; })
+      .def_property_readonly(
+          "address", [](const Args& p) { return reinterpret_cast<uintptr_t>(&p); },
+          "Where this Args lives, for mollify_cpu_plan_gen (valid while the object is)");
   m.def(
       "mollify_cpu",
       [](const Args& p, int num_threads) {
@@ -171,32 +262,8 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("args"), py::arg("num_threads"),
       "The cpu kernels on an Args (with an input map: x of dtype code x_dtype, out and noise of `dtype`; no blur).");
-  m.def(
-      "mollify_cpu_plan",
-      [](const Args& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uint64_t seed,
-         uint64_t offset, int num_threads) {
-        const MollifyArgs a = with_call(p, x, out, noise, sigma, alpha, seed, offset);
-        py::gil_scoped_release release;
-        mollify_fast::mollify_cpu(a, num_threads);
-      },
-      "mollify_cpu on a layout's Args: (args, x, out, noise, sigma, alpha, seed, offset, num_threads), positional");
-  // Inside a training loop every Python step of a call runs with cold caches (~1-3 us each on
-  // the 2-core dev VM): taking the stream here, in the launch call, saves the ten or so steps of
-  // Python's take_stream.
-  m.def(
-      "mollify_cpu_plan_gen",
-      [](const Args& p, uintptr_t x, uintptr_t out, uintptr_t noise, double sigma, double alpha, uintptr_t state,
-         bool provisional_ok, int num_threads) {
-        uint64_t seed, offset;
-        if (!take_groups(state, p.a.numel, provisional_ok, seed, offset)) return false;
-        const MollifyArgs a = with_call(p, x, out, noise, sigma, alpha, seed, offset);
-        py::gil_scoped_release release;
-        mollify_fast::mollify_cpu(a, num_threads);
-        return true;
-      },
-      "mollify_cpu_plan taking its stream from a generator state: (plan, x, out, noise, sigma, alpha, "
-      "state_ptr, provisional_ok, num_threads); False (nothing done) when the state is not this process's "
-      "derived stream (or provisional one, with provisional_ok)");
+  for (PyMethodDef& def : cpu_plan_defs)
+    m.attr(def.ml_name) = py::reinterpret_steal<py::object>(PyCFunction_New(&def, nullptr));
   m.def(
       "take_stream",
       [](uintptr_t state, int64_t numel, bool provisional_ok) -> py::object {

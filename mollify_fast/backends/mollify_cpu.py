@@ -72,14 +72,16 @@ def noise_plan(call: Call):
     ext, _ = extension()
     cplan, launch, launch_gen = make_plan(call), ext.mollify_cpu_plan, ext.mollify_cpu_plan_gen
 
-    def run(x, out, noise, sigma, alpha, stream):
-        launch(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma, alpha,
+    # Both launch calls are plain CPython functions given the plan by its address (_plan keeps
+    # the plan alive): a training loop's one call per step skips pybind11's dispatcher.
+    def run(x, out, noise, sigma, alpha, stream, _plan=cplan, _at=cplan.address):
+        launch(_at, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma, alpha,
                stream[0], stream[1], _threads())
 
-    def run_gen(x, out, noise, sigma, alpha, state_ptr, provisional_ok):
+    def run_gen(x, out, noise, sigma, alpha, state_ptr, provisional_ok, _plan=cplan, _at=cplan.address):
         # The stream taken from the generator state inside the launch call (one atomic step, as
         # generator.take_stream); False: nothing done, the caller takes it the long way.
-        return launch_gen(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma,
+        return launch_gen(_at, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma,
                           alpha, state_ptr, provisional_ok, _threads())
 
     return NoisePlan(run, run_gen)
