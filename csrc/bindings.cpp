@@ -249,7 +249,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("mapped", [](const Args& p) { return p.mapped; })
       .def_property_readonly(
           "address", [](const Args& p) { return reinterpret_cast<uintptr_t>(&p); },
-          "Where this Args lives, for mollify_cpu_plan_gen (valid while the object is)");
+          "Where this Args lives, for mollify_cpu_plan and mollify_cpu_plan_gen (valid while the object is)");
   m.def(
       "mollify_cpu",
       [](const Args& p, int num_threads) {

@@ -192,8 +192,10 @@ def check_static(x, values: Dict[str, Any], blur_radius, generator, out, return_
             f"{tuple(x.shape)}; for a single image pass x[None], and do not blur an [N, D] batch "
             "(it would mix samples)"
         )
-    params: Dict[str, Any] = {r.name: as_param(r.name, values.get(r.name), x, compiling)
-              if r.required or values.get(r.name) is not None else None for r in PER_SAMPLE_RULES}
+    params: Dict[str, Any] = {}
+    for rule in PER_SAMPLE_RULES:
+        v = values.get(rule.name)
+        params[rule.name] = as_param(rule.name, v, x, compiling) if rule.required or v is not None else None
     if blur_radius is not None:
         if isinstance(blur_radius, bool) or not isinstance(blur_radius, (int, torch.SymInt)):
             raise TypeError(f"mollify: blur_radius must be an int or None, got {type(blur_radius).__name__}")
@@ -477,11 +479,10 @@ def kernel_params(x: torch.Tensor, call: Call) -> Params:
             continue
         if isinstance(v, torch.Tensor):
             v64 = host[name] = _tensor_values(name, v, acc, xd)
-            if not v64.numel():
-                kernel[name] = kernel_form(v64, v)
-                continue
-            lo, hi = float(v64.min()), float(v64.max())
             kernel[name] = kernel_form(v64, v)
+            if not v64.numel():
+                continue  # no values to range-check
+            lo, hi = float(v64.min()), float(v64.max())
         else:
             _check_number(name, v, acc, xd)
             lo = hi = kernel[name] = v

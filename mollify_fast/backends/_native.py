@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import warnings
-from dataclasses import replace
 from types import FrameType
 from typing import List, Optional, Tuple, Union
 

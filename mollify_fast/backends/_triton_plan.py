@@ -173,10 +173,11 @@ def _per_sample(kernel, p: Params, dummy: torch.Tensor) -> Tuple[tuple, tuple, d
     """``(pointers, values, flags)`` of the per-sample parameters ``kernel`` takes (:func:`_takes`):
     a tensor parameter's pointer (its value 0.0), a number's value (``dummy`` as its pointer,
     never read), and the ``<NAME>_PER_SAMPLE`` constexprs."""
-    vals = [getattr(p, n) for n in _takes(kernel)]
+    names = _takes(kernel)
+    vals = [getattr(p, n) for n in names]
     ptrs = tuple(v if torch.is_tensor(v) else dummy for v in vals)
     nums = tuple(0.0 if torch.is_tensor(v) else float(v) for v in vals)
-    flags = {f"{n.upper()}_PER_SAMPLE": torch.is_tensor(v) for n, v in zip(_takes(kernel), vals)}
+    flags = {f"{n.upper()}_PER_SAMPLE": torch.is_tensor(v) for n, v in zip(names, vals)}
     return ptrs, nums, flags
 
 
