@@ -182,18 +182,27 @@ PyObject* cpu_plan_raw(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return run_cpu_raw(a, args[8]);
 }
 
-// (plan, x, out, noise, sigma, alpha, state_ptr, provisional_ok, num_threads): the stream taken
+// (plan, x, out, noise, sigma, alpha, state_ptr, group_probe, num_threads): the stream taken
 // from a generator state (take_groups) in the launch call itself, which saves the ten or so
 // Python steps of take_stream (each ~1-3 us with cold caches); False, with nothing done, where
-// take_groups refuses.
+// take_groups refuses. group_probe (generator.default_group) is called only for a provisional
+// stream (OWNER == -pid): None or False from it (no torch.distributed process group yet) lets
+// that stream draw as it is.
 PyObject* cpu_plan_gen_raw(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const Args* plan;
   MollifyArgs a;
   if (!parse_plan_call(args, nargs, "mollify_cpu_plan_gen", plan, a)) return nullptr;
   const uintptr_t state = static_cast<uintptr_t>(PyLong_AsUnsignedLongLong(args[6]));
-  const int provisional_ok = PyObject_IsTrue(args[7]);
-  if (PyErr_Occurred() || provisional_ok < 0) return nullptr;
-  if (!take_groups(state, plan->a.numel, provisional_ok != 0, a.seed, a.offset)) Py_RETURN_FALSE;
+  if (PyErr_Occurred()) return nullptr;
+  bool provisional_ok = false;
+  if (__atomic_load_n(reinterpret_cast<int64_t*>(state) + kOwnerWord, __ATOMIC_ACQUIRE) ==
+      -static_cast<int64_t>(getpid())) {
+    PyObject* group = PyObject_CallNoArgs(args[7]);
+    if (!group) return nullptr;
+    provisional_ok = group == Py_None || group == Py_False;
+    Py_DECREF(group);
+  }
+  if (!take_groups(state, plan->a.numel, provisional_ok, a.seed, a.offset)) Py_RETURN_FALSE;
   return run_cpu_raw(a, args[8]);
 }
 
@@ -205,8 +214,8 @@ PyMethodDef cpu_plan_defs[] = {
     {"mollify_cpu_plan_gen", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(cpu_plan_gen_raw)),
      METH_FASTCALL,
      "mollify_cpu_plan taking its stream from a generator state: (plan_address, x, out, noise, sigma, alpha, "
-     "state_ptr, provisional_ok, num_threads), positional; False (nothing done) when the state is not this "
-     "process's derived stream (or provisional one, with provisional_ok)"},
+     "state_ptr, group_probe, num_threads), positional; False (nothing done) when the state is not this "
+     "process's derived stream, nor a provisional one while group_probe() gives None or False"},
 };
 
 }  // namespace

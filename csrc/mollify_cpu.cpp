@@ -18,6 +18,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "dispatch.h"
 #include "dtypes.h"
@@ -47,6 +50,29 @@ V* thread_buffer(int64_t n) {
   thread_local std::vector<V> buf;
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
   return buf.data();
+}
+
+// work(first, last) over the items [0, items) on nthreads threads, each a contiguous share (as
+// OpenMP's schedule(static)). One thread runs on the caller, outside any parallel region:
+// `omp parallel if (false)` still builds libgomp's team of one, a cost that shows on the small
+// calls a training loop makes.
+template <typename Work>
+void for_items(int64_t items, int nthreads, Work& work) {
+#ifdef _OPENMP
+  if (nthreads > 1) {
+#pragma omp parallel num_threads(nthreads)
+    {
+      const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+      const int64_t share = items / n, extra = items % n;
+      const int64_t first = t * share + std::min(t, extra);
+      work(first, first + share + (t < extra ? 1 : 0));
+    }
+    return;
+  }
+#else
+  (void)nthreads;
+#endif
+  work(0, items);
 }
 
 // Normals of logical elements [i0, i0 + len) into buf (needs len + 8 floats); returns the
@@ -100,12 +126,11 @@ void noise_kernel(const MollifyArgs& a, int nthreads) {
   T* noise = noise_in ? nullptr : static_cast<T*>(a.noise);  // written only when drawn
   const int64_t sx = a.x_strides[last], so = a.out_strides[last], sn = a.noise_strides[last];
   const bool per_sample = any_per_sample(a);
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-  {
+  // One thread's items [first, last): its buffers, then the items.
+  auto work = [&](int64_t first, int64_t last) {
     float* buf = noise_in ? nullptr : thread_buffer<float, 0>(kSegment + 8);
     A* given = noise_in ? thread_buffer<A, 1>(kSegment) : nullptr;  // the caller's eps of a segment
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < items; ++item) {
+    for (int64_t item = first; item < last; ++item) {
       int64_t len, ox, oo, on;
       const int64_t i0 = segment(a, item, segs, W, len, ox, oo, on);
       // Split the segment where the sample (and so the parameters) changes; scalar parameters
@@ -139,7 +164,8 @@ void noise_kernel(const MollifyArgs& a, int nthreads) {
         combine(draw(a, i0, len, buf));
       }
     }
-  }
+  };
+  for_items(items, nthreads, work);
 }
 
 // ---- blur + noise: per (plane, band of kBand rows), separable, mirrored borders ----

@@ -50,7 +50,7 @@ from ._validate import (FLOAT32_MAX, FLOAT_DTYPES, check_out_memory, check_stati
 from ._validate import check_input_map, check_map_values, check_x, map_compute_dtype
 from . import reference as _reference
 from ._replay import in_checkpoint, take as take_replayable, untracked as replay_untracked
-from .generator import (DeviceStream, Generator, advance_resident, draw_default_seed, provisional_ok, read_words,
+from .generator import (DeviceStream, Generator, advance_resident, default_group, draw_default_seed, read_words,
                         resident_words, take_words)
 
 Number = Union[int, float]  # also numpy floating scalars and 0-d ndarrays
@@ -501,7 +501,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
     if generator is not None:
         # No checkpoint around the call: cpu and cuda take the stream inside the launch call.
         if run_gen is not None and replay_untracked() and run_gen(x, out, noise, float(s), float(a),
-                                                                  generator._state.data_ptr(), provisional_ok()):
+                                                                  generator._state.data_ptr(), default_group):
             _last_backend = name
             return (out, noise) if return_noise else out
         if generator._words is not None:

@@ -37,9 +37,9 @@ def _gather_save(rank: int, draws: torch.Tensor, path: str) -> None:
         torch.save(torch.stack(got), path)
 
 
-def _draw_before_init(rank, port, path):
+def _draw_before_init(rank, port, path, backend):
     torch.manual_seed(0)  # the same base seed on every rank, as in a real DDP script
-    mol = mf.Mollifier(10, backend="reference")
+    mol = mf.Mollifier(10, backend=backend)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = mol(X, 0)  # before the process group: the rank is not known yet
@@ -53,9 +53,14 @@ def _draw_before_init(rank, port, path):
             torch.distributed.destroy_process_group()
 
 
-def test_a_draw_before_init_process_group_does_not_tie_the_ranks(tmp_path):
+# "cpu": the launch call takes the stream itself and asks whether a process group exists only
+# for a provisional stream; "reference": the stream is taken in Python.
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_a_draw_before_init_process_group_does_not_tie_the_ranks(tmp_path, backend):
+    if backend == "cpu" and not mf.backends.availability("cpu")[0]:
+        pytest.skip("the compiled extension is not built")
     path = str(tmp_path / "gathered.pt")
-    mp.spawn(_draw_before_init, args=(_free_port(), path), nprocs=WORLD, join=True)
+    mp.spawn(_draw_before_init, args=(_free_port(), path, backend), nprocs=WORLD, join=True)
     got = torch.load(path)
     n = X.numel()
     first, later, warned = got[:, :n], got[:, n:-1], got[:, -1]
@@ -107,3 +112,27 @@ def test_fork_started_ranks_are_reproducible_and_distinct(tmp_path):
             assert torch.equal(torch.stack([own(X, s) for s in (0, 1)]), a[rank])
         finally:
             del os.environ["RANK"]
+
+
+def _probe_states(rank, port, path):
+    from mollify_fast import generator
+
+    seen = [(generator._group_initialized(), torch.distributed.is_initialized())]
+    _init(rank, port)
+    try:
+        seen.append((generator._group_initialized(), torch.distributed.is_initialized()))
+    finally:
+        torch.distributed.destroy_process_group()
+    seen.append((generator._group_initialized(), torch.distributed.is_initialized()))
+    if rank == 0:
+        torch.save(seen, path)
+
+
+def test_the_process_group_probe_agrees_with_torch_distributed(tmp_path):
+    # The per-draw check for a provisional stream reads the default group without
+    # torch.distributed.is_initialized's properties; it must answer as that function does before
+    # init_process_group, with a group, and after destroy_process_group.
+    path = str(tmp_path / "seen.pt")
+    mp.spawn(_probe_states, args=(_free_port(), path), nprocs=WORLD, join=True)
+    seen = torch.load(path)
+    assert seen == [(False, False), (True, True), (False, False)], seen

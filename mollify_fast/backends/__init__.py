@@ -79,8 +79,8 @@ LIMITS: Dict[str, Limits] = {
 class NoisePlan(NamedTuple):
     """A backend's launchers for repeated noise-only calls on one layout: ``run(x, out, noise,
     sigma, alpha, stream)``, and where the backend takes the stream itself from a generator
-    state, ``run_gen(x, out, noise, sigma, alpha, state_ptr, provisional_ok) -> bool`` (False:
-    nothing done)."""
+    state, ``run_gen(x, out, noise, sigma, alpha, state_ptr, group) -> bool`` (False: nothing
+    done; ``group``: :data:`generator.default_group`, asked only for a provisional stream)."""
 
     run: Callable[..., None]
     run_gen: Optional[Callable[..., bool]] = None

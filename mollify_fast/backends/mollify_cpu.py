@@ -78,10 +78,11 @@ def noise_plan(call: Call):
         launch(_at, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma, alpha,
                stream[0], stream[1], _threads())
 
-    def run_gen(x, out, noise, sigma, alpha, state_ptr, provisional_ok, _plan=cplan, _at=cplan.address):
+    def run_gen(x, out, noise, sigma, alpha, state_ptr, group, _plan=cplan, _at=cplan.address):
         # The stream taken from the generator state inside the launch call (one atomic step, as
-        # generator.take_stream); False: nothing done, the caller takes it the long way.
+        # generator.take_stream; the call asks `group` only for a provisional stream); False:
+        # nothing done, the caller takes it the long way.
         return launch_gen(_at, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma,
-                          alpha, state_ptr, provisional_ok, _threads())
+                          alpha, state_ptr, group, _threads())
 
     return NoisePlan(run, run_gen)

@@ -202,12 +202,13 @@ def noise_plan(call: Call):
         if os.environ.get(SYNC_ENV, "").strip() == "1":
             torch.cuda.current_stream(dev).synchronize()  # a fault in the kernel raises here, at the call
 
-    def run_gen(x, out, noise, sigma, alpha, state_ptr, provisional_ok):
+    def run_gen(x, out, noise, sigma, alpha, state_ptr, group):
         # As run, with the stream taken from the generator state inside the launch call (see the
         # cpu backend's noise_plan); False: nothing done.
         s = raw_stream(dev)
+        found = group()
         if not launch_gen(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma,
-                          alpha, state_ptr, provisional_ok, s, dev):
+                          alpha, state_ptr, found is None or found is False, s, dev):
             return False
         if os.environ.get(SYNC_ENV, "").strip() == "1":
             torch.cuda.current_stream(dev).synchronize()
