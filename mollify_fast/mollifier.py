@@ -359,7 +359,7 @@ class Mollifier(torch.nn.Module):
             # plain comparisons, this halved the instructions this call runs beyond
             # mf.mollify's: 11.4k to 5.5k per call, callgrind in a training loop.)
             d = self.__dict__
-            if (d.get("_compiled_call_impl") is None and not _tracing_state()
+            if (d.get("_compiled_call_impl") is None
                     and not (d["_backward_hooks"] or d["_backward_pre_hooks"] or d["_forward_hooks"]
                              or d["_forward_pre_hooks"] or _nn_module._global_backward_pre_hooks
                              or _nn_module._global_backward_hooks or _nn_module._global_forward_hooks
@@ -368,6 +368,7 @@ class Mollifier(torch.nn.Module):
                     # The training loop's mol(x, step): forward's first branch, inlined down to the
                     # plan path (each Python frame costs microseconds with the caches cold
                     # after a training step); anything else it does not take goes to forward.
+                    # _no_machinery() includes jit.trace's check.
                     x, step = args
                     steps = d["mollify_steps"]
                     if (type(step) is int and d["_plain_noise"] and 0 <= step < steps
@@ -377,7 +378,8 @@ class Mollifier(torch.nn.Module):
                             res = _fast(x, math.sqrt(g), None, d["generator"], False, d["backend"])
                             if res is not None:
                                 return res
-                return self.forward(*args, **kwargs)
+                if not _tracing_state():
+                    return self.forward(*args, **kwargs)
             return torch.nn.Module.__call__(self, *args, **kwargs)
 
     def get_extra_state(self) -> Dict[str, Any]:

@@ -56,6 +56,29 @@ def test_jit_trace_records_the_op_and_draws_fresh_noise():
     assert not torch.equal(got[0], got[1])
 
 
+class _WithMollifier(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mol = mf.Mollifier(10, generator=mf.Generator(3))
+
+    def forward(self, x):
+        return self.mol(x, 2)
+
+
+def test_jit_trace_of_a_held_mollifier_records_the_op():
+    """mol(x, step) under jit.trace takes nn.Module's call path, not the plan path (whose kernel
+    the trace would not see: the traced module would return uninitialised memory)."""
+    x = torch.rand(4, 6)
+    traced = torch.jit.trace(_WithMollifier(), (x,), check_trace=False)
+    graph = str(traced.inlined_graph)
+    assert "mollify_fast::mollify" in graph, graph
+    ref = mf.Mollifier(10, generator=mf.Generator(3))
+    ref(x, 2)  # the draw the trace itself made
+    first, second = traced(x), traced(x)
+    assert torch.equal(first, ref(x, 2)) and torch.equal(second, ref(x, 2))
+    assert not torch.equal(first, second)
+
+
 # ---- torch.func ----
 
 def _loss(w, x, g):
