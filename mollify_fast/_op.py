@@ -496,12 +496,16 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
         a = _scalar(alpha, x)
         if a is None or not (0.0 <= s <= limit and -limit <= a <= limit):
             return None
+        if type(a) is not float:
+            a = float(a)  # an int in range
+    if type(s) is not float:  # the training loop's float needs no conversion call
+        s = float(s)
     out = torch.empty_like(x)
     noise = torch.empty_like(x) if return_noise else None
     if generator is not None:
         # No checkpoint around the call: cpu and cuda take the stream inside the launch call.
-        if run_gen is not None and replay_untracked() and run_gen(x, out, noise, float(s), float(a),
-                                                                  generator._state.data_ptr(), default_group):
+        if run_gen is not None and replay_untracked() and run_gen(x, out, noise, s, a, generator._state.data_ptr(),
+                                                                  default_group):
             _last_backend = name
             return (out, noise) if return_noise else out
         if generator._words is not None:
@@ -512,7 +516,7 @@ def _fast(x: torch.Tensor, sigma, alpha, generator: Optional[Generator], return_
     else:
         stream = (draw_default_seed(x.device), 0)
     _last_backend = name
-    run(x, out, noise, float(s), float(a), stream)
+    run(x, out, noise, s, a, stream)
     return (out, noise) if return_noise else out
 
 
