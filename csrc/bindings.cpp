@@ -185,9 +185,10 @@ PyObject* cpu_plan_raw(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 // (plan, x, out, noise, sigma, alpha, state_ptr, group_probe, num_threads): the stream taken
 // from a generator state (take_groups) in the launch call itself, which saves the ten or so
 // Python steps of take_stream (each ~1-3 us with cold caches); False, with nothing done, where
-// take_groups refuses. group_probe (generator.default_group) is called only for a provisional
-// stream (OWNER == -pid): None or False from it (no torch.distributed process group yet) lets
-// that stream draw as it is.
+// take_groups refuses. group_probe (generator.default_group) is asked only for a provisional
+// stream (OWNER == -pid): a dict, whose "_default_pg" entry is torch.distributed's default
+// process group, or a callable returning whether there is one. No group yet (the entry None or
+// absent, the callable's result None or False) lets that stream draw as it is.
 PyObject* cpu_plan_gen_raw(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const Args* plan;
   MollifyArgs a;
@@ -197,10 +198,17 @@ PyObject* cpu_plan_gen_raw(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   bool provisional_ok = false;
   if (__atomic_load_n(reinterpret_cast<int64_t*>(state) + kOwnerWord, __ATOMIC_ACQUIRE) ==
       -static_cast<int64_t>(getpid())) {
-    PyObject* group = PyObject_CallNoArgs(args[7]);
-    if (!group) return nullptr;
-    provisional_ok = group == Py_None || group == Py_False;
-    Py_DECREF(group);
+    if (PyDict_CheckExact(args[7])) {
+      static PyObject* const key = PyUnicode_InternFromString("_default_pg");
+      PyObject* group = key ? PyDict_GetItemWithError(args[7], key) : nullptr;  // borrowed
+      if (!group && PyErr_Occurred()) return nullptr;
+      provisional_ok = !group || group == Py_None;
+    } else {
+      PyObject* group = PyObject_CallNoArgs(args[7]);
+      if (!group) return nullptr;
+      provisional_ok = group == Py_None || group == Py_False;
+      Py_DECREF(group);
+    }
   }
   if (!take_groups(state, plan->a.numel, provisional_ok, a.seed, a.offset)) Py_RETURN_FALSE;
   return run_cpu_raw(a, args[8]);
@@ -215,7 +223,7 @@ PyMethodDef cpu_plan_defs[] = {
      METH_FASTCALL,
      "mollify_cpu_plan taking its stream from a generator state: (plan_address, x, out, noise, sigma, alpha, "
      "state_ptr, group_probe, num_threads), positional; False (nothing done) when the state is not this "
-     "process's derived stream, nor a provisional one while group_probe() gives None or False"},
+     "process's derived stream, nor a provisional one while group_probe shows no process group"},
 };
 
 }  // namespace

@@ -21,9 +21,7 @@ promise that one generator never hands the same counter groups to two calls:
 """
 from __future__ import annotations
 
-import functools
 import numbers
-import operator
 import os
 import secrets
 import threading
@@ -64,33 +62,36 @@ _rank_at_fork = -1  # the forking process's rank (-1 unknown), for a child that 
 _DIST = torch.distributed.is_available()
 
 
-def _group_probe() -> Callable[[], object]:
-    """``() -> object``: what a provisional stream asks at every draw, whether
-    ``torch.distributed`` has a default process group yet: None or False while it has none.
+def _group_probe() -> Union[Dict[str, Any], Callable[[], object]]:
+    """Where a provisional stream looks, at every draw, for ``torch.distributed``'s default
+    process group: the dict of attributes that holds it under ``"_default_pg"`` (None there, or
+    no such key: no group yet), or, where this torch keeps it elsewhere, a callable that returns
+    whether there is one (``torch.distributed.is_initialized`` itself).
+
     ``torch.distributed.is_initialized()`` answers by a property of a metaclass read through
-    another property; in a training loop, with the caches cold after the step, that cost 10 us,
-    a fifth of a small mollify call. The probe reads the slot those properties return (a
-    ``functools.partial`` of an ``attrgetter``: no Python frame, so the cpu launch call can ask
-    it itself, and only for a provisional stream). Where this torch lays the slot out
-    differently, the public function itself."""
+    another property: in a training loop, with the caches cold after the step, that cost 10 us, a
+    fifth of a small mollify call. The dict is the slot those properties read; the cpu launch call
+    looks the group up in it itself (one dict lookup, no call), and only for a provisional
+    stream."""
     if not _DIST:
-        return lambda: None
+        return {}
     try:
         from torch.distributed import distributed_c10d
 
-        world = distributed_c10d._world
-        slot = operator.attrgetter("_default_pg")
-        slot(world)
-    except (ImportError, AttributeError):
-        return torch.distributed.is_initialized
-    return functools.partial(slot, world)
+        slots = vars(distributed_c10d._world)
+    except (ImportError, AttributeError, TypeError):
+        slots = None
+    if type(slots) is dict and "_default_pg" in slots:
+        return slots
+    return torch.distributed.is_initialized
 
 
 default_group = _group_probe()
 
 
 def _group_initialized() -> bool:
-    found = default_group()
+    probe = default_group
+    found = probe.get("_default_pg") if isinstance(probe, dict) else probe()
     return found is not None and found is not False
 
 

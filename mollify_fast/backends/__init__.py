@@ -80,7 +80,8 @@ class NoisePlan(NamedTuple):
     """A backend's launchers for repeated noise-only calls on one layout: ``run(x, out, noise,
     sigma, alpha, stream)``, and where the backend takes the stream itself from a generator
     state, ``run_gen(x, out, noise, sigma, alpha, state_ptr, group) -> bool`` (False: nothing
-    done; ``group``: :data:`generator.default_group`, asked only for a provisional stream)."""
+    done; ``group``: ``generator.default_group``, where the call looks for a process group, only
+    for a provisional stream)."""
 
     run: Callable[..., None]
     run_gen: Optional[Callable[..., bool]] = None

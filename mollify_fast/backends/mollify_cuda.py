@@ -27,6 +27,7 @@ from typing import List, Optional, Tuple, cast
 
 import torch
 
+from ..generator import provisional_ok
 from .._call import Call, Params
 from . import NoisePlan
 from ._native import call_args, extension, make_plan, reading_eps
@@ -204,11 +205,11 @@ def noise_plan(call: Call):
 
     def run_gen(x, out, noise, sigma, alpha, state_ptr, group):
         # As run, with the stream taken from the generator state inside the launch call (see the
-        # cpu backend's noise_plan); False: nothing done.
+        # cpu backend's noise_plan); False: nothing done. This pybind11 call takes the answer,
+        # provisional_ok(), rather than `group` itself.
         s = raw_stream(dev)
-        found = group()
         if not launch_gen(cplan, x.data_ptr(), out.data_ptr(), 0 if noise is None else noise.data_ptr(), sigma,
-                          alpha, state_ptr, found is None or found is False, s, dev):
+                          alpha, state_ptr, provisional_ok(), s, dev):
             return False
         if os.environ.get(SYNC_ENV, "").strip() == "1":
             torch.cuda.current_stream(dev).synchronize()
