@@ -1,7 +1,7 @@
 // Vectorised Philox4x32-10 + Box-Muller for the CPU kernels.
 //
-// Philox: AVX2 intrinsics, 16 groups in flight (below). Box-Muller: a loop gcc vectorises
-// (8 lanes) with no calls inside: log and sin/cos from inline minimax polynomials (Cephes'
+// Philox: AVX2 or AVX-512 intrinsics, two vectors of groups in flight (below). Box-Muller: a
+// loop gcc vectorises (8 or 16 lanes) with no calls inside: log and sin/cos from inline minimax polynomials (Cephes'
 // logf/sinf/cosf coefficients, ~1 ulp on the ranges used) and branch-free selects. Built with
 // -fno-math-errno so sqrtf is one instruction. Measured on the 2-core AMD EPYC dev machine, one
 // thread, normals into an L1-resident buffer: glibc's vector logf/sinf/cosf (libmvec, via
@@ -82,69 +82,115 @@ inline float sin_2pi_quadrant(float u, int32_t shift) {
   return bits_to_float(((float_to_bits(ca) & swap) | (float_to_bits(sa) & ~swap)) ^ (static_cast<uint32_t>(q & 2) << 30));
 }
 #if defined(__AVX2__)
-// (hi, lo) of the 32x32-bit products of 8 lanes with a constant: vpmuludq multiplies the even
-// lanes, so the odd ones are shifted down, multiplied, and the halves blended back.
-inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
-  const __m256i ev = _mm256_mul_epu32(a, m);
-  const __m256i od = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(ev, 32), od, 0xAA);
-  lo = _mm256_blend_epi32(ev, _mm256_slli_epi64(od, 32), 0xAA);
-}
+// One vector width of the Philox rounds below: 8 lanes (AVX2) or 16 (AVX-512), the same steps.
+struct Avx2 {
+  using V = __m256i;
+  static constexpr int kWidth = 8;
+  static V load(const uint32_t* p) { return _mm256_load_si256(reinterpret_cast<const V*>(p)); }
+  static void store(uint32_t* p, V v) { _mm256_store_si256(reinterpret_cast<V*>(p), v); }
+  static V set1(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
+  static V zero() { return _mm256_setzero_si256(); }
+  static V xor3(V a, V b, V c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
+  // (hi, lo) of the 32x32-bit products of the lanes with a constant: vpmuludq multiplies the
+  // even lanes, so the odd ones are shifted down, multiplied, and the halves blended back.
+  static void mulhilo(V a, V m, V& hi, V& lo) {
+    const V ev = _mm256_mul_epu32(a, m);
+    const V od = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    hi = _mm256_blend_epi32(_mm256_srli_epi64(ev, 32), od, 0xAA);
+    lo = _mm256_blend_epi32(ev, _mm256_slli_epi64(od, 32), 0xAA);
+  }
+};
+#endif
+#if defined(__AVX512F__)
+struct Avx512 {
+  using V = __m512i;
+  static constexpr int kWidth = 16;
+  static V load(const uint32_t* p) { return _mm512_load_si512(p); }
+  static void store(uint32_t* p, V v) { _mm512_store_si512(p, v); }
+  static V set1(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
+  static V zero() { return _mm512_setzero_si512(); }
+  static V xor3(V a, V b, V c) { return _mm512_xor_si512(_mm512_xor_si512(a, b), c); }
+  static void mulhilo(V a, V m, V& hi, V& lo) {  // as Avx2's, the odd lanes by mask
+    const V ev = _mm512_mul_epu32(a, m);
+    const V od = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+    hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(ev, 32), od);
+    lo = _mm512_mask_blend_epi32(0xAAAA, ev, _mm512_slli_epi64(od, 32));
+  }
+};
+#endif
 
-struct Lanes8 {
-  __m256i c0, c1, c2, c3;
+#if defined(__AVX2__)
+template <typename S>
+struct Lanes {
+  typename S::V c0, c1, c2, c3;
 };
 
-inline void philox_round8(Lanes8& s, __m256i k0, __m256i k1, __m256i m0, __m256i m1) {
-  __m256i hi0, lo0, hi1, lo1;
-  mulhilo8(s.c0, m0, hi0, lo0);
-  mulhilo8(s.c2, m1, hi1, lo1);
-  s.c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, s.c1), k0);
-  s.c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, s.c3), k1);
+template <typename S>
+inline void philox_round(Lanes<S>& s, typename S::V k0, typename S::V k1, typename S::V m0, typename S::V m1) {
+  typename S::V hi0, lo0, hi1, lo1;
+  S::mulhilo(s.c0, m0, hi0, lo0);
+  S::mulhilo(s.c2, m1, hi1, lo1);
+  s.c0 = S::xor3(hi1, s.c1, k0);
+  s.c2 = S::xor3(hi0, s.c3, k1);
   s.c1 = lo1;
   s.c3 = lo0;
 }
+
+// Philox4x32-10 of lanes [i, i + 2 * S::kWidth): all 10 rounds in registers, two sets
+// interleaved so one set's multiplies overlap the other's latency.
+template <typename S>
+inline void philox_two_sets(uint32_t key0, uint32_t key1, int i, uint32_t* c0, uint32_t* c1, uint32_t* c2,
+                            uint32_t* c3) {
+  constexpr int w = S::kWidth;
+  const typename S::V m0 = S::set1(kPhiloxM0), m1 = S::set1(kPhiloxM1);
+  Lanes<S> a{S::load(c0 + i), S::load(c1 + i), S::zero(), S::zero()};
+  Lanes<S> b{S::load(c0 + i + w), S::load(c1 + i + w), S::zero(), S::zero()};
+  uint32_t k0 = key0, k1 = key1;
+  for (int round = 0; round < 10; ++round) {
+    const typename S::V vk0 = S::set1(k0), vk1 = S::set1(k1);
+    philox_round<S>(a, vk0, vk1, m0, m1);
+    philox_round<S>(b, vk0, vk1, m0, m1);
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  const Lanes<S>* sets[2] = {&a, &b};
+  for (int h = 0; h < 2; ++h) {
+    S::store(c0 + i + w * h, sets[h]->c0);
+    S::store(c1 + i + w * h, sets[h]->c1);
+    S::store(c2 + i + w * h, sets[h]->c2);
+    S::store(c3 + i + w * h, sets[h]->c3);
+  }
+}
 #endif
 
-// Philox4x32-10 of the counter groups g0 .. g0 + lanes - 1 (lanes a multiple of 16) into lane arrays.
+// Philox4x32-10 of the counter groups g0 .. g0 + lanes - 1 (lanes a multiple of 16, at most
+// kLanes) into lane arrays (64-byte aligned, kLanes long; lanes past `lanes` up to the next
+// whole step are computed too, from their own counters).
 //
-// AVX2: all 10 rounds in registers, two 8-lane sets interleaved so one set's multiplies
-// overlap the other's latency. Measured on the 2-core AMD EPYC dev machine: gcc's own
-// vectorisation of the plain loop below shuffled between every round (8.4 ns per group);
-// this path takes about 1.6 ns per group (two sets) where one set took 3.3.
+// AVX2 / AVX-512: philox_two_sets. Measured on the 2-core AMD EPYC dev machine (AVX2): gcc's
+// own vectorisation of the plain loop below shuffled between every round (8.4 ns per group);
+// two 8-lane sets take about 1.6 ns per group where one set took 3.3. On the Intel Xeon dev
+// VM (AVX-512), where the Philox rounds were half of a normals call's samples (perf), 16-lane
+// sets took a one-thread mollify call of 196,608 elements from 308 to 252 us (same bits).
 inline void philox_lanes(uint32_t key0, uint32_t key1, uint64_t g0, int lanes, uint32_t* c0, uint32_t* c1,
                          uint32_t* c2, uint32_t* c3) {
+#if defined(__AVX512F__)
+  using S = Avx512;
+#elif defined(__AVX2__)
+  using S = Avx2;
+#endif
+#if defined(__AVX2__)
+  constexpr int step = 2 * S::kWidth;
+  static_assert(kLanes % step == 0, "whole steps fill the lane arrays");
+  lanes = (lanes + step - 1) / step * step;
+#endif
   for (int i = 0; i < lanes; ++i) {
     const uint64_t g = g0 + static_cast<uint64_t>(i);
     c0[i] = static_cast<uint32_t>(g);
     c1[i] = static_cast<uint32_t>(g >> 32);
   }
 #if defined(__AVX2__)
-  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
-  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
-  for (int i = 0; i < lanes; i += 16) {
-    Lanes8 a{_mm256_load_si256(reinterpret_cast<const __m256i*>(c0 + i)),
-             _mm256_load_si256(reinterpret_cast<const __m256i*>(c1 + i)), _mm256_setzero_si256(),
-             _mm256_setzero_si256()};
-    Lanes8 b{_mm256_load_si256(reinterpret_cast<const __m256i*>(c0 + i + 8)),
-             _mm256_load_si256(reinterpret_cast<const __m256i*>(c1 + i + 8)), _mm256_setzero_si256(),
-             _mm256_setzero_si256()};
-    uint32_t k0 = key0, k1 = key1;
-    for (int round = 0; round < 10; ++round) {
-      const __m256i vk0 = _mm256_set1_epi32(static_cast<int>(k0)), vk1 = _mm256_set1_epi32(static_cast<int>(k1));
-      philox_round8(a, vk0, vk1, m0, m1);
-      philox_round8(b, vk0, vk1, m0, m1);
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
-    }
-    const Lanes8* sets[2] = {&a, &b};
-    for (int h = 0; h < 2; ++h) {
-      _mm256_store_si256(reinterpret_cast<__m256i*>(c0 + i + 8 * h), sets[h]->c0);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(c1 + i + 8 * h), sets[h]->c1);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(c2 + i + 8 * h), sets[h]->c2);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(c3 + i + 8 * h), sets[h]->c3);
-    }
-  }
+  for (int i = 0; i < lanes; i += step) philox_two_sets<S>(key0, key1, i, c0, c1, c2, c3);
 #else
   for (int i = 0; i < lanes; ++i) {
     c2[i] = 0;
