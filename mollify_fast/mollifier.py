@@ -6,7 +6,7 @@ import hashlib
 import inspect
 import math
 import numbers
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, TypeVar, Union, cast, overload
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple, TypeVar, Union, cast, overload
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ _D = TypeVar("_D", bound=Dict[str, Any])
 # A schedule's variance this far outside [0, 1] is rounding (e.g. ``1 - u - 0.1`` at u = 0.9 is
 # -2.8e-17) and is clipped; anything further out is a wrong schedule and is refused.
 _ROUNDING = 1e-12
+# Steps whose noise scale one pass of a built-in schedule computes ahead for mol(x, step) (see
+# Mollifier._sigma_block).
+_BLOCK = 64
 _is_compiling = torch.compiler.is_compiling
 _tracing_state = torch._C._get_tracing_state
 _nn_module = torch.nn.modules.module
@@ -248,6 +251,10 @@ class Mollifier(torch.nn.Module):
         self._plain_noise = mode == "noise" and not self._map  # forward's short path applies
         # The schedule with its keywords bound once (a keyword unpack per call is a cold-cache cost).
         self._gamma_at = functools.partial(self._gamma, **self.schedule_kwargs) if self.schedule_kwargs else self._gamma
+        # A built-in schedule is a pure function of the step: mol(x, step) takes its noise scale
+        # from a block computed ahead (_sigma_block); a custom one is called at each step.
+        self._pure_schedule = any(self._gamma is fn for fn in schedules.SCHEDULES.values())
+        self._sigmas: Tuple[Optional[int], int, Tuple[float, ...]] = (None, 0, ())  # (mollify_steps, first step, sigmas)
 
     def _apply(self, fn, recurse=True):
         # nn.Module.to / .cuda / .cpu (what Lightning and every training script call on the
@@ -290,6 +297,18 @@ class Mollifier(torch.nn.Module):
             f"at step {step}; a schedule must return the noise variance in [0, 1] (sigma**2, not "
             f"sigma), for every u in [0, 1)"
         )
+
+    def _sigma_block(self, step: int) -> float:
+        """The noise scale ``sqrt(gamma)`` at ``step`` (inside the window), with those of the
+        next ``_BLOCK - 1`` steps of the window kept for the calls that follow. With the caches
+        cold after a training step, calling the schedule (a Python function) and dividing the
+        step cost about as much as a third of the rest of ``mol(x, step)``; a
+        block's values are the same numbers each step would compute (``_variance``), computed
+        while the code is warm."""
+        steps = self.mollify_steps
+        sigmas = tuple(math.sqrt(self._variance(s)) for s in range(step, min(step + _BLOCK, steps)))
+        self.__dict__["_sigmas"] = (steps, step, sigmas)
+        return sigmas[0]
 
     def _check_batch(self, x: torch.Tensor) -> None:
         if self.mode != "noise" and torch.is_tensor(x) and x.dim() < 3:
@@ -373,11 +392,21 @@ class Mollifier(torch.nn.Module):
                     steps = d["mollify_steps"]
                     if (type(step) is int and d["_plain_noise"] and 0 <= step < steps
                             and type(x) is torch.Tensor and _no_machinery()):
-                        g = d["_gamma_at"](step / steps)
-                        if 0.0 <= g <= 1.0:
-                            res = _fast(x, math.sqrt(g), None, d["generator"], False, d["backend"])
-                            if res is not None:
-                                return res
+                        known, first, sigmas = d["_sigmas"]
+                        i = step - first
+                        if known is steps and 0 <= i < len(sigmas):
+                            s = sigmas[i]
+                        elif d["_pure_schedule"]:
+                            s = self._sigma_block(step)
+                        else:
+                            g = d["_gamma_at"](step / steps)
+                            s = math.sqrt(g) if 0.0 <= g <= 1.0 else None  # None: forward names it
+                        if s is not None:
+                            res = _fast(x, s, None, d["generator"], False, d["backend"])
+                            # Not planned (another backend, a layout the plan path does not
+                            # take): forward's first branch, without asking the schedule again.
+                            return res if res is not None else mollify(x, s, generator=d["generator"],
+                                                                       backend=d["backend"])
                 if not _tracing_state():
                     return self.forward(*args, **kwargs)
             return torch.nn.Module.__call__(self, *args, **kwargs)

@@ -32,6 +32,37 @@ def test_noise_mode_matches_mollify(schedule):
         assert torch.equal(mol(x, step), want), step
 
 
+@pytest.mark.parametrize("schedule", ["sigmoid", "linear", "cosine"])
+def test_noise_scale_computed_ahead_is_each_steps_own(schedule):
+    # mol(x, step) takes a built-in schedule's noise scale from a block of steps computed ahead:
+    # each step must get its own sqrt(gamma(step / T)), in any order of steps, across the
+    # blocks' edges and up to the window's end.
+    steps = 150
+    x = torch.randn(2, 3, 4, 4)
+    mol = mf.Mollifier(steps, schedule=schedule, generator=mf.Generator(4), backend="reference")
+    g = mf.Generator(4)
+    for step in [0, 1, 63, 64, 65, 130, 2, 149, 148, 100, 0, 127, 128, 149]:
+        want = mf.mollify(x, math.sqrt(mf.schedules.get(schedule)(step / steps)), generator=g, backend="reference")
+        assert torch.equal(mol(x, step), want), step
+
+
+def test_a_custom_schedule_is_asked_at_each_step_only():
+    # A custom schedule may be impure (read a global, count): it is called once per call, for
+    # that step's u, never ahead.
+    asked = []
+
+    def schedule(u):
+        asked.append(u)
+        return 1.0 - u
+
+    mol = mf.Mollifier(100, schedule=schedule, generator=mf.Generator(1), backend="reference")
+    asked.clear()  # the constructor's check of the schedule's keywords
+    x = torch.randn(2, 5)
+    for step in (3, 4, 70):
+        mol(x, step)
+    assert asked == [3 / 100, 4 / 100, 70 / 100]
+
+
 @pytest.mark.parametrize("mode", ["blur", "noise+blur"])
 def test_blur_modes(mode):
     x = torch.rand(2, 3, 9, 9)
