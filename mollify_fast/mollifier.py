@@ -176,6 +176,8 @@ class Mollifier(torch.nn.Module):
     ``step`` is an integer: a Python int, a numpy integer, a 0-d integer array or a 0-d integer
     tensor. A custom schedule must return the variance in [0, 1]: values within 1e-12 outside
     (rounding) are clipped, others (and NaN) are refused naming the schedule, ``u`` and the value.
+    ``mol(x, step)`` calls a custom schedule once per call, for that step; a built-in schedule
+    it evaluates for 64 steps at a time and keeps the noise scales (the same numbers).
 
     Checkpoints: ``state_dict()`` holds the settings and the stream's *base* seed and
     offset (plain Python types: ``torch.load(weights_only=True)`` needs no allowlist);
