@@ -230,16 +230,15 @@ void blur_kernel(const MollifyArgs& a, int nthreads) {
   const int64_t soh = a.out_strides[hd], sow = a.out_strides[wd];
   const int64_t snh = a.noise_strides[hd], snw = a.noise_strides[wd];
   const int64_t R = a.max_radius;
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-  {
+  // One thread's items [first, last): its buffers, then the (plane, band) items.
+  auto work = [&](int64_t first, int64_t last) {
     std::vector<A> weights(2 * R + 1), padded((kBand + 2 * R) * (W + 2 * R)), res(kBand * W);
     std::vector<A> rows((kBand + 2 * R) * W);
     std::vector<float> buf(noise_in ? 0 : kBand * W + 8);
     std::vector<A> given(noise_in ? kBand * W : 0);  // the caller's eps of a band
     int64_t cached_n = -1;
     int64_t r = 0;
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < planes * bands; ++item) {
+    for (int64_t item = first; item < last; ++item) {
       const int64_t p = item / bands, h0 = (item % bands) * kBand, h1 = std::min(H, h0 + kBand);
       const int64_t n = p / planes_per_sample;
       // This sample's taps, exp(-k^2 / (2 s^2)) normalised; computed once when they are shared.
@@ -334,7 +333,8 @@ void blur_kernel(const MollifyArgs& a, int nthreads) {
       else
         write(band_eps);
     }
-  }
+  };
+  for_items(planes * bands, nthreads, work);
 }
 
 template <typename T>
@@ -393,14 +393,12 @@ void mapped_noise_kernel(const MollifyArgs& a, const MapArgs& m, int nthreads) {
   const A scale = static_cast<A>(m.scale), shift = static_cast<A>(m.shift);
   const uint64_t ugroup0 = stream_offset(a) + static_cast<uint64_t>((a.numel + 3) >> 2);
   const bool per_sample = any_per_sample(a);
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-  {
+  auto work = [&](int64_t first, int64_t last) {
     // Without dequantisation u is a segment of zeros: x + 0 is exact, and the loop stays one
     // branch-free body that gcc vectorises on unit strides.
     float* buf = thread_buffer<float, 0>(kSegment + 8);
     std::vector<float> ubuf(kSegment + 8, 0.0f);
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < items; ++item) {
+    for (int64_t item = first; item < last; ++item) {
       int64_t len, ox, oo, on;
       const int64_t i0 = segment(a, item, segs, W, len, ox, oo, on);
       const float* eps = draw(a, i0, len, buf);
@@ -427,7 +425,8 @@ void mapped_noise_kernel(const MollifyArgs& a, const MapArgs& m, int nthreads) {
         j = stop;
       }
     }
-  }
+  };
+  for_items(items, nthreads, work);
 }
 
 }  // namespace

@@ -1,11 +1,12 @@
 // Vectorised Philox4x32-10 + Box-Muller for the CPU kernels.
 //
 // Philox: AVX2 or AVX-512 intrinsics, two vectors of groups in flight (below). Box-Muller: a
-// loop gcc vectorises (8 or 16 lanes) with no calls inside: log and sin/cos from inline minimax polynomials (Cephes'
-// logf/sinf/cosf coefficients, ~1 ulp on the ranges used) and branch-free selects. Built with
-// -fno-math-errno so sqrtf is one instruction. Measured on the 2-core AMD EPYC dev machine, one
-// thread, normals into an L1-resident buffer: glibc's vector logf/sinf/cosf (libmvec, via
-// -ffast-math) and gcc's own Philox vectorisation gave 2.9 ns per normal; this file gives 1.6.
+// loop gcc vectorises (8 or 16 lanes) with no calls inside: log and sin/cos from inline minimax
+// polynomials (Cephes' logf/sinf/cosf coefficients, ~1 ulp on the ranges used) and branch-free
+// selects. Built with -fno-math-errno so sqrtf is one instruction. Measured on the 2-core AMD
+// EPYC dev machine, one thread, normals into an L1-resident buffer: glibc's vector
+// logf/sinf/cosf (libmvec, via -ffast-math) and gcc's own Philox vectorisation gave 2.9 ns per
+// normal; this file (AVX2 then) gives 1.6.
 //
 // sin and cos of th = 2 pi u take their quadrant from 4u exactly (u is in [0, 1)), so no
 // Cody-Waite reduction is needed. Triton computes cos(fl(2 pi u)); the two differ by the

@@ -250,3 +250,24 @@ def test_results_identical_for_any_thread_count(blur, dtype):
         torch.set_num_threads(saved_threads)
     for r in results[1:]:
         _equal(r, results[0], "thread count changed the result")
+
+
+def test_input_map_results_identical_for_any_thread_count():
+    """The input-map kernel (uint8 in, dequantised, floats out) splits its work items over
+    threads as the noise kernel does: several threads give one thread's bits."""
+    ext = _ext()
+    x = torch.randint(0, 256, (5, 3, 17, 13), dtype=torch.uint8).permute(0, 1, 3, 2)
+    saved_threads = torch.get_num_threads()
+    results = []
+    old = ext.set_parallel_grain(64)
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            assert ext.threads_for(x.numel(), threads) == threads
+            results.append(mf.mollify(x, 0.5, generator=mf.Generator(7), dequantize=True, input_scale=1 / 256,
+                                      return_noise=True, backend="cpu"))
+    finally:
+        ext.set_parallel_grain(old)
+        torch.set_num_threads(saved_threads)
+    for r in results[1:]:
+        _equal(r, results[0], "thread count changed the result")
