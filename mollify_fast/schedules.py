@@ -90,9 +90,7 @@ def sigmoid(u: Union[_Number, Value], start: float = 0.0, end: float = 3.0, tau:
         return finish(_clip(torch.sigmoid(-b_t) * torch.expm1((u64 - 1.0) * width) / den, clip_min, 1.0))
     b = u64 * width + c
     s_neg_b = 1.0 / (1.0 + math.exp(b)) if b < 700 else 0.0  # exp overflows past ~709
-    v = s_neg_b * math.expm1((u64 - 1.0) * width) / den
-    m = clip_min if clip_min > v else v  # min(max(v, clip_min), 1.0), as linear's
-    return finish(1.0 if 1.0 < m else m)
+    return finish(min(max(s_neg_b * math.expm1((u64 - 1.0) * width) / den, clip_min), 1.0))
 
 
 @overload
@@ -104,9 +102,7 @@ def linear(u: torch.Tensor, clip_min: float = ...) -> torch.Tensor: ...
 def linear(u: Union[_Number, Value], clip_min: float = 1e-9) -> Value:
     r""":math:`\gamma(u) = 1 - u`, clipped to ``[clip_min, 1]``."""
     if type(u) is float:  # the training loop's case, on plain floats (see sigmoid)
-        v = 1.0 - u
-        m = clip_min if clip_min > v else v  # min(max(v, clip_min), 1.0) without two builtin calls
-        return 1.0 if 1.0 < m else m
+        return min(max(1.0 - u, clip_min), 1.0)
     u64, finish = _as_float64(u, "linear")
     return finish(_clip(1.0 - u64, clip_min, 1.0))
 
@@ -121,9 +117,7 @@ def cosine(u: Union[_Number, Value], clip_min: float = 1e-9) -> Value:
     r""":math:`\gamma(u) = \cos(\pi u / 2)^2`, clipped to ``[clip_min, 1]``."""
     if type(u) is float:  # the training loop's case, on plain floats (see sigmoid)
         cf = math.cos(u * math.pi / 2)
-        v = cf * cf
-        m = clip_min if clip_min > v else v  # as linear's
-        return 1.0 if 1.0 < m else m
+        return min(max(cf * cf, clip_min), 1.0)
     u64, finish = _as_float64(u, "cosine")
     c = torch.cos(u64 * (math.pi / 2)) if torch.is_tensor(u64) else math.cos(u64 * math.pi / 2)
     return finish(_clip(c * c, clip_min, 1.0))
