@@ -229,45 +229,38 @@ def test_thread_choice_bounds():
     assert ext.threads_for(10**6, 0) == 1
 
 
+def _same_on_1_2_3_threads(x, call) -> None:
+    """``call()`` with 1, 2 and 3 cpu threads, x's elements forced onto each (a grain of 64
+    elements per thread), gives the same bits every time."""
+    ext = _ext()
+    saved_threads = torch.get_num_threads()
+    results = []
+    old = ext.set_parallel_grain(64)
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            assert ext.threads_for(x.numel(), threads) == threads
+            results.append(call())
+    finally:
+        ext.set_parallel_grain(old)
+        torch.set_num_threads(saved_threads)
+    for r in results[1:]:
+        _equal(r, results[0], "thread count changed the result")
+
+
 @pytest.mark.parametrize("blur", [None, 1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_results_identical_for_any_thread_count(blur, dtype):
     """Small inputs forced onto several threads (a grain of 64 elements per thread) give the
     same bits as one thread, through the plan path and the general path."""
-    ext = _ext()
     x = torch.randn(5, 3, 17, 13).to(dtype).permute(0, 1, 3, 2)  # strided, several work items
-    saved_threads = torch.get_num_threads()
-    results = []
-    old = ext.set_parallel_grain(64)
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            assert ext.threads_for(x.numel(), threads) == threads
-            results.append(mf.mollify(x, 0.5, blur_sigma=blur, generator=mf.Generator(7), return_noise=True,
-                                      backend="cpu"))
-    finally:
-        ext.set_parallel_grain(old)
-        torch.set_num_threads(saved_threads)
-    for r in results[1:]:
-        _equal(r, results[0], "thread count changed the result")
+    _same_on_1_2_3_threads(x, lambda: mf.mollify(x, 0.5, blur_sigma=blur, generator=mf.Generator(7),
+                                                 return_noise=True, backend="cpu"))
 
 
 def test_input_map_results_identical_for_any_thread_count():
     """The input-map kernel (uint8 in, dequantised, floats out) splits its work items over
     threads as the noise kernel does: several threads give one thread's bits."""
-    ext = _ext()
     x = torch.randint(0, 256, (5, 3, 17, 13), dtype=torch.uint8).permute(0, 1, 3, 2)
-    saved_threads = torch.get_num_threads()
-    results = []
-    old = ext.set_parallel_grain(64)
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            assert ext.threads_for(x.numel(), threads) == threads
-            results.append(mf.mollify(x, 0.5, generator=mf.Generator(7), dequantize=True, input_scale=1 / 256,
-                                      return_noise=True, backend="cpu"))
-    finally:
-        ext.set_parallel_grain(old)
-        torch.set_num_threads(saved_threads)
-    for r in results[1:]:
-        _equal(r, results[0], "thread count changed the result")
+    _same_on_1_2_3_threads(x, lambda: mf.mollify(x, 0.5, generator=mf.Generator(7), dequantize=True,
+                                                 input_scale=1 / 256, return_noise=True, backend="cpu"))
